@@ -1,0 +1,20 @@
+"""The `edge` command line: one Typer app per command group, joined here."""
+
+from __future__ import annotations
+
+import typer
+
+from edge.cli import data, pipeline
+
+app = typer.Typer(
+    help="Edge: version data, train, track, test and serve a Fashion-MNIST model.",
+    no_args_is_help=True,
+    pretty_exceptions_enable=False,
+)
+app.add_typer(data.app, name="data")
+app.add_typer(pipeline.app, name="pipeline")
+
+
+def main() -> None:
+    """Run the `edge` command line."""
+    app()
