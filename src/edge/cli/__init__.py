@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+
 import typer
 
 from edge.cli import data, pipeline
@@ -17,4 +19,6 @@ app.add_typer(pipeline.app, name="pipeline")
 
 def main() -> None:
     """Run the `edge` command line."""
+    # TensorFlow's C++ start-up notices say nothing a user can act on.
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
     app()

@@ -1,0 +1,33 @@
+"""What every command group shares: the console and turning known errors into one clear line."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from contextlib import contextmanager
+
+import typer
+from rich.console import Console
+
+from edge.data import DataError
+from edge.evaluate import QualityGateError
+
+console = Console(stderr=True)
+out = Console()
+
+# Errors whose message already says what went wrong and how to fix it.
+EXPECTED_ERRORS: tuple[type[Exception], ...] = (DataError, QualityGateError, ValueError, FileNotFoundError)
+
+
+@contextmanager
+def friendly_errors() -> Iterator[None]:
+    """Print an expected error as one line and exit 1, instead of a traceback."""
+    try:
+        yield
+    except EXPECTED_ERRORS as exc:
+        fail(str(exc))
+
+
+def fail(message: str, code: int = 1) -> None:
+    """Print `message` as an error and exit with `code`."""
+    console.print(f"[bold red]error:[/] {message}", highlight=False, soft_wrap=True)
+    raise typer.Exit(code)

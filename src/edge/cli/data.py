@@ -1,0 +1,71 @@
+"""`edge data`: bring the Fashion-MNIST files into the repository and under DVC."""
+
+from __future__ import annotations
+
+import subprocess
+from pathlib import Path
+from typing import Annotated
+
+import typer
+from rich.progress import BarColumn, DownloadColumn, Progress, TaskID, TransferSpeedColumn
+
+from edge import data
+from edge.cli.common import console, friendly_errors
+
+app = typer.Typer(help="Version the data: seed Fashion-MNIST and track it with DVC.", no_args_is_help=True)
+
+
+def seed_data(raw_dir: Path, source: str | None, track: bool = True) -> None:
+    """Seed the raw files with a progress bar, then track them with DVC when in a DVC repository."""
+    with Progress(
+        "[progress.description]{task.description}",
+        BarColumn(),
+        DownloadColumn(),
+        TransferSpeedColumn(),
+        console=console,
+        transient=True,
+    ) as bar:
+        tasks: dict[str, TaskID] = {}
+
+        def progress(name: str, done: int, total: int | None) -> None:
+            if name not in tasks:
+                tasks[name] = bar.add_task(f"downloading {name}", total=total)
+            bar.update(tasks[name], completed=done)
+
+        result = data.seed(raw_dir, source=source, progress=progress)
+    if not result.written:
+        console.print(f"Fashion-MNIST is already in {raw_dir}, checksums match: nothing to do.")
+    else:
+        console.print(
+            f"Seeded {len(result.written)} file(s) into {raw_dir} from {result.source}, checksums verified."
+        )
+    if track:
+        _track(raw_dir)
+
+
+def _track(raw_dir: Path) -> None:
+    """Run `dvc add` so the files' hashes become the data version; skip outside a DVC repository."""
+    if not Path(".dvc").is_dir():
+        console.print("Not in a DVC repository: the data is not tracked (fine in a container).")
+        return
+    done = subprocess.run(["dvc", "add", "--quiet", str(raw_dir)], capture_output=True, text=True)
+    if done.returncode != 0:
+        raise data.DataError(f"dvc add {raw_dir} failed: {done.stderr.strip() or done.stdout.strip()}")
+    console.print(f"Tracked by DVC in {raw_dir}.dvc (commit it with git).")
+
+
+@app.command()
+def seed(
+    source: Annotated[
+        str | None,
+        typer.Option(
+            envvar="EDGE_DATA_SOURCE",
+            help="Copy from this local folder instead of downloading (files named as upstream, .gz or not).",
+        ),
+    ] = None,
+    raw_dir: Annotated[Path, typer.Option(help="Where the raw files go.")] = data.DEFAULT_RAW_DIR,
+    track: Annotated[bool, typer.Option(help="Track the files with DVC afterwards.")] = True,
+) -> None:
+    """Download (or copy) the four Fashion-MNIST files, verify their checksums and track them with DVC."""
+    with friendly_errors():
+        seed_data(raw_dir, source, track)

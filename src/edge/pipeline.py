@@ -1,0 +1,162 @@
+"""The pipeline's stages as functions that read inputs, call the pure code and write outputs.
+
+Each `edge pipeline <stage>` command (and so each DVC stage, the trainer container and a Vertex AI
+custom job) calls one of these. Locations may be local paths or `gs://` URIs.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import yaml
+
+from edge import storage
+from edge.data import Split, check_split, load_split, split_train_validation, subsample
+from edge.evaluate import (
+    Evaluation,
+    check_gate,
+    confusion_csv,
+    confusion_png,
+    evaluate,
+    predict_probabilities,
+)
+from edge.model import SERVING_DIR, save_model
+from edge.train import (
+    EpochCallback,
+    TrainParams,
+    TrainResult,
+    history_csv,
+    load_prepared,
+    model_metadata,
+    train,
+)
+
+SPLITS = ("train", "validation", "test")
+
+
+@dataclass(frozen=True)
+class PrepareParams:
+    """The `prepare` block of params.yaml."""
+
+    seed: int = 42
+    validation_size: int = 5000
+    max_train_images: int | None = None
+    max_test_images: int | None = None
+
+
+@dataclass(frozen=True)
+class EvaluateParams:
+    """The `evaluate` block of params.yaml."""
+
+    min_accuracy: float = 0.9
+
+
+@dataclass(frozen=True)
+class Params:
+    """Every experiment setting, one block per stage, as in params.yaml."""
+
+    prepare: PrepareParams
+    train: TrainParams
+    evaluate: EvaluateParams
+
+    def as_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+def load_params(path: str | Path = "params.yaml") -> Params:
+    """Read and check params.yaml; unknown or missing blocks are errors that name the key."""
+    try:
+        raw = yaml.safe_load(Path(path).read_text()) or {}
+    except FileNotFoundError:
+        raise ValueError(f"{path} not found; run from the repository root or pass --params") from None
+    except yaml.YAMLError as exc:
+        raise ValueError(f"{path} is not valid YAML: {exc}") from exc
+    unknown = set(raw) - {"prepare", "train", "evaluate"}
+    if unknown:
+        raise ValueError(f"unknown block(s) {sorted(unknown)} in {path}")
+    try:
+        return Params(
+            prepare=PrepareParams(**(raw.get("prepare") or {})),
+            train=TrainParams.from_dict(raw.get("train") or {}),
+            evaluate=EvaluateParams(**(raw.get("evaluate") or {})),
+        )
+    except TypeError as exc:
+        raise ValueError(f"{path}: {exc}") from exc
+
+
+def _write_json(uri: str, content: dict[str, Any]) -> None:
+    storage.write_text(uri, json.dumps(content, indent=2) + "\n")
+
+
+def prepare_stage(raw_dir: str, prepared_dir: str, params: PrepareParams) -> dict[str, Any]:
+    """Read the IDX files, check them, split train/validation, write the three splits."""
+    train_images, train_labels = load_split(raw_dir, "train")
+    test_images, test_labels = load_split(raw_dir, "t10k")
+    full_train = Split(train_images, train_labels)
+    check_split("raw train", full_train)
+    check_split("raw test", Split(test_images, test_labels))
+    full_train = subsample(full_train, params.max_train_images, params.seed)
+    train_split, validation = split_train_validation(full_train, params.validation_size, params.seed)
+    test = subsample(Split(test_images, test_labels), params.max_test_images, params.seed)
+    splits = {"train": train_split, "validation": validation, "test": test}
+    summary = {
+        name: {"count": len(s.labels), "per_class": check_split(name, s)} for name, s in splits.items()
+    }
+    with storage.local_dir_for_writing(prepared_dir) as staging:
+        for name, split in splits.items():
+            np.savez(Path(staging, f"{name}.npz"), images=split.images, labels=split.labels)
+        Path(staging, "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
+    return summary
+
+
+def train_stage(
+    prepared_dir: str,
+    model_dir: str,
+    reports_dir: str,
+    params: TrainParams,
+    lineage: dict[str, Any],
+    *,
+    on_epoch_end: EpochCallback | None = None,
+) -> tuple[TrainResult, dict[str, Any]]:
+    """Train on the prepared splits; write the model, its metadata, history and metrics."""
+    result = train(
+        load_prepared(prepared_dir, "train"),
+        load_prepared(prepared_dir, "validation"),
+        params,
+        on_epoch_end=on_epoch_end,
+    )
+    metadata = model_metadata(result, params, lineage)
+    save_model(result.model, model_dir, metadata)
+    storage.write_text(storage.join(reports_dir, "history.csv"), history_csv(result.history))
+    _write_json(
+        storage.join(reports_dir, "metrics.json"),
+        {
+            "val_accuracy": round(result.final["val_accuracy"], 4),
+            "val_loss": round(result.final["val_loss"], 4),
+            "epochs": len(result.history),
+            "train_seconds": round(result.seconds, 1),
+        },
+    )
+    return result, metadata
+
+
+def evaluate_stage(prepared_dir: str, model_dir: str, reports_dir: str, params: EvaluateParams) -> Evaluation:
+    """Score the exported model on the test split, write metrics and plots, then apply the gate.
+
+    The metrics are written before the gate is checked, so a failing model leaves its evidence.
+    """
+    test = load_prepared(prepared_dir, "test")
+    with storage.local_dir_for_reading(storage.join(model_dir, SERVING_DIR)) as serving:
+        probabilities = predict_probabilities(serving, test.images)
+    evaluation = evaluate(probabilities, test.labels)
+    _write_json(storage.join(reports_dir, "metrics.json"), evaluation.metrics())
+    storage.write_text(
+        storage.join(reports_dir, "confusion.csv"), confusion_csv(test.labels, evaluation.predicted)
+    )
+    storage.write_bytes(storage.join(reports_dir, "confusion_matrix.png"), confusion_png(evaluation))
+    check_gate(evaluation, params.min_accuracy)
+    return evaluation
