@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import subprocess
+import sys
 from pathlib import Path
 from typing import Annotated
 
@@ -39,8 +40,12 @@ def seed_data(raw_dir: Path, source: str | None, track: bool = True) -> None:
         console.print(
             f"Seeded {len(result.written)} file(s) into {raw_dir} from {result.source}, checksums verified."
         )
-    if track:
+    if track and (result.written or not _dvc_file(raw_dir).is_file()):
         _track(raw_dir)
+
+
+def _dvc_file(raw_dir: Path) -> Path:
+    return raw_dir.with_name(raw_dir.name + ".dvc")
 
 
 def _track(raw_dir: Path) -> None:
@@ -48,7 +53,10 @@ def _track(raw_dir: Path) -> None:
     if not Path(".dvc").is_dir():
         console.print("Not in a DVC repository: the data is not tracked (fine in a container).")
         return
-    done = subprocess.run(["dvc", "add", "--quiet", str(raw_dir)], capture_output=True, text=True)
+    # The interpreter running us has DVC installed, whether or not `dvc` is on the PATH.
+    done = subprocess.run(
+        [sys.executable, "-m", "dvc", "add", str(raw_dir)], capture_output=True, text=True
+    )
     if done.returncode != 0:
         raise data.DataError(f"dvc add {raw_dir} failed: {done.stderr.strip() or done.stdout.strip()}")
     console.print(f"Tracked by DVC in {raw_dir}.dvc (commit it with git).")
