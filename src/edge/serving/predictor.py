@@ -1,0 +1,340 @@
+"""Load the exported model and turn request instances into the batch its serving function takes.
+
+Validation happens here, before TensorFlow sees anything, so bad input becomes a clear 400 naming
+the instance instead of a TensorFlow error, a 500 or a dead worker.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import io
+import math
+import threading
+import warnings
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from edge.data import IMAGE_SHAPE
+
+PIXELS = IMAGE_SHAPE[0] * IMAGE_SHAPE[1]
+IMAGE_FORMATS = ("PNG", "JPEG")
+# A 28x28 PNG or JPEG is well under 10 kB; this bounds the work spent on one b64 string.
+MAX_B64_CHARS = 64 * 1024
+
+
+class ModelLoadError(Exception):
+    """The model is missing or unusable; the message says which file and why."""
+
+
+class InstanceError(ValueError):
+    """One instance of a request is invalid; `index` says which one."""
+
+    def __init__(self, index: int, problem: str) -> None:
+        super().__init__(f"instances[{index}]: {problem}")
+        self.index = index
+        self.problem = problem
+
+
+def _describe(value: Any) -> str:
+    if isinstance(value, bool):
+        return "a boolean"
+    if value is None:
+        return "null"
+    if isinstance(value, str):
+        return "a string"
+    if isinstance(value, dict):
+        return "an object"
+    if isinstance(value, list):
+        return f"a list of {len(value)}"
+    return type(value).__name__
+
+
+def _is_number(value: Any) -> bool:
+    # bool is a subclass of int, but true/false are not pixels.
+    return isinstance(value, int | float) and not isinstance(value, bool)
+
+
+def _check_numbers(index: int, values: Sequence[Any], where: str) -> None:
+    for position, value in enumerate(values):
+        if not _is_number(value):
+            raise InstanceError(
+                index, f"{where}[{position}] is {_describe(value)}, expected a number 0-255"
+            )
+
+
+def _decode_b64_image(index: int, payload: Any) -> np.ndarray:
+    from PIL import Image, UnidentifiedImageError
+
+    if not isinstance(payload, str):
+        raise InstanceError(index, f"b64 is {_describe(payload)}, expected a base64 string")
+    if len(payload) > MAX_B64_CHARS:
+        raise InstanceError(
+            index, f"b64 is {len(payload)} characters, more than the {MAX_B64_CHARS} allowed"
+        )
+    try:
+        raw = base64.b64decode(payload, validate=True)
+    except (binascii.Error, ValueError) as exc:
+        raise InstanceError(index, f"b64 is not valid base64 ({exc})") from exc
+    try:
+        # Any pixel-count warning is an error: only a 28x28 image is acceptable anyway.
+        with warnings.catch_warnings():
+            warnings.simplefilter("error", Image.DecompressionBombWarning)
+            image = Image.open(io.BytesIO(raw))
+            if image.format not in IMAGE_FORMATS:
+                raise InstanceError(
+                    index, f"image format {image.format} is not supported, send PNG or JPEG"
+                )
+            # The size comes from the header, so an oversized image is refused before decoding.
+            if image.size != (IMAGE_SHAPE[1], IMAGE_SHAPE[0]):
+                raise InstanceError(
+                    index,
+                    f"image is {image.size[0]}x{image.size[1]} pixels, expected 28x28 "
+                    "(convert it the way Fashion-MNIST was made first, as the webapp does)",
+                )
+            pixels = np.asarray(image.convert("L"), dtype=np.float32)
+    except InstanceError:
+        raise
+    except (UnidentifiedImageError, OSError, ValueError, SyntaxError,
+            Image.DecompressionBombError, Image.DecompressionBombWarning) as exc:
+        raise InstanceError(index, f"b64 is not a decodable PNG or JPEG image ({exc})") from exc
+    return pixels
+
+
+def decode_instance(index: int, instance: Any) -> np.ndarray:
+    """Turn one instance into a float32 (28, 28) array of 0-255 pixels, or raise InstanceError."""
+    if isinstance(instance, dict):
+        if set(instance) != {"b64"}:
+            raise InstanceError(
+                index, f"an object instance must have exactly one key, b64; got {sorted(instance)}"
+            )
+        return _decode_b64_image(index, instance["b64"])
+    if not isinstance(instance, list):
+        raise InstanceError(
+            index,
+            f"instance is {_describe(instance)}, expected a 28x28 array, "
+            "a flat list of 784 numbers or {\"b64\": ...}",
+        )
+    if len(instance) == PIXELS and not isinstance(instance[0], list):
+        _check_numbers(index, instance, "value")
+        array = _to_array(index, instance).reshape(IMAGE_SHAPE)
+    elif len(instance) == IMAGE_SHAPE[0]:
+        for row_index, row in enumerate(instance):
+            if not isinstance(row, list) or len(row) != IMAGE_SHAPE[1]:
+                raise InstanceError(
+                    index,
+                    f"wrong shape: row {row_index} is {_describe(row)}, "
+                    f"expected a list of {IMAGE_SHAPE[1]} numbers",
+                )
+            _check_numbers(index, row, f"row {row_index} value")
+        array = _to_array(index, instance)
+    else:
+        raise InstanceError(
+            index,
+            f"wrong shape: {_describe(instance)}, expected a 28x28 array or a flat list of 784",
+        )
+    _check_range(index, array)
+    return array.astype(np.float32)
+
+
+def _to_array(index: int, values: list[Any]) -> np.ndarray:
+    try:
+        return np.asarray(values, dtype=np.float64)
+    except OverflowError as exc:  # JSON integers have no size limit
+        raise InstanceError(index, "a value is far out of range 0-255") from exc
+
+
+def _check_range(index: int, array: np.ndarray) -> None:
+    finite = np.isfinite(array)
+    if not finite.all():
+        position = int(np.argmin(finite))
+        value = array.flat[position]
+        kind = "NaN" if math.isnan(value) else "infinite"
+        raise InstanceError(index, f"pixel {position} is {kind}, expected a number 0-255")
+    outside = (array < 0) | (array > 255)
+    if outside.any():
+        position = int(np.argmax(outside))
+        raise InstanceError(
+            index, f"pixel {position} is {array.flat[position]:g}, out of range 0-255"
+        )
+
+
+def decode_instances(instances: Any, max_instances: int) -> np.ndarray:
+    """Validate a request's `instances` and stack them into a float32 (N, 28, 28) batch."""
+    if not isinstance(instances, list):
+        raise ValueError(f"instances is {_describe(instances)}, expected a list")
+    if not instances:
+        raise ValueError("instances is empty, send at least one")
+    if len(instances) > max_instances:
+        raise TooManyInstancesError(len(instances), max_instances)
+    return np.stack([decode_instance(i, instance) for i, instance in enumerate(instances)])
+
+
+class TooManyInstancesError(ValueError):
+    """More instances than the server accepts in one request."""
+
+    def __init__(self, count: int, limit: int) -> None:
+        super().__init__(f"{count} instances in one request, the limit is {limit}")
+
+
+@dataclass(frozen=True)
+class Prediction:
+    """One instance's result, in the shape of the response."""
+
+    label: str
+    class_id: int
+    confidence: float
+    probabilities: dict[str, float]
+
+    def to_json(self) -> dict[str, Any]:
+        """Return the JSON object of this prediction."""
+        return {
+            "label": self.label,
+            "class_id": self.class_id,
+            "confidence": self.confidence,
+            "probabilities": self.probabilities,
+        }
+
+
+class Predictor:
+    """The exported serving function of one model, with its metadata."""
+
+    def __init__(
+        self, serve: Callable[[np.ndarray], np.ndarray], metadata: dict[str, Any]
+    ) -> None:
+        self._serve = serve
+        self.metadata = metadata
+        self.class_names: tuple[str, ...] = tuple(metadata["class_names"])
+
+    @property
+    def name(self) -> str:
+        """Return the model's name from its metadata."""
+        return str(self.metadata["name"])
+
+    @property
+    def version(self) -> str:
+        """Return the model's version from its metadata."""
+        return str(self.metadata["version"])
+
+    @classmethod
+    def load(cls, model_dir: str) -> Predictor:
+        """Load the serving export and metadata from a local directory, checking them with a call."""
+        from edge import model as edge_model
+
+        root = Path(model_dir)
+        if not root.is_dir():
+            raise ModelLoadError(f"model directory {model_dir} does not exist")
+        try:
+            metadata = edge_model.read_metadata(model_dir)
+        except FileNotFoundError as exc:
+            raise ModelLoadError(f"{root / edge_model.METADATA_FILE} is missing") from exc
+        except (ValueError, UnicodeDecodeError) as exc:
+            raise ModelLoadError(f"{root / edge_model.METADATA_FILE} is not valid JSON: {exc}") from exc
+        _check_metadata(metadata, root / edge_model.METADATA_FILE)
+        serving = root / edge_model.SERVING_DIR
+        if not (serving / "saved_model.pb").is_file():
+            raise ModelLoadError(f"{serving} holds no SavedModel (saved_model.pb is missing)")
+
+        import tensorflow as tf
+
+        try:
+            loaded = tf.saved_model.load(str(serving))
+            # The concrete function skips tf.function's per-call signature dispatch.
+            serve = loaded.serve.get_concrete_function(
+                tf.TensorSpec([None, *IMAGE_SHAPE], tf.float32)
+            )
+            probe = serve(tf.zeros([1, *IMAGE_SHAPE], tf.float32)).numpy()
+        except Exception as exc:  # TensorFlow raises many types for a corrupt export.
+            first_line = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+            raise ModelLoadError(f"{serving} is not a usable serving export: {first_line}") from exc
+        if probe.shape != (1, len(metadata["class_names"])):
+            raise ModelLoadError(
+                f"{serving} returns shape {probe.shape[1:]} per image but metadata lists "
+                f"{len(metadata['class_names'])} classes"
+            )
+        return cls(_ServingFunction(serve, loaded, tf.constant), metadata)
+
+    def predict(self, batch: np.ndarray) -> list[Prediction]:
+        """Run the serving function on a float32 (N, 28, 28) batch."""
+        probabilities = self._serve(batch)
+        results = []
+        for row in probabilities.astype(float):
+            class_id = int(row.argmax())
+            results.append(Prediction(
+                label=self.class_names[class_id],
+                class_id=class_id,
+                confidence=float(row[class_id]),
+                probabilities={name: float(p) for name, p in zip(self.class_names, row, strict=True)},
+            ))
+        return results
+
+
+class _ServingFunction:
+    """The concrete serving function, keeping alive the loaded object whose variables it reads."""
+
+    def __init__(self, function: Any, owner: Any, to_tensor: Callable[[np.ndarray], Any]) -> None:
+        self._function = function
+        self._owner = owner
+        self._to_tensor = to_tensor
+
+    def __call__(self, batch: np.ndarray) -> np.ndarray:
+        return np.asarray(self._function(self._to_tensor(batch)).numpy())
+
+
+def _check_metadata(metadata: Any, path: Path) -> None:
+    if not isinstance(metadata, dict):
+        raise ModelLoadError(f"{path} must hold a JSON object")
+    missing = [key for key in ("name", "version", "class_names") if key not in metadata]
+    if missing:
+        raise ModelLoadError(f"{path} lacks {', '.join(missing)}")
+    names = metadata["class_names"]
+    if not isinstance(names, list) or not names or not all(isinstance(n, str) for n in names):
+        raise ModelLoadError(f"{path}: class_names must be a non-empty list of strings")
+
+
+def load_from_uri(uri: str) -> Predictor:
+    """Load a predictor from a local path or a `gs://` URI."""
+    from edge import storage
+
+    try:
+        with storage.local_dir_for_reading(uri) as local:
+            return Predictor.load(local)
+    except FileNotFoundError as exc:
+        raise ModelLoadError(f"model directory {uri} does not exist") from exc
+
+
+class ModelHolder:
+    """The predictor once loaded, or why it is not; shared by the request threads."""
+
+    def __init__(self) -> None:
+        self._ready = threading.Event()
+        self.predictor: Predictor | None = None
+        self.error: str | None = None
+
+    def set(self, predictor: Predictor) -> None:
+        """Publish a loaded predictor."""
+        self.predictor = predictor
+        self._ready.set()
+
+    def fail(self, message: str) -> None:
+        """Record why loading failed."""
+        self.error = message
+
+    @property
+    def ready(self) -> bool:
+        """Tell whether a predictor is loaded."""
+        return self._ready.is_set()
+
+    def wait(self, timeout: float | None = None) -> bool:
+        """Wait for the predictor; return whether it is loaded."""
+        return self._ready.wait(timeout)
+
+
+__all__ = [
+    "InstanceError", "ModelHolder", "ModelLoadError", "Prediction", "Predictor",
+    "TooManyInstancesError", "decode_instance", "decode_instances", "load_from_uri",
+]

@@ -1,0 +1,76 @@
+"""Fixtures shared by every test group: tiny Fashion-MNIST-shaped data made on the spot."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from tests.datagen import write_fashion_files
+
+REPO_ROOT = Path(__file__).resolve().parent.parent
+
+# Nothing a test runs may phone home or reach Google: DVC analytics off, metadata server on a dead port.
+QUIET_ENV = {
+    "DVC_NO_ANALYTICS": "1",
+    "DO_NOT_TRACK": "1",
+    "NO_GCE_CHECK": "True",
+    "GCE_METADATA_HOST": "127.0.0.1:1",
+    "GCE_METADATA_IP": "127.0.0.1:1",
+    "TF_CPP_MIN_LOG_LEVEL": "2",
+}
+
+
+@pytest.fixture(autouse=True, scope="session")
+def _quiet_environment() -> Iterator[None]:
+    saved = {k: os.environ.get(k) for k in QUIET_ENV}
+    os.environ.update(QUIET_ENV)
+    yield
+    for key, value in saved.items():
+        if value is None:
+            os.environ.pop(key, None)
+        else:
+            os.environ[key] = value
+
+
+@pytest.fixture
+def tiny_raw(tmp_path: Path) -> Path:
+    """A folder with tiny synthetic IDX files, uncompressed, as the prepare stage reads them."""
+    return write_fashion_files(tmp_path / "raw", compress=False)
+
+
+REAL_DATA_DIRS = (REPO_ROOT.parent / "shared" / "data" / "fashion-mnist", Path("/usr/share/datasets/fashion-mnist"))
+
+
+@pytest.fixture(scope="session")
+def real_fashion_source() -> Path:
+    """A local folder with the real Fashion-MNIST files (the shared offline copy or Debian's)."""
+    for folder in REAL_DATA_DIRS:
+        if (folder / "t10k-labels-idx1-ubyte.gz").is_file():
+            return folder
+    pytest.skip("no offline copy of Fashion-MNIST: apt-get install dataset-fashion-mnist")
+
+
+TINY_MODEL_METADATA = {
+    "name": "fashion-mnist",
+    "version": "0.0.0-test",
+    "created": "2026-01-01T00:00:00+00:00",
+    "class_names": [
+        "T-shirt/top", "Trouser", "Pullover", "Dress", "Coat",
+        "Sandal", "Shirt", "Sneaker", "Bag", "Ankle boot",
+    ],
+    "lineage": {"git_commit": "0" * 40, "data_version": "test", "run_id": None},
+}
+
+
+@pytest.fixture(scope="session")
+def tiny_model_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """An untrained, tiny model saved the way training saves one: .keras, serving/, metadata."""
+    from edge.model import ModelParams, build_model, save_model
+
+    folder = tmp_path_factory.mktemp("tiny-model") / "models"
+    save_model(build_model(ModelParams(filters=(8,), dense_units=16)), str(folder),
+               TINY_MODEL_METADATA)
+    return folder
