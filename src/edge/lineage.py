@@ -6,6 +6,7 @@ import hashlib
 import subprocess
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit, urlunsplit
 
 import yaml
 
@@ -29,9 +30,23 @@ def git_info(root: Path = Path()) -> dict[str, Any] | None:
     return {
         "commit": commit,
         "branch": _git(root, "rev-parse", "--abbrev-ref", "HEAD"),
-        "remote": _git(root, "config", "--get", "remote.origin.url") or None,
+        "remote": strip_credentials(_git(root, "config", "--get", "remote.origin.url") or "") or None,
         "dirty": bool(status),
     }
+
+
+def strip_credentials(url: str) -> str:
+    """Drop the user and password (or token) from a URL such as https://user:token@host/repo."""
+    if "://" not in url:
+        return url  # scp-like `git@host:org/repo.git` carries a user name, never a secret
+    parts = urlsplit(url)
+    userinfo, at, hosts = parts.netloc.rpartition("@")
+    if not at:
+        return url
+    # Over HTTPS the user part may itself be a token; over SSH a bare user name is no secret.
+    if parts.scheme.startswith("http") or ":" in userinfo:
+        return urlunsplit(parts._replace(netloc=hosts))
+    return url
 
 
 def data_version(root: Path = Path()) -> dict[str, str]:
