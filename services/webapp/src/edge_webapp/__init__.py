@@ -1,0 +1,52 @@
+"""Edge's demo webapp: upload a picture of a garment and see what the model thinks of it."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping
+from typing import Any
+
+from flask import Flask
+from PIL import Image
+
+from edge_webapp.client import ModelClient
+
+# A phone photo is a few MB; 10 MB leaves room without inviting abuse.
+DEFAULT_MAX_UPLOAD_BYTES = 10 * 1024 * 1024
+# 40 megapixels covers today's cameras; a bigger image is refused before it is decoded.
+DEFAULT_MAX_IMAGE_PIXELS = 40_000_000
+
+
+def default_config(environ: Mapping[str, str]) -> dict[str, Any]:
+    """Read the settings from the environment."""
+    return {
+        "MODEL_URL": environ.get("MODEL_URL", "http://127.0.0.1:8080"),
+        "MODEL_CONNECT_TIMEOUT": float(environ.get("MODEL_CONNECT_TIMEOUT", "2")),
+        "MODEL_READ_TIMEOUT": float(environ.get("MODEL_READ_TIMEOUT", "10")),
+        "MODEL_RETRIES": int(environ.get("MODEL_RETRIES", "2")),
+        "MAX_CONTENT_LENGTH": int(environ.get("MAX_CONTENT_LENGTH", DEFAULT_MAX_UPLOAD_BYTES)),
+        "MAX_IMAGE_PIXELS": int(environ.get("MAX_IMAGE_PIXELS", DEFAULT_MAX_IMAGE_PIXELS)),
+    }
+
+
+def create_app(test_config: Mapping[str, Any] | None = None) -> Flask:
+    """Create the webapp."""
+    app = Flask(__name__)
+    app.config.from_mapping(default_config(os.environ))
+    if test_config is not None:
+        app.config.from_mapping(test_config)
+    # Pillow's own bomb guard is process-wide; align it with ours (it errors at twice this).
+    Image.MAX_IMAGE_PIXELS = app.config["MAX_IMAGE_PIXELS"]
+    app.extensions["edge_model_client"] = ModelClient(
+        app.config["MODEL_URL"],
+        connect_timeout=app.config["MODEL_CONNECT_TIMEOUT"],
+        read_timeout=app.config["MODEL_READ_TIMEOUT"],
+        retries=app.config["MODEL_RETRIES"],
+    )
+
+    from edge_webapp import views
+
+    app.register_blueprint(views.pages)
+    app.register_blueprint(views.api)
+    views.register_error_handlers(app)
+    return app

@@ -1,0 +1,85 @@
+"""Ask the model server for a prediction, with timeouts and retries, in words a person can read."""
+
+from __future__ import annotations
+
+import base64
+from dataclasses import dataclass
+from typing import Any
+
+import requests
+from requests.adapters import HTTPAdapter
+from urllib3.util.retry import Retry
+
+
+@dataclass
+class ModelServerError(Exception):
+    """The model server could not give an answer; `message` is for people, `status` for HTTP."""
+
+    message: str
+    status: int = 502
+
+    def __str__(self) -> str:
+        return self.message
+
+
+class ModelClient:
+    """A small client of the model server's `/predict` route."""
+
+    def __init__(
+        self,
+        base_url: str,
+        *,
+        connect_timeout: float,
+        read_timeout: float,
+        retries: int,
+        predict_path: str = "/predict",
+    ) -> None:
+        self.url = base_url.rstrip("/") + predict_path
+        self.timeout = (connect_timeout, read_timeout)
+        # Prediction is idempotent, so POSTs may be retried: on connection failures and while the
+        # server says it is starting (503) or a proxy in front of it fails (502, 504).
+        retry = Retry(
+            total=retries, connect=retries, read=0, status=retries, other=0,
+            backoff_factor=0.2, status_forcelist=(502, 503, 504), allowed_methods=None,
+            raise_on_status=False,
+        )
+        self.session = requests.Session()
+        adapter = HTTPAdapter(max_retries=retry)
+        self.session.mount("http://", adapter)
+        self.session.mount("https://", adapter)
+
+    def predict_png(self, png: bytes) -> dict[str, Any]:
+        """Classify one 28x28 PNG; return the prediction and the model's metadata."""
+        payload = {"instances": [{"b64": base64.b64encode(png).decode("ascii")}]}
+        try:
+            response = self.session.post(self.url, json=payload, timeout=self.timeout)
+        except requests.Timeout as exc:
+            raise ModelServerError(
+                "The model server took too long to answer. Please try again in a moment.", 504
+            ) from exc
+        except requests.RequestException as exc:
+            raise ModelServerError(
+                "The model server cannot be reached right now. Please try again in a moment.", 503
+            ) from exc
+        if response.status_code == 503:
+            raise ModelServerError("The model is still loading. Please try again in a moment.", 503)
+        if response.status_code != 200:
+            raise ModelServerError(
+                f"The model server answered with an error (HTTP {response.status_code}).", 502
+            )
+        try:
+            body = response.json()
+            prediction = body["predictions"][0]
+            result = {
+                "prediction": {
+                    "label": str(prediction["label"]),
+                    "class_id": int(prediction["class_id"]),
+                    "confidence": float(prediction["confidence"]),
+                    "probabilities": {str(k): float(v)
+                                      for k, v in dict(prediction["probabilities"]).items()},
+                },
+                "model": dict(body.get("model") or {}),
+            }
+        except (ValueError, KeyError, IndexError, TypeError) as exc:
+            raise ModelServerError("The model server sent an answer we could not understand.") from exc
+        return result
