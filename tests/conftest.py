@@ -41,7 +41,10 @@ def tiny_raw(tmp_path: Path) -> Path:
     return write_fashion_files(tmp_path / "raw", compress=False)
 
 
-REAL_DATA_DIRS = (REPO_ROOT.parent / "shared" / "data" / "fashion-mnist", Path("/usr/share/datasets/fashion-mnist"))
+REAL_DATA_DIRS = (
+    REPO_ROOT.parent / "shared" / "data" / "fashion-mnist",
+    Path("/usr/share/datasets/fashion-mnist"),
+)
 
 
 @pytest.fixture(scope="session")
@@ -58,8 +61,16 @@ TINY_MODEL_METADATA = {
     "version": "0.0.0-test",
     "created": "2026-01-01T00:00:00+00:00",
     "class_names": [
-        "T-shirt/top", "Trouser", "Pullover", "Dress", "Coat",
-        "Sandal", "Shirt", "Sneaker", "Bag", "Ankle boot",
+        "T-shirt/top",
+        "Trouser",
+        "Pullover",
+        "Dress",
+        "Coat",
+        "Sandal",
+        "Shirt",
+        "Sneaker",
+        "Bag",
+        "Ankle boot",
     ],
     "lineage": {"git_commit": "0" * 40, "data_version": "test", "run_id": None},
 }
@@ -71,6 +82,5 @@ def tiny_model_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     from edge.model import ModelParams, build_model, save_model
 
     folder = tmp_path_factory.mktemp("tiny-model") / "models"
-    save_model(build_model(ModelParams(filters=(8,), dense_units=16)), str(folder),
-               TINY_MODEL_METADATA)
+    save_model(build_model(ModelParams(filters=(8,), dense_units=16)), str(folder), TINY_MODEL_METADATA)
     return folder

@@ -145,9 +145,9 @@ def md5_hex(data: bytes) -> str:
     return hashlib.md5(data, usedforsecurity=False).hexdigest()
 
 
-def present_files(raw_dir: Path) -> list[RawFile]:
-    """Return the canonical files already in `raw_dir` with the right content."""
-    return [f for f in RAW_FILES if _has_content(raw_dir / f.name, f.md5)]
+def present_files(raw_dir: Path, files: Sequence[RawFile] = RAW_FILES) -> list[RawFile]:
+    """Return the files already in `raw_dir` with the right content."""
+    return [f for f in files if _has_content(raw_dir / f.name, f.md5)]
 
 
 def _has_content(path: Path, md5: str) -> bool:
@@ -236,6 +236,7 @@ def seed(
     attempts: int = 3,
     backoff: float = 1.0,
     progress: Progress | None = None,
+    files: Sequence[RawFile] = RAW_FILES,
 ) -> SeedResult:
     """Put the four canonical files into `raw_dir`, all or nothing, each checked by content.
 
@@ -243,7 +244,8 @@ def seed(
     Files are staged in a temporary folder beside `raw_dir` and moved in only once all four passed
     their checksum, so a failure leaves `raw_dir` exactly as it was.
     """
-    missing = [f for f in RAW_FILES if f not in present_files(raw_dir)]
+    present = present_files(raw_dir, files)
+    missing = [f for f in files if f not in present]
     folder = resolve_source(source, system_source)
     origin = folder or "the download mirrors"
     if not missing:

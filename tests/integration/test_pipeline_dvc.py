@@ -1,0 +1,114 @@
+"""The real pipeline: `dvc repro` in a temporary copy of the repository, on tiny data."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import yaml
+
+from tests.conftest import REPO_ROOT
+from tests.datagen import write_fashion_files
+
+pytestmark = pytest.mark.slow
+
+TINY_PARAMS = {
+    "prepare": {"seed": 1, "validation_size": 200, "max_train_images": None, "max_test_images": None},
+    "train": {"seed": 1, "epochs": 1, "batch_size": 64, "model": {"filters": [8], "dense_units": 16}},
+    "evaluate": {"min_accuracy": 0.0},
+}
+
+
+def run(cmd: list[str], cwd: Path, check: bool = True) -> subprocess.CompletedProcess[str]:
+    env = {**os.environ, "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}"}
+    done = subprocess.run(cmd, cwd=cwd, env=env, capture_output=True, text=True, timeout=600)
+    if check and done.returncode != 0:
+        raise AssertionError(f"{cmd} failed ({done.returncode}):\n{done.stdout}\n{done.stderr}")
+    return done
+
+
+def copy_repository(target: Path) -> Path:
+    """Copy the files git knows about (committed or not), as a fresh clone plus local edits would have."""
+    listed = subprocess.run(
+        ["git", "ls-files", "--cached", "--others", "--exclude-standard"],
+        cwd=REPO_ROOT,
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout.split()
+    for name in listed:
+        source = REPO_ROOT / name
+        if source.is_file():
+            (target / name).parent.mkdir(parents=True, exist_ok=True)
+            shutil.copy2(source, target / name)
+    run(["git", "init", "-q"], target)
+    run(["git", "add", "-A"], target)
+    run(["git", "-c", "user.name=t", "-c", "user.email=t@example.com", "commit", "-qm", "copy"], target)
+    return target
+
+
+@pytest.fixture(scope="module")
+def project(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A copy of the repository with tiny synthetic data tracked by DVC in place of the real files."""
+    root = copy_repository(tmp_path_factory.mktemp("project"))
+    write_fashion_files(root / "data" / "raw" / "fashion-mnist", n_train=2000, n_test=500, compress=False)
+    run(["dvc", "add", "-q", "data/raw/fashion-mnist"], root)
+    (root / "params.yaml").write_text(yaml.safe_dump(TINY_PARAMS))
+    return root
+
+
+def test_repro_builds_every_output(project: Path) -> None:
+    run(["dvc", "repro"], project)
+    for output in (
+        "data/prepared/train.npz",
+        "data/prepared/validation.npz",
+        "data/prepared/test.npz",
+        "models/model.keras",
+        "models/serving/saved_model.pb",
+        "models/metadata.json",
+        "reports/train/history.csv",
+        "reports/evaluate/confusion.csv",
+        "reports/evaluate/confusion_matrix.png",
+    ):
+        assert (project / output).is_file(), output
+    metrics = json.loads((project / "reports/evaluate/metrics.json").read_text())
+    assert 0.0 <= metrics["test"]["accuracy"] <= 1.0
+    assert set(metrics["per_class"]["Sneaker"]) == {"precision", "recall", "f1"}
+    assert len((project / "reports/evaluate/confusion.csv").read_text().splitlines()) == 501
+    metadata = json.loads((project / "models/metadata.json").read_text())
+    assert metadata["lineage"]["data_version"]["data/raw/fashion-mnist"].endswith(".dir")
+    shown = json.loads(run(["dvc", "metrics", "show", "--json"], project).stdout)
+    assert "reports/evaluate/metrics.json" in json.dumps(shown)
+
+
+def test_second_repro_is_a_no_op(project: Path) -> None:
+    lock_before = (project / "dvc.lock").read_text()
+    model_mtime = (project / "models/model.keras").stat().st_mtime_ns
+    done = run(["dvc", "repro"], project)
+    assert "up to date" in done.stdout
+    assert (project / "dvc.lock").read_text() == lock_before
+    assert (project / "models/model.keras").stat().st_mtime_ns == model_mtime
+
+
+def test_plots_render(project: Path) -> None:
+    run(["dvc", "plots", "show", "-o", "plots-html"], project)
+    html = (project / "plots-html" / "index.html").read_text()
+    assert "Accuracy per epoch" in html and "Confusion matrix on the test set" in html
+
+
+def test_quality_gate_fails_the_stage(project: Path) -> None:
+    params = yaml.safe_load((project / "params.yaml").read_text())
+    params["evaluate"]["min_accuracy"] = 1.0
+    (project / "params.yaml").write_text(yaml.safe_dump(params))
+    metrics = json.loads((project / "reports/evaluate/metrics.json").read_text())
+    if metrics["test"]["accuracy"] >= 1.0:
+        pytest.skip("the tiny model happened to be perfect; the gate cannot fail")
+    done = run(["dvc", "repro", "evaluate"], project, check=False)
+    assert done.returncode != 0
+    assert "quality gate failed: test accuracy" in done.stdout + done.stderr
+    assert "evaluate.min_accuracy in params.yaml" in done.stdout + done.stderr
