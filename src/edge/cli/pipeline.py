@@ -10,10 +10,10 @@ from typing import Annotated
 import typer
 from rich.table import Table
 
-from edge import lineage, storage
+from edge import lineage, storage, tracking
 from edge.cli.common import console, friendly_errors, out
 from edge.data import DEFAULT_RAW_DIR
-from edge.pipeline import evaluate_stage, load_params, prepare_stage, train_stage
+from edge.pipeline import evaluate_stage, load_params, prepare_stage
 
 app = typer.Typer(help="Run the training pipeline's stages: prepare, train, evaluate.", no_args_is_help=True)
 
@@ -53,8 +53,9 @@ def train(
     """Train the CNN; write the .keras model, the serving export, metadata, history and metrics."""
     with friendly_errors():
         settings = load_params(params)
-        result, metadata = train_stage(
-            prepared_dir, model_dir, reports_dir, settings.train, _lineage(settings.as_dict())
+        # A tracked run: recorded with its lineage, metrics, test scores and artifacts (edge.tracking).
+        result, metadata = tracking.run_training(
+            prepared_dir, model_dir, reports_dir, settings, _lineage(settings.as_dict())
         )
     console.print(
         f"Trained {len(result.history)} epoch(s) in {result.seconds:.0f} s: validation accuracy "
