@@ -14,6 +14,7 @@ import typer
 from rich.table import Table
 
 from edge.cli.common import console, fail, friendly_errors, out
+from edge.data import CLASS_NAMES
 from edge.tracking import observers, report
 from edge.tracking.records import FileRuns, MongoRuns, NotFoundError, RunRecord, RunSource, find
 
@@ -183,7 +184,10 @@ def _show(run: RunRecord) -> None:
         per_class = Table(title="Test set, per class", title_justify="left")
         for column in ("class", "precision", "recall", "f1"):
             per_class.add_column(column, justify="left" if column == "class" else "right")
-        for name, scores in run.test["per_class"].items():
+        # The journal sorts keys; show the classes in their label order.
+        scores_by_class = run.test["per_class"]
+        for name in sorted(scores_by_class, key=lambda c: CLASS_NAMES.index(c) if c in CLASS_NAMES else 99):
+            scores = scores_by_class[name]
             per_class.add_row(name, *(f"{scores[k]:.3f}" for k in ("precision", "recall", "f1")))
         out.print(per_class)
 

@@ -195,7 +195,9 @@ def _record(
     artifacts: list[str],
 ) -> RunRecord:
     meta = run.get("meta") or {}
-    info = {k: v for k, v in info.items() if k != "metrics"}  # MongoDB's pointers to its metrics
+    # The journal writes keys sorted, MongoDB keeps them in insertion order: sort them all alike.
+    run, config = _sorted(run), _sorted(config)
+    info = _sorted({k: v for k, v in info.items() if k != "metrics"})  # not MongoDB's metric pointers
     trace = run.get("fail_trace")
     return RunRecord(
         uuid=meta.get("run_uuid") or info.get("run_uuid") or f"unknown-{backend_id}",
@@ -220,6 +222,14 @@ def _record(
         fail_trace="".join(trace) if isinstance(trace, list) else trace,
         info=info,
     )
+
+
+def _sorted(value: Any) -> Any:
+    if isinstance(value, dict):
+        return {k: _sorted(value[k]) for k in sorted(value)}
+    if isinstance(value, list):
+        return [_sorted(v) for v in value]
+    return value
 
 
 def _time(value: Any) -> datetime | None:

@@ -138,6 +138,7 @@ def metrics_png(run: RunRecord) -> bytes:
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
+    from matplotlib.ticker import MaxNLocator
 
     names = ordered_metrics(run)
     fig, axes = plt.subplots(len(names) or 1, 1, figsize=(7, 2.2 * max(len(names), 1)), squeeze=False)
@@ -145,6 +146,7 @@ def metrics_png(run: RunRecord) -> bytes:
         metric = run.metrics[name]
         ax.plot(metric.steps, metric.values, marker="o", markersize=3)
         ax.set_ylabel(name)
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
         ax.grid(alpha=0.3)
     axes[-1, 0].set_xlabel("epoch")
     fig.suptitle(f"Run {run.id} ({run.status})")
