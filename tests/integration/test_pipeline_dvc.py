@@ -4,9 +4,14 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import shutil
+import signal
+import socket
 import subprocess
 import sys
+import time
+import urllib.request
 from pathlib import Path
 
 import pytest
@@ -112,3 +117,68 @@ def test_quality_gate_fails_the_stage(project: Path) -> None:
     assert done.returncode != 0
     assert "quality gate failed: test accuracy" in done.stdout + done.stderr
     assert "evaluate.min_accuracy in params.yaml" in done.stdout + done.stderr
+
+
+def free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return int(probe.getsockname()[1])
+
+
+def alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    return True
+
+
+def test_edge_up_serves_then_stops_cleanly(project: Path) -> None:
+    """`edge up` on a reproduced project: both servers healthy, a prediction, SIGTERM, no orphans."""
+    model_port, webapp_port = free_port(), free_port()
+    env = {**os.environ, "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}"}
+    argv = [
+        sys.executable,
+        "-m",
+        "edge",
+        "up",
+        "--model-port",
+        str(model_port),
+        "--webapp-port",
+        str(webapp_port),
+    ]
+    process = subprocess.Popen(
+        argv, cwd=project, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True
+    )
+    lines: list[str] = []
+    children: list[int] = []
+    try:
+        assert process.stdout is not None
+        deadline = time.monotonic() + 240
+        while time.monotonic() < deadline:
+            line = process.stdout.readline()
+            if not line:
+                break
+            lines.append(line)
+            if "Press Ctrl-C to stop" in line:
+                break
+        output = "".join(lines)
+        assert "Edge is up." in output, output
+        assert f"http://127.0.0.1:{webapp_port}/" in output
+        children = [int(pid) for pid in re.findall(r"\(pid (\d+)\)", output)]
+        assert len(children) == 2
+        page = urllib.request.urlopen(f"http://127.0.0.1:{webapp_port}/", timeout=10).read().decode()
+        assert "<form" in page
+        body = json.dumps({"instances": [[[0] * 28] * 28]}).encode()
+        request = urllib.request.Request(
+            f"http://127.0.0.1:{model_port}/predict", body, {"Content-Type": "application/json"}
+        )
+        prediction = json.loads(urllib.request.urlopen(request, timeout=10).read())
+        assert len(prediction["predictions"]) == 1
+    finally:
+        process.send_signal(signal.SIGTERM)
+        rest, _ = process.communicate(timeout=60)
+    assert process.returncode == 0, "".join(lines) + rest
+    assert "Stopped the model server and the webapp." in rest
+    for pid in children:
+        assert not alive(pid), f"process {pid} survived `edge up`"

@@ -1,0 +1,154 @@
+"""`edge up`: the main job on embedded defaults, from raw data to a model you can talk to."""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+import urllib.error
+import urllib.request
+from dataclasses import dataclass
+from pathlib import Path
+from types import FrameType
+from typing import Annotated
+
+import typer
+
+from edge.cli.common import console, fail, friendly_errors, out
+from edge.cli.data import seed_data
+from edge.data import DEFAULT_RAW_DIR
+
+HEALTH_TIMEOUT = 180.0
+STOP_TIMEOUT = 15.0
+
+
+@dataclass
+class Service:
+    """A server process we started, in its own process group so we can stop all of it."""
+
+    name: str
+    url: str
+    process: subprocess.Popen[bytes]
+
+    def healthy(self) -> bool:
+        try:
+            with urllib.request.urlopen(f"{self.url}/health", timeout=2) as response:
+                return int(response.status) == 200
+        except (urllib.error.URLError, OSError):
+            return False
+
+    def stop(self) -> None:
+        if self.process.poll() is not None:
+            return
+        os.killpg(self.process.pid, signal.SIGTERM)
+        try:
+            self.process.wait(STOP_TIMEOUT)
+        except subprocess.TimeoutExpired:
+            os.killpg(self.process.pid, signal.SIGKILL)
+            self.process.wait()
+
+
+def _port_free(host: str, port: int) -> bool:
+    with socket.socket() as probe:
+        try:
+            probe.bind((host, port))
+        except OSError:
+            return False
+    return True
+
+
+def _start(name: str, argv: list[str], host: str, port: int, env: dict[str, str] | None = None) -> Service:
+    process = subprocess.Popen(argv, env=env, start_new_session=True)
+    console.print(f"Started the {name} (pid {process.pid}).")
+    return Service(name, f"http://{host}:{port}", process)
+
+
+def _train() -> None:
+    """Run the pipeline through DVC, which skips every stage whose inputs did not change."""
+    if Path(".dvc").is_dir():
+        console.print("Running the pipeline (dvc repro; unchanged stages are skipped)...")
+        if subprocess.run([sys.executable, "-m", "dvc", "repro"]).returncode != 0:
+            fail("the pipeline failed (see above); fix it, then run `make up` again")
+    else:
+        console.print("Not in a DVC repository: running the pipeline directly.")
+        if subprocess.run([sys.executable, "-m", "edge", "pipeline", "run"]).returncode != 0:
+            fail("the pipeline failed (see above)")
+
+
+def up(
+    model_port: Annotated[int, typer.Option(envvar="EDGE_MODEL_PORT", help="Model server port.")] = 8080,
+    webapp_port: Annotated[int, typer.Option(envvar="EDGE_WEBAPP_PORT", help="Webapp port.")] = 8000,
+    host: Annotated[str, typer.Option(help="Address both servers bind.")] = "127.0.0.1",
+    source: Annotated[
+        str | None, typer.Option(envvar="EDGE_DATA_SOURCE", help="Local folder to seed the data from.")
+    ] = None,
+    train: Annotated[
+        bool, typer.Option(help="Run the pipeline first (--no-train: serve models/ as is).")
+    ] = True,
+) -> None:
+    """Seed the data, run the pipeline, then serve the model and the webapp until Ctrl-C."""
+    for name, port in (("model server", model_port), ("webapp", webapp_port)):
+        if not _port_free(host, port):
+            fail(f"port {port} on {host} is in use; stop what uses it or pick another port for the {name}")
+    if train:
+        with friendly_errors():
+            seed_data(DEFAULT_RAW_DIR, source)
+        _train()
+
+    stopping: list[int] = []
+
+    def request_stop(signum: int, _frame: FrameType | None) -> None:
+        stopping.append(signum)
+
+    signal.signal(signal.SIGINT, request_stop)
+    signal.signal(signal.SIGTERM, request_stop)
+    model_argv = [sys.executable, "-m", "edge", "serve", "--model-dir", "models"]
+    model_argv += ["--host", host, "--port", str(model_port)]
+    webapp_argv = [sys.executable, "-m", "gunicorn", "--bind", f"{host}:{webapp_port}", "--threads", "4"]
+    webapp_argv += ["--no-control-socket", "--access-logfile", "-", "edge_webapp:create_app()"]
+    services = [_start("model server", model_argv, host, model_port)]
+    services.append(
+        _start("webapp", webapp_argv, host, webapp_port, dict(os.environ, MODEL_URL=services[0].url))
+    )
+    try:
+        _wait_healthy(services, stopping)
+        if not stopping:
+            _announce(services)
+            _watch(services, stopping)
+    finally:
+        for service in reversed(services):
+            service.stop()
+        console.print("Stopped the model server and the webapp.")
+
+
+def _wait_healthy(services: list[Service], stopping: list[int]) -> None:
+    deadline = time.monotonic() + HEALTH_TIMEOUT
+    pending = list(services)
+    while pending and not stopping:
+        for service in list(pending):
+            if service.process.poll() is not None:
+                fail(f"the {service.name} exited with code {service.process.returncode} (see above)")
+            if service.healthy():
+                pending.remove(service)
+        if time.monotonic() > deadline:
+            names = " and ".join(s.name for s in pending)
+            fail(f"the {names} did not become healthy within {HEALTH_TIMEOUT:.0f} s")
+        time.sleep(0.5)
+
+
+def _announce(services: list[Service]) -> None:
+    model, webapp = services
+    out.print(f"\n[bold green]Edge is up.[/]\n  webapp        {webapp.url}/")
+    out.print(f"  model API     {model.url}/predict  (OpenAPI: {model.url}/openapi.json)")
+    out.print(f"  metrics       {model.url}/metrics\nPress Ctrl-C to stop.\n", highlight=False)
+
+
+def _watch(services: list[Service], stopping: list[int]) -> None:
+    while not stopping:
+        for service in services:
+            if service.process.poll() is not None:
+                fail(f"the {service.name} stopped unexpectedly with code {service.process.returncode}")
+        time.sleep(0.5)
