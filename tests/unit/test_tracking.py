@@ -1,0 +1,211 @@
+"""Tracking without training: known runs recorded by the real Sacred observers, read back by the CLI.
+
+The bodies below stand in for training (they log known metrics); everything around them, Sacred,
+its file journal, the MongoDB observer and `edge experiments`, is the real code. MongoDB is
+mongomock (no server can be installed here): `mongomock.patch` serves mongo.test:27017 to
+`pymongo.MongoClient`, and `mongomock.gridfs.enable_gridfs_integration()` makes GridFS work on it.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import mongomock
+import mongomock.collection
+import mongomock.gridfs
+import pymongo
+import pymongo.errors
+import pytest
+from typer.testing import CliRunner
+
+from edge.cli import app
+from edge.lineage import strip_credentials
+from edge.tracking import observers
+from edge.tracking.experiment import Recorder, tracked_run
+from edge.tracking.report import sparkline
+
+MOCK_URL = "mongodb://edge:pa55word@mongo.test:27017/edge"
+PARAMS = {
+    "prepare": {"seed": 1, "validation_size": 100},
+    "train": {"epochs": 3, "batch_size": 64, "learning_rate": 0.003, "model": {"filters": [8]}},
+}
+GIT = {"commit": "a" * 40, "branch": "main", "remote": "https://example.com/edge.git", "dirty": False}
+DATA = [{"path": "data/raw/fashion-mnist", "md5": "0123456789abcdef0123456789abcdef.dir"}]
+
+
+def known_body(accuracy: list[float]) -> Any:
+    def body(recorder: Recorder) -> str:
+        for epoch, value in enumerate(accuracy, start=1):
+            recorder.log_metrics(epoch, {"accuracy": value, "loss": 1 - value})
+        recorder.add_artifact("final_metrics.json", b'{"test": {}}\n', "application/json")
+        recorder.info["result"] = {"test_accuracy": accuracy[-1], "epochs": len(accuracy)}
+        return "done"
+
+    return body
+
+
+def record(runs: Path, accuracy: list[float], lr: float = 0.003, **kwargs: Any) -> Any:
+    config = json.loads(json.dumps(PARAMS))
+    config["train"]["learning_rate"] = lr
+    return tracked_run(
+        known_body(accuracy),
+        config={**config, "seed": 1},
+        info={"git": GIT, "data_version": DATA, "vertex_job": None},
+        runs_dir=runs,
+        **kwargs,
+    )
+
+
+def edge(*args: str, code: int = 0) -> Any:
+    result = CliRunner().invoke(app, list(args))
+    assert result.exit_code == code, result.output
+    return result
+
+
+@pytest.fixture(autouse=True)
+def _environment(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv("EDGE_TRACKING_URL", raising=False)
+    monkeypatch.delenv("EDGE_RUNS_DIR", raising=False)
+    monkeypatch.setenv("COLUMNS", "200")
+
+
+@pytest.fixture
+def mock_mongo() -> Iterator[Any]:
+    mongomock.gridfs.enable_gridfs_integration()
+    with mongomock.patch(servers=(("mongo.test", 27017),)):
+        yield pymongo.MongoClient(MOCK_URL)["edge"]
+
+
+@pytest.fixture
+def known_runs(tmp_path: Path) -> tuple[Path, list[str]]:
+    runs = tmp_path / "runs"
+    first = record(runs, [0.5, 0.7, 0.8])
+    second = record(runs, [0.6, 0.8, 0.9], lr=0.01)
+    return runs, [first.uuid, second.uuid]
+
+
+def test_urls_are_masked_and_credentials_stripped() -> None:
+    assert observers.mask_url("mongodb://edge:secret@db:27017/edge") == "mongodb://edge:***@db:27017/edge"
+    assert observers.mask_url("mongodb://db:27017") == "mongodb://db:27017"
+    assert observers.database_name("mongodb://u:p@h:1/team?authSource=admin") == "team"
+    assert observers.database_name("mongodb://h:1") == "edge"
+    assert strip_credentials("https://bot:tok@github.com/o/r.git") == "https://github.com/o/r.git"
+    assert strip_credentials("https://tok@github.com/o/r.git") == "https://github.com/o/r.git"
+    assert strip_credentials("git@github.com:o/r.git") == "git@github.com:o/r.git"
+
+
+def test_a_tracking_url_that_is_not_mongodb_is_refused(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("EDGE_TRACKING_URL", "http://u:secret@host/edge")
+    with pytest.raises(ValueError, match="mongodb://") as caught:
+        observers.tracking_url()
+    assert "secret" not in str(caught.value)
+
+
+def test_list_shows_known_runs(known_runs: tuple[Path, list[str]]) -> None:
+    runs, (first, second) = known_runs
+    rows = json.loads(edge("experiments", "list", "--json", "--runs-dir", str(runs)).stdout)
+    assert [r["id"] for r in rows] == [second[:8], first[:8]]  # newest first
+    assert rows[0]["status"] == "COMPLETED" and rows[0]["test_accuracy"] == 0.9
+    assert rows[0]["commit"] == "a" * 40 and rows[0]["dirty"] is False
+    assert rows[0]["data_version"] == "01234567"
+    assert rows[0]["params"]["train.learning_rate"] == 0.01
+    table = edge("experiments", "list", "--runs-dir", str(runs)).stdout
+    for expected in (first[:8], second[:8], "COMPLETED", "aaaaaaa ", "01234567", "lr=0.01", "0.9000"):
+        assert expected in table
+
+
+def test_show_prints_everything_with_curves(known_runs: tuple[Path, list[str]], tmp_path: Path) -> None:
+    runs, (first, _) = known_runs
+    png = tmp_path / "curves.png"
+    shown = edge("experiments", "show", first[:6], "--runs-dir", str(runs), "--plot", str(png)).stdout
+    for expected in (first, "COMPLETED", "a" * 40, "https://example.com/edge.git", DATA[0]["md5"]):
+        assert expected in shown
+    assert "train.learning_rate" in shown and "test_accuracy" in shown
+    assert sparkline([0.5, 0.7, 0.8]) == "▁▆█" and "▁▆█" in shown  # accuracy per epoch
+    assert "final_metrics.json" in shown
+    assert png.read_bytes()[:4] == b"\x89PNG"
+    assert (
+        edge("experiments", "show", "1", "--runs-dir", str(runs)).stdout
+        == edge("experiments", "show", first, "--runs-dir", str(runs)).stdout
+    )
+    missing = edge("experiments", "show", "ffffffff", "--runs-dir", str(runs), code=1)
+    assert "no run 'ffffffff'" in missing.output
+
+
+def test_compare_highlights_differences(known_runs: tuple[Path, list[str]]) -> None:
+    runs, (first, second) = known_runs
+    compared = json.loads(
+        edge("experiments", "compare", first[:8], second[:8], "--json", "--runs-dir", str(runs)).stdout
+    )
+    rows = {row["name"]: row for row in compared["rows"]}
+    assert rows["train.learning_rate"] == {
+        "name": "train.learning_rate",
+        "values": ["0.003", "0.01"],
+        "differs": True,
+    }
+    assert rows["test_accuracy"]["differs"] and not rows["train.epochs"]["differs"]
+    table = edge("experiments", "compare", first[:8], second[:8], "--runs-dir", str(runs)).stdout
+    marked = [line for line in table.splitlines() if "≠" in line]
+    assert any("train.learning_rate" in line for line in marked)
+    assert not any("train.epochs" in line for line in marked)
+
+
+def test_a_failing_or_interrupted_body_is_recorded(tmp_path: Path) -> None:
+    runs = tmp_path / "runs"
+
+    def broken(recorder: Recorder) -> None:
+        raise RuntimeError("the data went missing")
+
+    def interrupted(recorder: Recorder) -> None:
+        raise KeyboardInterrupt
+
+    with pytest.raises(RuntimeError, match="went missing"):
+        tracked_run(broken, config=PARAMS, info={}, runs_dir=runs)
+    with pytest.raises(KeyboardInterrupt):
+        tracked_run(interrupted, config=PARAMS, info={}, runs_dir=runs)
+    failed = json.loads((runs / "1" / "run.json").read_text())
+    assert failed["status"] == "FAILED"
+    assert "RuntimeError: the data went missing" in "".join(failed["fail_trace"])
+    assert json.loads((runs / "2" / "run.json").read_text())["status"] == "INTERRUPTED"
+    shown = edge("experiments", "show", "2", "--runs-dir", str(runs)).stdout
+    assert "INTERRUPTED" in shown
+
+
+def test_mongo_failing_mid_run_completes_in_files_then_sync_repairs_it(
+    tmp_path: Path, mock_mongo: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    runs = tmp_path / "runs"
+    warnings: list[str] = []
+
+    def down(*args: Any, **kwargs: Any) -> None:
+        raise pymongo.errors.ServerSelectionTimeoutError("mongo.test:27017: connection refused")
+
+    with monkeypatch.context() as patch:
+
+        def body(recorder: Recorder) -> None:
+            known_body([0.5, 0.7])(recorder)
+            # The server goes away: from now on every update fails as pymongo's do.
+            patch.setattr(mongomock.collection.Collection, "update_one", down)
+
+        tracked = tracked_run(body, config=PARAMS, info={}, runs_dir=runs, url=MOCK_URL, warn=warnings.append)
+    assert len(warnings) == 1 and "failed during the run" in warnings[0] and "pa55word" not in warnings[0]
+    assert json.loads((tracked.journal_dir / "run.json").read_text())["status"] == "COMPLETED"
+    assert mock_mongo.runs.find_one({"meta.run_uuid": tracked.uuid})["status"] == "RUNNING"
+
+    monkeypatch.setenv("EDGE_TRACKING_URL", MOCK_URL)
+    assert "1 completed" in edge("experiments", "sync", "--runs-dir", str(runs)).output
+    (doc,) = list(mock_mongo.runs.find())
+    assert doc["_id"] == tracked.mongo_id and doc["status"] == "COMPLETED"
+    assert {m["name"]: m["values"] for m in mock_mongo.metrics.find()} == {
+        "accuracy": [0.5, 0.7],
+        "loss": [0.5, pytest.approx(0.3)],
+    }
+    assert mock_mongo["fs.files"].count_documents({"filename": {"$regex": "^artifact://"}}) == 1
+    assert (
+        "0 run(s) copied, 0 completed, 1 already there"
+        in edge("experiments", "sync", "--runs-dir", str(runs)).output
+    )
+    assert mock_mongo.metrics.count_documents({}) == 2
