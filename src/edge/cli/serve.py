@@ -41,6 +41,8 @@ def gunicorn_argv(host: str, port: int, threads: int, timeout: int) -> list[str]
         "--worker-class", "gthread", "--workers", "1", "--threads", str(threads),
         "--bind", bind, "--timeout", str(timeout), "--graceful-timeout", "10",
         "--access-logfile", "-", "--error-logfile", "-",
+        # gunicorn's control socket is one fixed path per user: two servers would fight over it.
+        "--no-control-socket",
         GUNICORN_APP,
     ]
 

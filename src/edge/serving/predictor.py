@@ -99,7 +99,9 @@ def _decode_b64_image(index: int, payload: Any) -> np.ndarray:
             pixels = np.asarray(image.convert("L"), dtype=np.float32)
     except InstanceError:
         raise
-    except (UnidentifiedImageError, OSError, ValueError, SyntaxError,
+    except UnidentifiedImageError as exc:
+        raise InstanceError(index, "b64 does not hold a PNG or JPEG image") from exc
+    except (OSError, ValueError, SyntaxError,
             Image.DecompressionBombError, Image.DecompressionBombWarning) as exc:
         raise InstanceError(index, f"b64 is not a decodable PNG or JPEG image ({exc})") from exc
     return pixels

@@ -1,0 +1,300 @@
+"""The model server's contract, through Flask's test client: Vertex AI's routes, every instance form,
+every kind of bad input, health around loading, metrics and the OpenAPI document."""
+
+from __future__ import annotations
+
+import base64
+import io
+import json
+import threading
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+from flask import Flask
+from flask.testing import FlaskClient
+from PIL import Image
+from typer.testing import CliRunner
+
+from edge.cli import app as cli_app
+from edge.cli.serve import resolve_bind, resolve_model_uri
+from edge.serving.app import create_app
+from edge.serving.predictor import ModelLoadError, Predictor, load_from_uri
+
+CLASS_NAMES = [
+    "T-shirt/top", "Trouser", "Pullover", "Dress", "Coat",
+    "Sandal", "Shirt", "Sneaker", "Bag", "Ankle boot",
+]
+
+
+@pytest.fixture(scope="module")
+def predictor(tiny_model_dir: Path) -> Predictor:
+    return load_from_uri(str(tiny_model_dir))
+
+
+@pytest.fixture
+def app(predictor: Predictor) -> Flask:
+    return create_app({"PREDICTOR": predictor})
+
+
+@pytest.fixture
+def client(app: Flask) -> FlaskClient:
+    return app.test_client()
+
+
+def image_pixels(seed: int = 0) -> np.ndarray:
+    """A 28x28 uint8 image with something in it."""
+    rng = np.random.default_rng(seed)
+    pixels = np.zeros((28, 28), dtype=np.uint8)
+    pixels[6:22, 8:20] = rng.integers(80, 256, size=(16, 12), dtype=np.uint8)
+    return pixels
+
+
+def b64_image(pixels: np.ndarray, fmt: str = "PNG") -> dict[str, str]:
+    buffer = io.BytesIO()
+    Image.fromarray(pixels).save(buffer, format=fmt)
+    return {"b64": base64.b64encode(buffer.getvalue()).decode()}
+
+
+# --- Every instance form --------------------------------------------------------------------------
+
+def test_every_instance_form_gets_a_prediction(client: FlaskClient) -> None:
+    pixels = image_pixels()
+    instances = [
+        pixels.tolist(),                                 # 28x28 array
+        pixels.reshape(-1).tolist(),                     # flat list of 784
+        (pixels.astype(float) * 0.5).tolist(),           # floats are fine too
+        b64_image(pixels, "PNG"),
+        b64_image(pixels, "JPEG"),
+    ]
+    response = client.post("/predict", json={"instances": instances, "parameters": {}})
+    assert response.status_code == 200, response.json
+    body = response.json
+    assert len(body["predictions"]) == len(instances)
+    for prediction in body["predictions"]:
+        assert prediction["label"] == CLASS_NAMES[prediction["class_id"]]
+        assert set(prediction["probabilities"]) == set(CLASS_NAMES)
+        assert sum(prediction["probabilities"].values()) == pytest.approx(1.0, abs=1e-4)
+        assert prediction["confidence"] == max(prediction["probabilities"].values())
+    first = body["predictions"][0]["probabilities"]
+    # The same pixels give the same answer whichever way they are sent (PNG is lossless).
+    for same in (body["predictions"][1], body["predictions"][3]):
+        assert same["probabilities"] == pytest.approx(first, abs=1e-6)
+    assert body["model"]["version"] == "0.0.0-test"
+    assert body["model"]["lineage"]["data_version"] == "test"
+
+
+def test_server_predictions_match_the_keras_model(client: FlaskClient, tiny_model_dir: Path) -> None:
+    import keras
+
+    pixels = np.stack([image_pixels(seed) for seed in range(3)]).astype(np.float32)
+    response = client.post("/predict", json={"instances": pixels.tolist()})
+    served = [[p["probabilities"][n] for n in CLASS_NAMES] for p in response.json["predictions"]]
+    expected = keras.saving.load_model(tiny_model_dir / "model.keras")(pixels, training=False)
+    np.testing.assert_allclose(served, np.asarray(expected), atol=1e-5)
+
+
+def test_named_route_serves_the_model_by_its_name(client: FlaskClient) -> None:
+    instance = image_pixels().tolist()
+    response = client.post("/v1/models/fashion-mnist:predict", json={"instances": [instance]})
+    assert response.status_code == 200
+    assert len(response.json["predictions"]) == 1
+    other = client.post("/v1/models/other:predict", json={"instances": [instance]})
+    assert other.status_code == 404
+    assert "fashion-mnist" in other.json["error"]
+
+
+# --- Vertex AI's environment ------------------------------------------------------------------------
+
+def test_aip_variables_choose_routes_and_model(
+    monkeypatch: pytest.MonkeyPatch, tiny_model_dir: Path
+) -> None:
+    monkeypatch.setenv("AIP_STORAGE_URI", str(tiny_model_dir))
+    monkeypatch.setenv("AIP_HEALTH_ROUTE", "/v1/endpoints/e1/deployedModels/m1/health")
+    monkeypatch.setenv("AIP_PREDICT_ROUTE", "/v1/endpoints/e1/deployedModels/m1:predict")
+    app = create_app()
+    assert app.extensions["edge_model"].wait(60)
+    client = app.test_client()
+    assert client.get("/v1/endpoints/e1/deployedModels/m1/health").status_code == 200
+    ok = client.post("/v1/endpoints/e1/deployedModels/m1:predict",
+                     json={"instances": [image_pixels().tolist()]})
+    assert ok.status_code == 200
+    assert client.get("/health").status_code == 404
+    assert client.post("/predict", json={"instances": [[0] * 784]}).status_code == 404
+    paths = client.get("/openapi.json").json["paths"]
+    assert "/v1/endpoints/e1/deployedModels/m1:predict" in paths
+
+
+def test_port_and_host_follow_aip_http_port(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv("AIP_HTTP_PORT", raising=False)
+    assert resolve_bind(None, None) == ("127.0.0.1", 8080)
+    monkeypatch.setenv("AIP_HTTP_PORT", "7081")
+    assert resolve_bind(None, None) == ("0.0.0.0", 7081)
+    assert resolve_bind("127.0.0.1", 9000) == ("127.0.0.1", 9000)
+
+
+def test_model_location_follows_aip_storage_uri(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv("AIP_STORAGE_URI", raising=False)
+    assert resolve_model_uri(None) == "models"
+    monkeypatch.setenv("AIP_STORAGE_URI", "gs://bucket/model")
+    assert resolve_model_uri(None) == "gs://bucket/model"
+    assert resolve_model_uri("elsewhere") == "elsewhere"
+
+
+# --- Health around loading -----------------------------------------------------------------------------
+
+def test_health_is_503_until_the_model_has_loaded(tiny_model_dir: Path) -> None:
+    release = threading.Event()
+
+    def slow_loader(uri: str) -> Predictor:
+        release.wait(30)  # hold the real load back until the test has looked
+        return load_from_uri(uri)
+
+    app = create_app({"MODEL_URI": str(tiny_model_dir), "MODEL_LOADER": slow_loader})
+    client = app.test_client()
+    loading = client.get("/health")
+    assert loading.status_code == 503
+    assert loading.json["status"] == "loading"
+    early = client.post("/predict", json={"instances": [[0] * 784]})
+    assert early.status_code == 503
+    release.set()
+    assert app.extensions["edge_model"].wait(60)
+    ready = client.get("/health")
+    assert ready.status_code == 200
+    assert ready.json["model"] == {"name": "fashion-mnist", "version": "0.0.0-test"}
+
+
+def test_health_reports_a_model_that_failed_to_load(tmp_path: Path) -> None:
+    app = create_app({"MODEL_URI": str(tmp_path / "missing")})
+    client = app.test_client()
+    for _ in range(100):
+        response = client.get("/health")
+        if response.json["status"] != "loading":
+            break
+        threading.Event().wait(0.05)
+    assert response.status_code == 503
+    assert response.json["status"] == "failed"
+    assert "does not exist" in response.json["error"]
+
+
+# --- Bad input: one case per row of the issue's table ----------------------------------------------
+
+def _body(instances: Any) -> bytes:
+    return json.dumps({"instances": instances}).encode()
+
+
+GOOD = [0] * 784
+BAD_INPUT = [
+    # (case, raw body, expected status, instance index named, words in the message)
+    ("wrong shape, flat", _body([GOOD, [0] * 783]), 400, 1, "wrong shape"),
+    ("wrong shape, rows", _body([[[0] * 27] * 28]), 400, 0, "wrong shape"),
+    ("value out of range", _body([GOOD, [0] * 783 + [256]]), 400, 1, "out of range"),
+    ("negative value", _body([[[0] * 28] * 27 + [[-1] + [0] * 27]]), 400, 0, "out of range"),
+    ("NaN", b'{"instances": [[' + b"0, " * 783 + b"NaN]]}", 400, 0, "NaN"),
+    ("infinity", b'{"instances": [[' + b"0, " * 783 + b"Infinity]]}", 400, 0, "infinite"),
+    ("wrong type, string pixel", _body([GOOD, ["1"] * 784]), 400, 1, "string"),
+    ("wrong type, boolean pixel", _body([[True] * 784]), 400, 0, "boolean"),
+    ("wrong type, instance", _body(["a picture"]), 400, 0, "string"),
+    ("undecodable image", _body([{"b64": base64.b64encode(b"not an image").decode()}]), 400, 0,
+     "PNG or JPEG"),
+    ("invalid base64", _body([{"b64": "%%%"}]), 400, 0, "base64"),
+    ("image of the wrong size", _body([b64_image(np.zeros((30, 28), np.uint8))]), 400, 0, "28x28"),
+    ("empty instances", _body([]), 400, None, "empty"),
+    ("no instances", b'{"inputs": []}', 400, None, "unknown field"),
+    ("not JSON", b"instances=1", 400, None, "not valid JSON"),
+    ("not an object", b"[1, 2]", 400, None, "JSON object"),
+    ("too deeply nested", b"[" * 100_000 + b"]" * 100_000, 400, None, "nested"),
+    ("too many instances", _body([GOOD] * 65), 413, None, "limit is 64"),
+]
+
+
+@pytest.mark.parametrize(("body", "status", "index", "words"),
+                         [case[1:] for case in BAD_INPUT], ids=[case[0] for case in BAD_INPUT])
+def test_bad_input_gets_a_json_error_naming_the_instance(
+    client: FlaskClient, body: bytes, status: int, index: int | None, words: str
+) -> None:
+    response = client.post("/predict", data=body, content_type="application/json")
+    assert response.status_code == status
+    assert words in response.json["error"]
+    assert response.json.get("instance") == index
+    if index is not None:
+        assert response.json["error"].startswith(f"instances[{index}]")
+    # The server is still fine afterwards.
+    assert client.post("/predict", json={"instances": [GOOD]}).status_code == 200
+
+
+def test_body_above_the_limit_is_413(client: FlaskClient) -> None:
+    response = client.post("/predict", data=b" " * 1_500_001, content_type="application/json")
+    assert response.status_code == 413
+    assert "1500000 bytes" in response.json["error"]
+
+
+@pytest.mark.parametrize(("method", "path", "status"), [
+    ("GET", "/predict", 405), ("PUT", "/v1/models/fashion-mnist:predict", 405),
+    ("POST", "/health", 405), ("GET", "/nowhere", 404), ("POST", "/v1/models/x:explain", 404),
+])
+def test_unknown_routes_and_methods_are_json_404_and_405(
+    client: FlaskClient, method: str, path: str, status: int
+) -> None:
+    response = client.open(path, method=method)
+    assert response.status_code == status
+    assert "error" in response.json
+
+
+# --- Metrics and OpenAPI ---------------------------------------------------------------------------
+
+def test_metrics_count_requests_latency_classes_and_model(client: FlaskClient) -> None:
+    client.post("/predict", json={"instances": [GOOD, GOOD]})
+    client.post("/predict", json={"instances": []})
+    text = client.get("/metrics").get_data(as_text=True)
+    assert 'edge_http_requests_total{method="POST",route="/predict",status="200"} 1.0' in text
+    assert 'edge_http_requests_total{method="POST",route="/predict",status="400"} 1.0' in text
+    assert 'edge_http_request_duration_seconds_count{route="/predict"} 2.0' in text
+    assert 'edge_http_request_duration_seconds_bucket{le="0.005",route="/predict"}' in text
+    predicted = [line for line in text.splitlines() if line.startswith("edge_predictions_total{")]
+    assert sum(float(line.rsplit(" ", 1)[1]) for line in predicted) == 2.0
+    assert 'edge_model_info{name="fashion-mnist",version="0.0.0-test"} 1.0' in text
+
+
+def test_openapi_document_lists_the_routes(client: FlaskClient) -> None:
+    document = client.get("/openapi.json").json
+    assert document["openapi"].startswith("3.")
+    assert {"/health", "/predict", "/v1/models/{name}:predict", "/metrics"} <= set(document["paths"])
+    schema = document["paths"]["/predict"]["post"]["requestBody"]["content"]["application/json"]
+    assert schema["schema"]["properties"]["instances"]["maxItems"] == 64
+
+
+# --- A missing or corrupt model ------------------------------------------------------------------------
+
+@pytest.fixture
+def corrupt_model_dir(tiny_model_dir: Path, tmp_path: Path) -> Iterator[Path]:
+    import shutil
+
+    broken = tmp_path / "broken"
+    shutil.copytree(tiny_model_dir, broken)
+    variables = next((broken / "serving" / "variables").glob("variables.data-*"))
+    variables.write_bytes(b"\0" * 16)
+    yield broken
+
+
+def test_load_errors_say_what_is_wrong(tmp_path: Path, corrupt_model_dir: Path) -> None:
+    with pytest.raises(ModelLoadError, match="does not exist"):
+        load_from_uri(str(tmp_path / "missing"))
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(ModelLoadError, match=r"metadata\.json is missing"):
+        load_from_uri(str(tmp_path / "empty"))
+    with pytest.raises(ModelLoadError, match="not a usable serving export"):
+        load_from_uri(str(corrupt_model_dir))
+
+
+@pytest.mark.parametrize("which", ["missing", "corrupt"])
+def test_edge_serve_exits_non_zero_with_one_line(
+    which: str, tmp_path: Path, corrupt_model_dir: Path
+) -> None:
+    model_dir = tmp_path / "missing" if which == "missing" else corrupt_model_dir
+    result = CliRunner().invoke(cli_app, ["serve", "--model-dir", str(model_dir)])
+    assert result.exit_code == 1
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("error: ")
