@@ -13,6 +13,7 @@ from rich.table import Table
 from edge import lineage, storage, tracking
 from edge.cli.common import console, friendly_errors, out
 from edge.data import DEFAULT_RAW_DIR
+from edge.model import METADATA_FILE
 from edge.pipeline import evaluate_stage, load_params, prepare_stage
 
 app = typer.Typer(help="Run the training pipeline's stages: prepare, train, evaluate.", no_args_is_help=True)
@@ -88,8 +89,16 @@ def run(
     prepared_dir: PreparedOpt = DEFAULT_PREPARED,
     model_dir: ModelDirOpt = DEFAULT_MODEL_DIR,
     reports_dir: ReportsOpt = DEFAULT_REPORTS,
+    skip_if_trained: Annotated[
+        bool, typer.Option(help="Do nothing when the model directory already holds a model.")
+    ] = False,
 ) -> None:
     """Run prepare, train and evaluate in one process, without DVC (containers, Vertex AI)."""
+    if skip_if_trained and storage.exists(storage.join(model_dir, METADATA_FILE)):
+        console.print(
+            f"{model_dir} already holds a model: nothing to do (omit --skip-if-trained to retrain)."
+        )
+        return
     if seed:
         from edge.cli.data import seed_data
 

@@ -1,0 +1,41 @@
+"""The pipeline commands' behaviour at the edges: bad settings, an existing model."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+from typer.testing import CliRunner
+
+from edge.cli import app
+
+
+@pytest.fixture
+def in_tmp(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    monkeypatch.chdir(tmp_path)
+    return tmp_path
+
+
+def test_run_skips_when_a_model_exists(in_tmp: Path) -> None:
+    (in_tmp / "models").mkdir()
+    (in_tmp / "models" / "metadata.json").write_text("{}")
+    result = CliRunner().invoke(app, ["pipeline", "run", "--skip-if-trained"])
+    assert result.exit_code == 0, result.output
+    assert "already holds a model: nothing to do" in result.output
+    assert not (in_tmp / "data").exists()
+
+
+def test_unknown_parameter_is_one_clear_line(in_tmp: Path, tiny_raw: Path) -> None:
+    (in_tmp / "params.yaml").write_text("prepare:\n  seeds: 3\n")
+    result = CliRunner().invoke(app, ["pipeline", "prepare", "--raw-dir", str(tiny_raw)])
+    assert result.exit_code == 1
+    assert "error:" in result.output and "seeds" in result.output
+    assert "Traceback" not in result.output
+    assert not (in_tmp / "data").exists()
+
+
+def test_missing_raw_data_says_which_file(in_tmp: Path) -> None:
+    (in_tmp / "params.yaml").write_text("prepare: {}\n")
+    result = CliRunner().invoke(app, ["pipeline", "prepare", "--raw-dir", "nowhere"])
+    assert result.exit_code == 1
+    assert "train-images-idx3-ubyte" in result.output
