@@ -21,6 +21,8 @@ def default_config(environ: Mapping[str, str]) -> dict[str, Any]:
     """Read the settings from the environment."""
     return {
         "MODEL_URL": environ.get("MODEL_URL", "http://127.0.0.1:8080"),
+        # The model server's AIP_PREDICT_ROUTE, when it is not the default.
+        "MODEL_PREDICT_ROUTE": environ.get("MODEL_PREDICT_ROUTE", "/predict"),
         "MODEL_CONNECT_TIMEOUT": float(environ.get("MODEL_CONNECT_TIMEOUT", "2")),
         "MODEL_READ_TIMEOUT": float(environ.get("MODEL_READ_TIMEOUT", "10")),
         "MODEL_RETRIES": int(environ.get("MODEL_RETRIES", "2")),
@@ -42,6 +44,7 @@ def create_app(test_config: Mapping[str, Any] | None = None) -> Flask:
         connect_timeout=app.config["MODEL_CONNECT_TIMEOUT"],
         read_timeout=app.config["MODEL_READ_TIMEOUT"],
         retries=app.config["MODEL_RETRIES"],
+        predict_path=app.config["MODEL_PREDICT_ROUTE"],
     )
 
     from edge_webapp import views

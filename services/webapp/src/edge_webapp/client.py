@@ -37,9 +37,11 @@ class ModelClient:
         self.url = base_url.rstrip("/") + predict_path
         self.timeout = (connect_timeout, read_timeout)
         # Prediction is idempotent, so POSTs may be retried: on connection failures and while the
-        # server says it is starting (503) or a proxy in front of it fails (502, 504).
+        # server says it is starting (503) or a proxy in front of it fails (502, 504). A read
+        # timeout is not retried (the user has waited long enough) and read=False lets it surface
+        # as a timeout rather than as a generic connection error.
         retry = Retry(
-            total=retries, connect=retries, read=0, status=retries, other=0,
+            total=retries, connect=retries, read=False, status=retries, other=0,
             backoff_factor=0.2, status_forcelist=(502, 503, 504), allowed_methods=None,
             raise_on_status=False,
         )
