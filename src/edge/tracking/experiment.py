@@ -144,8 +144,15 @@ def _experiment(name: str, git: dict[str, Any] | None) -> Any:
     with warnings.catch_warnings():
         # Sacred 0.8.7 imports setuptools' deprecated pkg_resources.
         warnings.simplefilter("ignore")
-        from sacred import Experiment
-        from sacred.utils import apply_backspaces_and_linefeeds
+        try:
+            from sacred import Experiment
+            from sacred.utils import apply_backspaces_and_linefeeds
+        except ModuleNotFoundError as exc:
+            if exc.name != "pkg_resources":
+                raise
+            raise RuntimeError(
+                "Sacred 0.8.7 needs pkg_resources, which setuptools 82 removed: install setuptools<82"
+            ) from exc
 
     class TrainExperiment(Experiment):  # type: ignore[misc]
         def get_experiment_info(self) -> dict[str, Any]:
