@@ -1,0 +1,109 @@
+"""Start the model server and the webapp as real processes on 127.0.0.1, and stop them by PID."""
+
+from __future__ import annotations
+
+import os
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Iterator, Mapping
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+
+import requests
+
+EDGE = str(Path(sys.executable).with_name("edge"))
+# TensorFlow starts slowly on a busy two-core machine; edge serve loads the model twice.
+START_TIMEOUT = 180.0
+
+
+def free_port() -> int:
+    """Return a port that nothing listens on right now."""
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+@dataclass
+class LiveServer:
+    """A started process and where it answers."""
+
+    process: subprocess.Popen[bytes]
+    url: str
+    log: Path
+
+    def output(self) -> str:
+        """Return what the process printed so far."""
+        return self.log.read_text(errors="replace")
+
+
+def _wait_healthy(server: LiveServer, health_path: str) -> None:
+    deadline = time.monotonic() + START_TIMEOUT
+    while time.monotonic() < deadline:
+        if server.process.poll() is not None:
+            raise RuntimeError(f"server exited with {server.process.returncode}:\n{server.output()}")
+        try:
+            if requests.get(server.url + health_path, timeout=2).status_code == 200:
+                return
+        except requests.RequestException:
+            pass
+        time.sleep(0.3)
+    raise RuntimeError(f"server not healthy after {START_TIMEOUT:.0f} s:\n{server.output()}")
+
+
+def _stop(process: subprocess.Popen[bytes]) -> None:
+    if process.poll() is None:
+        process.terminate()  # gunicorn's master stops its workers on SIGTERM
+        try:
+            process.wait(30)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait(10)
+
+
+@contextmanager
+def running(
+    argv: list[str], url: str, log: Path, env: Mapping[str, str], health_path: str = "/health"
+) -> Iterator[LiveServer]:
+    """Run `argv` until the block ends, once `url + health_path` answers 200."""
+    with log.open("wb") as sink:
+        process = subprocess.Popen(argv, stdout=sink, stderr=subprocess.STDOUT,
+                                   env={**os.environ, **env})
+    server = LiveServer(process, url, log)
+    try:
+        _wait_healthy(server, health_path)
+        yield server
+    finally:
+        _stop(process)
+
+
+@contextmanager
+def model_server(
+    model_dir: Path | str, log: Path, extra_env: Mapping[str, str] | None = None,
+    health_path: str = "/health", port: int | None = None,
+) -> Iterator[LiveServer]:
+    """Run `edge serve` on a free port of 127.0.0.1 (or on AIP_HTTP_PORT when given in env)."""
+    env = dict(extra_env or {})
+    argv = [EDGE, "serve", "--host", "127.0.0.1"]
+    if "AIP_STORAGE_URI" not in env:
+        argv += ["--model-dir", str(model_dir)]
+    if "AIP_HTTP_PORT" in env:
+        port = int(env["AIP_HTTP_PORT"])
+    else:
+        port = port or free_port()
+        argv += ["--port", str(port)]
+    with running(argv, f"http://127.0.0.1:{port}", log, env, health_path) as server:
+        yield server
+
+
+@contextmanager
+def webapp(model_url: str, log: Path, extra_env: Mapping[str, str] | None = None) -> Iterator[LiveServer]:
+    """Run the webapp under gunicorn on a free port of 127.0.0.1."""
+    port = free_port()
+    argv = [sys.executable, "-m", "gunicorn", "--bind", f"127.0.0.1:{port}", "--workers", "1",
+            "--threads", "4", "--no-control-socket", "edge_webapp:create_app()"]
+    env = {"MODEL_URL": model_url, "MODEL_RETRIES": "1", **(extra_env or {})}
+    with running(argv, f"http://127.0.0.1:{port}", log, env) as server:
+        yield server
