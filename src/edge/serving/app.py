@@ -65,6 +65,8 @@ def default_config(environ: Mapping[str, str]) -> dict[str, Any]:
 def create_app(test_config: Mapping[str, Any] | None = None) -> Flask:
     """Create the server; the model loads in the background while health says 503."""
     app = Flask(__name__)
+    # Probabilities keep the model's class order rather than the alphabet's.
+    app.json.sort_keys = False  # type: ignore[attr-defined]
     app.config.from_mapping(default_config(os.environ))
     if test_config is not None:
         app.config.from_mapping(test_config)
