@@ -169,13 +169,14 @@ def _verified_content(compressed: bytes, file: RawFile, origin: str) -> bytes:
     return content
 
 
-def resolve_source(source: str | None, system_source: Path = SYSTEM_SOURCE) -> str | None:
+def resolve_source(source: str | None, system_source: Path | None = None) -> str | None:
     """Pick the local folder to copy from: the flag, then `EDGE_DATA_SOURCE`, then Debian's copy."""
     chosen = source or os.environ.get("EDGE_DATA_SOURCE") or None
     if chosen:
         if not Path(chosen).is_dir():
             raise DataError(f"data source {chosen} is not a directory (from --source or EDGE_DATA_SOURCE)")
         return chosen
+    system_source = system_source or SYSTEM_SOURCE
     if system_source.is_dir():
         return str(system_source)
     return None
@@ -232,7 +233,7 @@ def seed(
     *,
     source: str | None = None,
     mirrors: Sequence[str] | None = None,
-    system_source: Path = SYSTEM_SOURCE,
+    system_source: Path | None = None,
     attempts: int = 3,
     backoff: float = 1.0,
     progress: Progress | None = None,
