@@ -8,6 +8,7 @@ from pathlib import Path
 
 import pytest
 
+from edge.data import CLASS_NAMES
 from tests.datagen import write_fashion_files
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
@@ -60,18 +61,7 @@ TINY_MODEL_METADATA = {
     "name": "fashion-mnist",
     "version": "0.0.0-test",
     "created": "2026-01-01T00:00:00+00:00",
-    "class_names": [
-        "T-shirt/top",
-        "Trouser",
-        "Pullover",
-        "Dress",
-        "Coat",
-        "Sandal",
-        "Shirt",
-        "Sneaker",
-        "Bag",
-        "Ankle boot",
-    ],
+    "class_names": list(CLASS_NAMES),
     "lineage": {"git_commit": "0" * 40, "data_version": "test", "run_id": None},
 }
 
