@@ -36,7 +36,7 @@ repro: setup ## Seed the data if missing and run the DVC pipeline (cached stages
 	$(BIN)/dvc repro
 	$(BIN)/dvc metrics show
 
-test: setup ## Run every test: unit, integration, model and browser
+test: setup ## Run every test: unit, integration and browser
 	$(BIN)/pytest
 
 lint: setup ## Check style and types: ruff and mypy
