@@ -30,7 +30,7 @@ class ModelParams:
     head: str = "flatten"
     batch_norm: bool = False
     dense_units: int = 256
-    dropout: float = 0.3
+    dropout: float = 0.15
 
     @classmethod
     def from_dict(cls, raw: dict[str, Any]) -> ModelParams:

@@ -33,14 +33,14 @@ class TrainParams:
     """The `train` block of params.yaml."""
 
     seed: int = 42
-    epochs: int = 12
+    epochs: int = 10
     batch_size: int = 256
     learning_rate: float = 2e-3
     warmup_epochs: int = 1
     weight_decay: float = 1e-4
     label_smoothing: float = 0.1
     flip: bool = True
-    shift: int = 2
+    shift: int = 0
     model: ModelParams = field(default_factory=ModelParams)
 
     @classmethod
