@@ -23,7 +23,7 @@ help: ## List the targets
 	.tools/bin/pip install --quiet uv==$(UV_VERSION)
 
 .venv/.synced: uv.lock pyproject.toml services/webapp/pyproject.toml | $(UV)
-	$(UV) sync --frozen --all-extras
+	$(UV) sync --frozen --all-extras --compile-bytecode
 	@touch $@
 
 setup: .venv/.synced ## Create .venv and install the locked dependencies
