@@ -31,6 +31,8 @@ class ModelParams:
     batch_norm: bool = False
     dense_units: int = 256
     dropout: float = 0.15
+    tta_flip: bool = True
+    bfloat16: bool = True
 
     @classmethod
     def from_dict(cls, raw: dict[str, Any]) -> ModelParams:
@@ -59,24 +61,51 @@ def build_model(params: ModelParams) -> keras.Model:
     from keras import layers
 
     inputs = keras.Input(shape=IMAGE_SHAPE, dtype="float32", name="image")
-    x = layers.Rescaling(1.0 / 255.0)(inputs)
-    x = layers.Reshape((*IMAGE_SHAPE, 1))(x)
+    # bfloat16 compute with float32 weights: this CPU's AMX units run it ~2x faster. The output layer
+    # stays float32, so the softmax, the loss and the serving signature are float32 either way.
+    dtype = "mixed_bfloat16" if params.bfloat16 else "float32"
+    x = layers.Rescaling(1.0 / 255.0, dtype=dtype)(inputs)
+    x = layers.Reshape((*IMAGE_SHAPE, 1), dtype=dtype)(x)
     for block, filters in enumerate(params.filters):
         for conv in range(params.convs_per_block):
             conv_name = f"block{block}_conv{conv}"
-            x = layers.Conv2D(filters, 3, padding="same", use_bias=not params.batch_norm, name=conv_name)(x)
+            x = layers.Conv2D(
+                filters, 3, padding="same", use_bias=not params.batch_norm, name=conv_name, dtype=dtype
+            )(x)
             if params.batch_norm:
-                x = layers.BatchNormalization(momentum=BN_MOMENTUM, name=f"block{block}_bn{conv}")(x)
-            x = layers.Activation("relu")(x)
-        x = layers.MaxPooling2D(name=f"block{block}_pool")(x)
+                x = layers.BatchNormalization(
+                    momentum=BN_MOMENTUM, name=f"block{block}_bn{conv}", dtype=dtype
+                )(x)
+            x = layers.Activation("relu", dtype=dtype)(x)
+        x = layers.MaxPooling2D(name=f"block{block}_pool", dtype=dtype)(x)
     # Flatten keeps where a feature is (a collar at the top, a heel at the bottom), which the small
     # final maps still resolve; GAP is cheaper in parameters but loses it.
-    x = layers.Flatten()(x) if params.head == "flatten" else layers.GlobalAveragePooling2D()(x)
-    x = layers.Dropout(params.dropout)(x)
-    x = layers.Dense(params.dense_units, activation="relu")(x)
-    x = layers.Dropout(params.dropout)(x)
-    outputs = layers.Dense(len(CLASS_NAMES), activation="softmax", name="probabilities")(x)
+    x = (
+        layers.Flatten(dtype=dtype)(x)
+        if params.head == "flatten"
+        else layers.GlobalAveragePooling2D(dtype=dtype)(x)
+    )
+    x = layers.Dropout(params.dropout, dtype=dtype)(x)
+    x = layers.Dense(params.dense_units, activation="relu", dtype=dtype)(x)
+    x = layers.Dropout(params.dropout, dtype=dtype)(x)
+    outputs = layers.Dense(len(CLASS_NAMES), activation="softmax", name="probabilities", dtype="float32")(x)
     return keras.Model(inputs, outputs, name="fashion_mnist_cnn")
+
+
+def with_flip_tta(base: keras.Model) -> keras.Model:
+    """Wrap `base` so that it averages its probabilities for each image and its left-right mirror."""
+    import keras
+    import numpy as np
+    from keras import layers
+
+    inputs = keras.Input(shape=IMAGE_SHAPE, dtype="float32", name="image")
+    # A fixed anti-diagonal matrix applied along the last axis reverses each row exactly: a built-in
+    # layer, so the .keras file loads without custom objects and the serving export stays plain.
+    mirror = layers.Dense(IMAGE_SHAPE[1], use_bias=False, trainable=False, name="mirror")
+    mirrored = mirror(inputs)
+    mirror.set_weights([np.eye(IMAGE_SHAPE[1], dtype=np.float32)[::-1]])
+    outputs = layers.Average(name="probabilities")([base(inputs), base(mirrored)])
+    return keras.Model(inputs, outputs, name=f"{base.name}_flip_tta")
 
 
 def save_model(model: keras.Model, model_dir: str, metadata: dict[str, Any]) -> None:
