@@ -33,6 +33,7 @@ CONCURRENCY = (1, 8, 32)
 
 # --- The naive server, as the original example served the model --------------------------------
 
+
 def naive_app() -> Any:
     """Build the naive Flask app: load the .keras model, call `model.predict` on each request."""
     import keras
@@ -58,13 +59,15 @@ def naive_app() -> Any:
     def predict() -> Any:
         batch = np.asarray(request.get_json()["instances"], dtype="float32")
         probabilities = model.predict(batch, verbose=0)
-        return jsonify(predictions=[{"class_id": int(p.argmax()), "confidence": float(p.max())}
-                                    for p in probabilities])
+        return jsonify(
+            predictions=[{"class_id": int(p.argmax()), "confidence": float(p.max())} for p in probabilities]
+        )
 
     return app
 
 
 # --- Starting and stopping servers ----------------------------------------------------------------
+
 
 def free_port() -> int:
     """Return a free port on 127.0.0.1."""
@@ -80,8 +83,7 @@ def server(argv: list[str], port: int, env: dict[str, str], log: Path) -> Iterat
     """Run a server process until the block ends; yield its URL once /health answers."""
     url = f"http://127.0.0.1:{port}"
     with log.open("wb") as sink:
-        process = subprocess.Popen(argv, stdout=sink, stderr=subprocess.STDOUT,
-                                   env={**os.environ, **env})
+        process = subprocess.Popen(argv, stdout=sink, stderr=subprocess.STDOUT, env={**os.environ, **env})
     try:
         deadline = time.monotonic() + 240
         while True:
@@ -106,6 +108,7 @@ def server(argv: list[str], port: int, env: dict[str, str], log: Path) -> Iterat
 
 
 # --- Load -----------------------------------------------------------------------------------------
+
 
 def load(url: str, body: bytes, concurrency: int, seconds: float, max_requests: int) -> dict[str, Any]:
     """Send `body` from `concurrency` threads for `seconds` or `max_requests`; return the figures."""
@@ -153,10 +156,15 @@ def load(url: str, body: bytes, concurrency: int, seconds: float, max_requests: 
         return round(float(np.percentile(values, q)), 2) if values else None
 
     return {
-        "concurrency": concurrency, "requests": len(client_ms), "errors": errors,
-        "seconds": round(wall, 2), "throughput_rps": round(len(client_ms) / wall, 1),
-        "server_p50_ms": pct(server_ms, 50), "server_p99_ms": pct(server_ms, 99),
-        "client_p50_ms": pct(client_ms, 50), "client_p99_ms": pct(client_ms, 99),
+        "concurrency": concurrency,
+        "requests": len(client_ms),
+        "errors": errors,
+        "seconds": round(wall, 2),
+        "throughput_rps": round(len(client_ms) / wall, 1),
+        "server_p50_ms": pct(server_ms, 50),
+        "server_p99_ms": pct(server_ms, 99),
+        "client_p50_ms": pct(client_ms, 50),
+        "client_p99_ms": pct(client_ms, 99),
     }
 
 
@@ -178,18 +186,28 @@ def make_model(tmp: Path) -> Path:
     from edge.model import ModelParams, build_model, save_model
 
     folder = tmp / "models"
-    save_model(build_model(ModelParams()), str(folder), {
-        "name": "fashion-mnist", "version": "bench-untrained", "class_names": list(CLASS_NAMES),
-        "lineage": {"note": "untrained weights, default architecture, for timing only"},
-    })
+    save_model(
+        build_model(ModelParams()),
+        str(folder),
+        {
+            "name": "fashion-mnist",
+            "version": "bench-untrained",
+            "class_names": list(CLASS_NAMES),
+            "lineage": {"note": "untrained weights, default architecture, for timing only"},
+        },
+    )
     return folder
 
 
 def main() -> None:
     """Run both servers, load each at every concurrency, print and save the figures."""
     parser = argparse.ArgumentParser(description="Benchmark edge serve against a naive server.")
-    parser.add_argument("--model-dir", type=Path, default=None,
-                        help="model directory [default: models/ if trained, else an untrained one]")
+    parser.add_argument(
+        "--model-dir",
+        type=Path,
+        default=None,
+        help="model directory [default: models/ if trained, else an untrained one]",
+    )
     parser.add_argument("--seconds", type=float, default=8.0, help="time per concurrency level")
     parser.add_argument("--max-requests", type=int, default=3000, help="requests per level, at most")
     parser.add_argument("--out", type=Path, default=ROOT / "bench-results" / "serving.json")
@@ -202,14 +220,34 @@ def main() -> None:
         if model_dir is None:
             model_dir = ROOT / "models" if (ROOT / "models" / "metadata.json").is_file() else make_model(tmp)
         body = json.dumps({"instances": [one_image()]}).encode()
-        gunicorn_common = ["--worker-class", "gthread", "--workers", "1", "--threads", "8",
-                           "--no-control-socket", "--access-logfile", "/dev/null"]
+        gunicorn_common = [
+            "--worker-class",
+            "gthread",
+            "--workers",
+            "1",
+            "--threads",
+            "8",
+            "--no-control-socket",
+            "--access-logfile",
+            "/dev/null",
+        ]
         contenders = {
             "edge serve (SavedModel serving function)": (
-                [EDGE, "serve", "--model-dir", str(model_dir), "--host", "127.0.0.1"], {}),
+                [EDGE, "serve", "--model-dir", str(model_dir), "--host", "127.0.0.1"],
+                {},
+            ),
             "naive (model.predict per request)": (
-                [sys.executable, "-m", "gunicorn", *gunicorn_common, "--chdir", str(ROOT / "benchmarks"),
-                 "bench_serving:naive_app()"], {"NAIVE_MODEL_DIR": str(model_dir)}),
+                [
+                    sys.executable,
+                    "-m",
+                    "gunicorn",
+                    *gunicorn_common,
+                    "--chdir",
+                    str(ROOT / "benchmarks"),
+                    "bench_serving:naive_app()",
+                ],
+                {"NAIVE_MODEL_DIR": str(model_dir)},
+            ),
         }
         results: dict[str, list[dict[str, Any]]] = {}
         for name, (argv, env) in contenders.items():
@@ -226,15 +264,21 @@ def main() -> None:
         "p50_ms_one_image_c1": by_c[1]["server_p50_ms"],
         "p99_ms_one_image_c1": by_c[1]["server_p99_ms"],
         "speedup_throughput_c8": round(
-            by_c[8]["throughput_rps"] / max(naive_by_c[8]["throughput_rps"], 1e-9), 1),
+            by_c[8]["throughput_rps"] / max(naive_by_c[8]["throughput_rps"], 1e-9), 1
+        ),
         "target_p50_le_5ms": (by_c[1]["server_p50_ms"] or 1e9) <= 5.0,
         "target_speedup_ge_10x": by_c[8]["throughput_rps"] >= 10 * naive_by_c[8]["throughput_rps"],
     }
     report = {
-        "machine": {"cpus": os.cpu_count(), "platform": platform.platform(),
-                    "python": platform.python_version()},
-        "model_dir": str(model_dir), "seconds_per_level": args.seconds,
-        "results": results, "summary": summary,
+        "machine": {
+            "cpus": os.cpu_count(),
+            "platform": platform.platform(),
+            "python": platform.python_version(),
+        },
+        "model_dir": str(model_dir),
+        "seconds_per_level": args.seconds,
+        "results": results,
+        "summary": summary,
     }
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(report, indent=2) + "\n")
@@ -245,15 +289,27 @@ def main() -> None:
     print("-" * len(header))
     for name, rows in results.items():
         for r in rows:
-            values = (r["throughput_rps"], r["server_p50_ms"], r["server_p99_ms"],
-                      r["client_p50_ms"], r["client_p99_ms"])
-            print(f"{name:44} {r['concurrency']:>4} " + " ".join(f"{v!s:>8}" for v in values)
-                  + f" {r['errors']:>4}")
-    print(f"\none image, concurrency 1: server p50 {summary['p50_ms_one_image_c1']} ms, "
-          f"p99 {summary['p99_ms_one_image_c1']} ms (target p50 <= 5 ms: "
-          f"{'met' if summary['target_p50_le_5ms'] else 'MISSED'})")
-    print(f"throughput at concurrency 8: {summary['speedup_throughput_c8']}x the naive server "
-          f"(target >= 10x: {'met' if summary['target_speedup_ge_10x'] else 'MISSED'})")
+            values = (
+                r["throughput_rps"],
+                r["server_p50_ms"],
+                r["server_p99_ms"],
+                r["client_p50_ms"],
+                r["client_p99_ms"],
+            )
+            print(
+                f"{name:44} {r['concurrency']:>4} "
+                + " ".join(f"{v!s:>8}" for v in values)
+                + f" {r['errors']:>4}"
+            )
+    print(
+        f"\none image, concurrency 1: server p50 {summary['p50_ms_one_image_c1']} ms, "
+        f"p99 {summary['p99_ms_one_image_c1']} ms (target p50 <= 5 ms: "
+        f"{'met' if summary['target_p50_le_5ms'] else 'MISSED'})"
+    )
+    print(
+        f"throughput at concurrency 8: {summary['speedup_throughput_c8']}x the naive server "
+        f"(target >= 10x: {'met' if summary['target_speedup_ge_10x'] else 'MISSED'})"
+    )
     print(f"wrote {args.out}")
 
 

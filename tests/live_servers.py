@@ -69,8 +69,7 @@ def running(
 ) -> Iterator[LiveServer]:
     """Run `argv` until the block ends, once `url + health_path` answers 200."""
     with log.open("wb") as sink:
-        process = subprocess.Popen(argv, stdout=sink, stderr=subprocess.STDOUT,
-                                   env={**os.environ, **env})
+        process = subprocess.Popen(argv, stdout=sink, stderr=subprocess.STDOUT, env={**os.environ, **env})
     server = LiveServer(process, url, log)
     try:
         _wait_healthy(server, health_path)
@@ -81,8 +80,11 @@ def running(
 
 @contextmanager
 def model_server(
-    model_dir: Path | str, log: Path, extra_env: Mapping[str, str] | None = None,
-    health_path: str = "/health", port: int | None = None,
+    model_dir: Path | str,
+    log: Path,
+    extra_env: Mapping[str, str] | None = None,
+    health_path: str = "/health",
+    port: int | None = None,
 ) -> Iterator[LiveServer]:
     """Run `edge serve` on a free port of 127.0.0.1 (or on AIP_HTTP_PORT when given in env)."""
     env = dict(extra_env or {})
@@ -102,8 +104,19 @@ def model_server(
 def webapp(model_url: str, log: Path, extra_env: Mapping[str, str] | None = None) -> Iterator[LiveServer]:
     """Run the webapp under gunicorn on a free port of 127.0.0.1."""
     port = free_port()
-    argv = [sys.executable, "-m", "gunicorn", "--bind", f"127.0.0.1:{port}", "--workers", "1",
-            "--threads", "4", "--no-control-socket", "edge_webapp:create_app()"]
+    argv = [
+        sys.executable,
+        "-m",
+        "gunicorn",
+        "--bind",
+        f"127.0.0.1:{port}",
+        "--workers",
+        "1",
+        "--threads",
+        "4",
+        "--no-control-socket",
+        "edge_webapp:create_app()",
+    ]
     env = {"MODEL_URL": model_url, "MODEL_RETRIES": "1", **(extra_env or {})}
     with running(argv, f"http://127.0.0.1:{port}", log, env) as server:
         yield server

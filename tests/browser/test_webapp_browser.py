@@ -18,8 +18,16 @@ pytestmark = [pytest.mark.browser, pytest.mark.slow]
 CHROMIUM = Path("/usr/bin/chromium")
 ARTIFACTS = REPO_ROOT / "test-artifacts"
 CLASS_NAMES = [
-    "T-shirt/top", "Trouser", "Pullover", "Dress", "Coat",
-    "Sandal", "Shirt", "Sneaker", "Bag", "Ankle boot",
+    "T-shirt/top",
+    "Trouser",
+    "Pullover",
+    "Dress",
+    "Coat",
+    "Sandal",
+    "Shirt",
+    "Sneaker",
+    "Bag",
+    "Ankle boot",
 ]
 
 
@@ -46,10 +54,16 @@ def trained_model_dir(real_fashion_source: Path, tmp_path_factory: pytest.TempPa
     model.compile(optimizer="adam", loss="sparse_categorical_crossentropy")
     model.fit(images, labels, epochs=3, batch_size=64, verbose=0)
     folder = tmp_path_factory.mktemp("trained") / "models"
-    save_model(model, str(folder), {
-        "name": "fashion-mnist", "version": "browser-test", "class_names": CLASS_NAMES,
-        "lineage": {"data_version": "first 6000 training images", "run_id": "browser-fixture"},
-    })
+    save_model(
+        model,
+        str(folder),
+        {
+            "name": "fashion-mnist",
+            "version": "browser-test",
+            "class_names": CLASS_NAMES,
+            "lineage": {"data_version": "first 6000 training images", "run_id": "browser-fixture"},
+        },
+    )
     return folder
 
 
@@ -82,8 +96,10 @@ def confident_test_image(
 @pytest.fixture(scope="module")
 def site(trained_model_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[LiveServer]:
     logs = tmp_path_factory.mktemp("logs")
-    with model_server(trained_model_dir, logs / "model.log") as model, \
-            webapp(model.url, logs / "webapp.log") as app:
+    with (
+        model_server(trained_model_dir, logs / "model.log") as model,
+        webapp(model.url, logs / "webapp.log") as app,
+    ):
         yield app
 
 
@@ -100,8 +116,13 @@ def page(site: LiveServer) -> Iterator[object]:
     with sync_playwright() as playwright:
         browser = playwright.chromium.launch(
             executable_path=str(CHROMIUM),
-            args=["--no-sandbox", "--disable-gpu", "--disable-background-networking",
-                  "--disable-component-update", "--disable-sync"],
+            args=[
+                "--no-sandbox",
+                "--disable-gpu",
+                "--disable-background-networking",
+                "--disable-component-update",
+                "--disable-sync",
+            ],
         )
         try:
             yield browser.new_page(viewport={"width": 900, "height": 1100})
@@ -127,9 +148,7 @@ def test_upload_of_a_test_image_shows_the_right_label(
     page.screenshot(path=str(ARTIFACTS / "webapp-prediction.png"), full_page=True)
 
 
-def test_upload_of_a_text_file_shows_a_friendly_error(
-    page: object, site: LiveServer, tmp_path: Path
-) -> None:
+def test_upload_of_a_text_file_shows_a_friendly_error(page: object, site: LiveServer, tmp_path: Path) -> None:
     from playwright.sync_api import Page, expect
 
     assert isinstance(page, Page)

@@ -40,8 +40,9 @@ def test_server_honours_aip_port_and_routes(vertex_like_server: LiveServer) -> N
     response = requests.post(url + ENDPOINT_ROUTE, json={"instances": [[0] * 784]}, timeout=10)
     assert response.status_code == 200
     assert len(response.json()["predictions"]) == 1
-    named = requests.post(url + "/v1/models/fashion-mnist:predict",
-                          json={"instances": [[[0] * 28] * 28]}, timeout=10)
+    named = requests.post(
+        url + "/v1/models/fashion-mnist:predict", json={"instances": [[[0] * 28] * 28]}, timeout=10
+    )
     assert named.status_code == 200
     assert requests.get(url + "/health", timeout=5).status_code == 404
 
@@ -50,11 +51,11 @@ def test_bad_input_never_kills_the_worker(vertex_like_server: LiveServer) -> Non
     url = vertex_like_server.url + ENDPOINT_ROUTE
     bad_bodies = [b"[" * 200_000, b'{"instances": [[NaN]]}', b"\xff\xfe", b"{}"]
     for body in bad_bodies:
-        response = requests.post(url, data=body, timeout=10,
-                                 headers={"Content-Type": "application/json"})
+        response = requests.post(url, data=body, timeout=10, headers={"Content-Type": "application/json"})
         assert response.status_code == 400, body[:40]
-    too_big = requests.post(url, data=b" " * 2_000_000, timeout=10,
-                            headers={"Content-Type": "application/json"})
+    too_big = requests.post(
+        url, data=b" " * 2_000_000, timeout=10, headers={"Content-Type": "application/json"}
+    )
     assert too_big.status_code == 413
     too_many = requests.post(url, json={"instances": [[0]] * 101}, timeout=10)
     assert too_many.status_code == 413
@@ -63,20 +64,19 @@ def test_bad_input_never_kills_the_worker(vertex_like_server: LiveServer) -> Non
     assert "Worker exiting" not in vertex_like_server.output()
 
 
-def test_webapp_and_server_work_together(
-    vertex_like_server: LiveServer, tmp_path: Path
-) -> None:
-    sample = (Path(__file__).parents[2] / "services/webapp/src/edge_webapp/static/samples"
-              / "sneaker.png").read_bytes()
-    with webapp(vertex_like_server.url, tmp_path / "webapp.log",
-                {"MODEL_PREDICT_ROUTE": ENDPOINT_ROUTE}) as app:
+def test_webapp_and_server_work_together(vertex_like_server: LiveServer, tmp_path: Path) -> None:
+    sample = (
+        Path(__file__).parents[2] / "services/webapp/src/edge_webapp/static/samples" / "sneaker.png"
+    ).read_bytes()
+    with webapp(
+        vertex_like_server.url, tmp_path / "webapp.log", {"MODEL_PREDICT_ROUTE": ENDPOINT_ROUTE}
+    ) as app:
         api = requests.post(app.url + "/api/predict", files={"image": ("s.png", sample)}, timeout=30)
         assert api.status_code == 200, api.text
         assert api.json()["model"]["version"] == "0.0.0-test"
         page = requests.post(app.url + "/", data={"sample": "bag"}, timeout=30)
         assert page.status_code == 200 and 'id="label"' in page.text
-        text = requests.post(app.url + "/api/predict", files={"image": ("a.txt", b"hello")},
-                             timeout=30)
+        text = requests.post(app.url + "/api/predict", files={"image": ("a.txt", b"hello")}, timeout=30)
         assert text.status_code == 400
     metrics = requests.get(vertex_like_server.url + "/metrics", timeout=5).text
     assert f'route="{ENDPOINT_ROUTE}",status="200"' in metrics
@@ -90,16 +90,16 @@ def test_webapp_says_when_the_server_is_unreachable(tmp_path: Path) -> None:
 
 
 @pytest.mark.parametrize("which", ["missing", "corrupt"])
-def test_edge_serve_stops_at_once_on_a_broken_model(
-    which: str, tiny_model_dir: Path, tmp_path: Path
-) -> None:
+def test_edge_serve_stops_at_once_on_a_broken_model(which: str, tiny_model_dir: Path, tmp_path: Path) -> None:
     model_dir = tmp_path / "models"
     if which == "corrupt":
         shutil.copytree(tiny_model_dir, model_dir)
         (model_dir / "serving" / "saved_model.pb").write_bytes(b"garbage")
     result = subprocess.run(
         [EDGE, "serve", "--model-dir", str(model_dir), "--port", str(free_port())],
-        capture_output=True, text=True, timeout=180,
+        capture_output=True,
+        text=True,
+        timeout=180,
     )
     assert result.returncode != 0
     errors = [line for line in result.stderr.splitlines() if line.startswith("error: ")]

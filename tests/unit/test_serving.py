@@ -24,8 +24,16 @@ from edge.serving.app import create_app
 from edge.serving.predictor import ModelLoadError, Predictor, load_from_uri
 
 CLASS_NAMES = [
-    "T-shirt/top", "Trouser", "Pullover", "Dress", "Coat",
-    "Sandal", "Shirt", "Sneaker", "Bag", "Ankle boot",
+    "T-shirt/top",
+    "Trouser",
+    "Pullover",
+    "Dress",
+    "Coat",
+    "Sandal",
+    "Shirt",
+    "Sneaker",
+    "Bag",
+    "Ankle boot",
 ]
 
 
@@ -60,12 +68,13 @@ def b64_image(pixels: np.ndarray, fmt: str = "PNG") -> dict[str, str]:
 
 # --- Every instance form --------------------------------------------------------------------------
 
+
 def test_every_instance_form_gets_a_prediction(client: FlaskClient) -> None:
     pixels = image_pixels()
     instances = [
-        pixels.tolist(),                                 # 28x28 array
-        pixels.reshape(-1).tolist(),                     # flat list of 784
-        (pixels.astype(float) * 0.5).tolist(),           # floats are fine too
+        pixels.tolist(),  # 28x28 array
+        pixels.reshape(-1).tolist(),  # flat list of 784
+        (pixels.astype(float) * 0.5).tolist(),  # floats are fine too
         b64_image(pixels, "PNG"),
         b64_image(pixels, "JPEG"),
     ]
@@ -108,9 +117,8 @@ def test_named_route_serves_the_model_by_its_name(client: FlaskClient) -> None:
 
 # --- Vertex AI's environment ------------------------------------------------------------------------
 
-def test_aip_variables_choose_routes_and_model(
-    monkeypatch: pytest.MonkeyPatch, tiny_model_dir: Path
-) -> None:
+
+def test_aip_variables_choose_routes_and_model(monkeypatch: pytest.MonkeyPatch, tiny_model_dir: Path) -> None:
     monkeypatch.setenv("AIP_STORAGE_URI", str(tiny_model_dir))
     monkeypatch.setenv("AIP_HEALTH_ROUTE", "/v1/endpoints/e1/deployedModels/m1/health")
     monkeypatch.setenv("AIP_PREDICT_ROUTE", "/v1/endpoints/e1/deployedModels/m1:predict")
@@ -118,8 +126,9 @@ def test_aip_variables_choose_routes_and_model(
     assert app.extensions["edge_model"].wait(60)
     client = app.test_client()
     assert client.get("/v1/endpoints/e1/deployedModels/m1/health").status_code == 200
-    ok = client.post("/v1/endpoints/e1/deployedModels/m1:predict",
-                     json={"instances": [image_pixels().tolist()]})
+    ok = client.post(
+        "/v1/endpoints/e1/deployedModels/m1:predict", json={"instances": [image_pixels().tolist()]}
+    )
     assert ok.status_code == 200
     assert client.get("/health").status_code == 404
     assert client.post("/predict", json={"instances": [[0] * 784]}).status_code == 404
@@ -144,6 +153,7 @@ def test_model_location_follows_aip_storage_uri(monkeypatch: pytest.MonkeyPatch)
 
 
 # --- Health around loading -----------------------------------------------------------------------------
+
 
 def test_health_is_503_until_the_model_has_loaded(tiny_model_dir: Path) -> None:
     release = threading.Event()
@@ -181,6 +191,7 @@ def test_health_reports_a_model_that_failed_to_load(tmp_path: Path) -> None:
 
 # --- Bad input: one case per row of the table ----------------------------------------------
 
+
 def _body(instances: Any) -> bytes:
     return json.dumps({"instances": instances}).encode()
 
@@ -197,8 +208,13 @@ BAD_INPUT = [
     ("wrong type, string pixel", _body([GOOD, ["1"] * 784]), 400, 1, "string"),
     ("wrong type, boolean pixel", _body([[True] * 784]), 400, 0, "boolean"),
     ("wrong type, instance", _body(["a picture"]), 400, 0, "string"),
-    ("undecodable image", _body([{"b64": base64.b64encode(b"not an image").decode()}]), 400, 0,
-     "PNG or JPEG"),
+    (
+        "undecodable image",
+        _body([{"b64": base64.b64encode(b"not an image").decode()}]),
+        400,
+        0,
+        "PNG or JPEG",
+    ),
     ("invalid base64", _body([{"b64": "%%%"}]), 400, 0, "base64"),
     ("image of the wrong size", _body([b64_image(np.zeros((30, 28), np.uint8))]), 400, 0, "28x28"),
     ("empty instances", _body([]), 400, None, "empty"),
@@ -210,8 +226,11 @@ BAD_INPUT = [
 ]
 
 
-@pytest.mark.parametrize(("body", "status", "index", "words"),
-                         [case[1:] for case in BAD_INPUT], ids=[case[0] for case in BAD_INPUT])
+@pytest.mark.parametrize(
+    ("body", "status", "index", "words"),
+    [case[1:] for case in BAD_INPUT],
+    ids=[case[0] for case in BAD_INPUT],
+)
 def test_bad_input_gets_a_json_error_naming_the_instance(
     client: FlaskClient, body: bytes, status: int, index: int | None, words: str
 ) -> None:
@@ -231,10 +250,16 @@ def test_body_above_the_limit_is_413(client: FlaskClient) -> None:
     assert "1500000 bytes" in response.json["error"]
 
 
-@pytest.mark.parametrize(("method", "path", "status"), [
-    ("GET", "/predict", 405), ("PUT", "/v1/models/fashion-mnist:predict", 405),
-    ("POST", "/health", 405), ("GET", "/nowhere", 404), ("POST", "/v1/models/x:explain", 404),
-])
+@pytest.mark.parametrize(
+    ("method", "path", "status"),
+    [
+        ("GET", "/predict", 405),
+        ("PUT", "/v1/models/fashion-mnist:predict", 405),
+        ("POST", "/health", 405),
+        ("GET", "/nowhere", 404),
+        ("POST", "/v1/models/x:explain", 404),
+    ],
+)
 def test_unknown_routes_and_methods_are_json_404_and_405(
     client: FlaskClient, method: str, path: str, status: int
 ) -> None:
@@ -244,6 +269,7 @@ def test_unknown_routes_and_methods_are_json_404_and_405(
 
 
 # --- Metrics and OpenAPI ---------------------------------------------------------------------------
+
 
 def test_metrics_count_requests_latency_classes_and_model(client: FlaskClient) -> None:
     client.post("/predict", json={"instances": [GOOD, GOOD]})
@@ -268,6 +294,7 @@ def test_openapi_document_lists_the_routes(client: FlaskClient) -> None:
 
 # --- A missing or corrupt model ------------------------------------------------------------------------
 
+
 @pytest.fixture
 def corrupt_model_dir(tiny_model_dir: Path, tmp_path: Path) -> Iterator[Path]:
     import shutil
@@ -290,9 +317,7 @@ def test_load_errors_say_what_is_wrong(tmp_path: Path, corrupt_model_dir: Path) 
 
 
 @pytest.mark.parametrize("which", ["missing", "corrupt"])
-def test_edge_serve_exits_non_zero_with_one_line(
-    which: str, tmp_path: Path, corrupt_model_dir: Path
-) -> None:
+def test_edge_serve_exits_non_zero_with_one_line(which: str, tmp_path: Path, corrupt_model_dir: Path) -> None:
     model_dir = tmp_path / "missing" if which == "missing" else corrupt_model_dir
     result = CliRunner().invoke(cli_app, ["serve", "--model-dir", str(model_dir)])
     assert result.exit_code == 1

@@ -73,15 +73,26 @@ def product_photo(size: tuple[int, int] = (600, 400)) -> Image.Image:
 
 def png_bomb(width: int, height: int) -> bytes:
     """A tiny PNG whose header claims width x height pixels."""
+
     def chunk(kind: bytes, data: bytes) -> bytes:
-        return (struct.pack(">I", len(data)) + kind + data
-                + struct.pack(">I", zlib.crc32(kind + data) & 0xFFFFFFFF))
+        return (
+            struct.pack(">I", len(data))
+            + kind
+            + data
+            + struct.pack(">I", zlib.crc32(kind + data) & 0xFFFFFFFF)
+        )
+
     header = struct.pack(">IIBBBBB", width, height, 8, 0, 0, 0, 0)
-    return (b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", header)
-            + chunk(b"IDAT", zlib.compress(b"\0" * 1024)) + chunk(b"IEND", b""))
+    return (
+        b"\x89PNG\r\n\x1a\n"
+        + chunk(b"IHDR", header)
+        + chunk(b"IDAT", zlib.compress(b"\0" * 1024))
+        + chunk(b"IEND", b"")
+    )
 
 
 # --- Conversion ------------------------------------------------------------------------------------
+
 
 def test_conversion_is_28x28_grayscale_dark_background_and_centred() -> None:
     converted = to_fashion_mnist(product_photo())
@@ -104,6 +115,7 @@ def test_a_fashion_mnist_image_goes_through_unchanged() -> None:
 
 
 # --- Pages and API that work -------------------------------------------------------------------------
+
 
 def test_index_shows_the_form_and_samples(client: FlaskClient) -> None:
     page = client.get("/").get_data(as_text=True)
@@ -143,6 +155,7 @@ def test_api_returns_the_same_as_json(client: FlaskClient) -> None:
 
 # --- Every failure: a friendly message on the page, the right status in the API ---------------------
 
+
 def _failures() -> list[tuple[str, bytes, int, str]]:
     return [
         ("text file", b"just some text\n", 400, "not a picture"),
@@ -155,8 +168,9 @@ def _failures() -> list[tuple[str, bytes, int, str]]:
     ]
 
 
-@pytest.mark.parametrize(("data", "status", "words"), [f[1:] for f in _failures()],
-                         ids=[f[0] for f in _failures()])
+@pytest.mark.parametrize(
+    ("data", "status", "words"), [f[1:] for f in _failures()], ids=[f[0] for f in _failures()]
+)
 def test_bad_uploads_get_a_friendly_page_and_api_error(
     client: FlaskClient, data: bytes, status: int, words: str
 ) -> None:
@@ -209,9 +223,9 @@ def test_slow_model_server_times_out_with_504() -> None:
         listener.bind(("127.0.0.1", 0))
         listener.listen()
         url = f"http://127.0.0.1:{listener.getsockname()[1]}"
-        client = create_app({"MODEL_URL": url, "MODEL_READ_TIMEOUT": 0.3,
-                             "MODEL_RETRIES": 0}).test_client()
-        response = client.post("/api/predict", data={"image": (io.BytesIO(
-            encoded(product_photo(), "PNG")), "photo.png")})
+        client = create_app({"MODEL_URL": url, "MODEL_READ_TIMEOUT": 0.3, "MODEL_RETRIES": 0}).test_client()
+        response = client.post(
+            "/api/predict", data={"image": (io.BytesIO(encoded(product_photo(), "PNG")), "photo.png")}
+        )
     assert response.status_code == 504
     assert "too long" in response.json["error"]

@@ -27,6 +27,7 @@ def slug(name: str) -> str:
 
 def read_test_split(source: Path) -> tuple[np.ndarray, np.ndarray]:
     """Read the test images and labels, from the .gz files or their decompressed copies."""
+
     def pick(stem: str) -> Path:
         gz = source / f"{stem}.gz"
         return gz if gz.is_file() else source / stem

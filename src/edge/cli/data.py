@@ -54,9 +54,7 @@ def _track(raw_dir: Path) -> None:
         console.print("Not in a DVC repository: the data is not tracked (fine in a container).")
         return
     # The interpreter running us has DVC installed, whether or not `dvc` is on the PATH.
-    done = subprocess.run(
-        [sys.executable, "-m", "dvc", "add", str(raw_dir)], capture_output=True, text=True
-    )
+    done = subprocess.run([sys.executable, "-m", "dvc", "add", str(raw_dir)], capture_output=True, text=True)
     if done.returncode != 0:
         raise data.DataError(f"dvc add {raw_dir} failed: {done.stderr.strip() or done.stdout.strip()}")
     console.print(f"Tracked by DVC in {raw_dir}.dvc (commit it with git).")

@@ -37,10 +37,25 @@ def gunicorn_argv(host: str, port: int, threads: int, timeout: int) -> list[str]
     """Build the gunicorn command line."""
     bind = f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
     return [
-        sys.executable, "-m", "gunicorn",
-        "--worker-class", "gthread", "--workers", "1", "--threads", str(threads),
-        "--bind", bind, "--timeout", str(timeout), "--graceful-timeout", "10",
-        "--access-logfile", "-", "--error-logfile", "-",
+        sys.executable,
+        "-m",
+        "gunicorn",
+        "--worker-class",
+        "gthread",
+        "--workers",
+        "1",
+        "--threads",
+        str(threads),
+        "--bind",
+        bind,
+        "--timeout",
+        str(timeout),
+        "--graceful-timeout",
+        "10",
+        "--access-logfile",
+        "-",
+        "--error-logfile",
+        "-",
         # gunicorn's control socket is one fixed path per user: two servers would fight over it.
         "--no-control-socket",
         GUNICORN_APP,
@@ -49,17 +64,25 @@ def gunicorn_argv(host: str, port: int, threads: int, timeout: int) -> list[str]
 
 @app.command()
 def serve(
-    model_dir: Annotated[str | None, typer.Option(
-        "--model-dir", help="Exported model directory or gs:// URI [default: $AIP_STORAGE_URI, "
-                            "else models]")] = None,
-    host: Annotated[str | None, typer.Option(
-        envvar="EDGE_SERVE_HOST", help="Address to bind [default: 0.0.0.0 when AIP_HTTP_PORT is "
-                                       "set, else 127.0.0.1]")] = None,
-    port: Annotated[int | None, typer.Option(
-        help="Port [default: $AIP_HTTP_PORT, else 8080]", min=1, max=65535)] = None,
+    model_dir: Annotated[
+        str | None,
+        typer.Option(
+            "--model-dir",
+            help="Exported model directory or gs:// URI [default: $AIP_STORAGE_URI, else models]",
+        ),
+    ] = None,
+    host: Annotated[
+        str | None,
+        typer.Option(
+            envvar="EDGE_SERVE_HOST",
+            help="Address to bind [default: 0.0.0.0 when AIP_HTTP_PORT is set, else 127.0.0.1]",
+        ),
+    ] = None,
+    port: Annotated[
+        int | None, typer.Option(help="Port [default: $AIP_HTTP_PORT, else 8080]", min=1, max=65535)
+    ] = None,
     threads: Annotated[int, typer.Option(help="Request threads", min=1)] = WORKER_THREADS,
-    timeout: Annotated[int, typer.Option(help="Seconds before a stuck worker is restarted",
-                                         min=1)] = 30,
+    timeout: Annotated[int, typer.Option(help="Seconds before a stuck worker is restarted", min=1)] = 30,
 ) -> None:
     """Serve the model over HTTP with Vertex AI's health and predict routes."""
     from edge.serving.predictor import ModelLoadError, load_from_uri
@@ -73,8 +96,9 @@ def serve(
     except ModelLoadError as exc:
         typer.echo(f"error: {exc}", err=True)
         raise typer.Exit(1) from exc
-    typer.echo(f"serving {predictor.name} {predictor.version} from {uri} "
-               f"on http://{bind_host}:{bind_port}", err=True)
+    typer.echo(
+        f"serving {predictor.name} {predictor.version} from {uri} on http://{bind_host}:{bind_port}", err=True
+    )
     sys.stdout.flush()
     sys.stderr.flush()
     env = dict(os.environ, EDGE_MODEL_DIR=uri)

@@ -108,8 +108,13 @@ def _start_loading(app: Flask, holder: ModelHolder, metrics: ServingMetrics) -> 
             holder.fail(f"cannot load the model from {uri}: {exc}")
         else:
             _publish(holder, metrics, predictor)
-            log.info("loaded model %s version %s from %s in %.1f s", predictor.name,
-                     predictor.version, uri, time.perf_counter() - started)
+            log.info(
+                "loaded model %s version %s from %s in %.1f s",
+                predictor.name,
+                predictor.version,
+                uri,
+                time.perf_counter() - started,
+            )
             return
         log.error("error: %s", holder.error)
         if exit_on_error:
@@ -148,14 +153,16 @@ def _build_blueprint(health_route: str, predict_route: str) -> Blueprint:
     @bp.get("/openapi.json", endpoint="openapi")
     def openapi() -> ResponseReturnValue:
         predictor = _holder().predictor
-        return jsonify(build_document(
-            health_route=health_route,
-            predict_route=predict_route,
-            named_route=NAMED_PREDICT_ROUTE,
-            max_instances=current_app.config["MAX_INSTANCES"],
-            max_bytes=current_app.config["MAX_CONTENT_LENGTH"],
-            model_name=predictor.name if predictor else None,
-        ))
+        return jsonify(
+            build_document(
+                health_route=health_route,
+                predict_route=predict_route,
+                named_route=NAMED_PREDICT_ROUTE,
+                max_instances=current_app.config["MAX_INSTANCES"],
+                max_bytes=current_app.config["MAX_CONTENT_LENGTH"],
+                model_name=predictor.name if predictor else None,
+            )
+        )
 
     return bp
 

@@ -24,20 +24,27 @@ class ServingMetrics:
     def __init__(self) -> None:
         self.registry = CollectorRegistry()
         self.requests = Counter(
-            "edge_http_requests", "HTTP requests by route template, method and status.",
-            ["route", "method", "status"], registry=self.registry,
+            "edge_http_requests",
+            "HTTP requests by route template, method and status.",
+            ["route", "method", "status"],
+            registry=self.registry,
         )
         self.latency = Histogram(
             "edge_http_request_duration_seconds",
             "Time spent handling a request inside the server, by route template.",
-            ["route"], buckets=LATENCY_BUCKETS, registry=self.registry,
+            ["route"],
+            buckets=LATENCY_BUCKETS,
+            registry=self.registry,
         )
         self.predictions = Counter(
-            "edge_predictions", "Instances predicted, by predicted class.",
-            ["class_name"], registry=self.registry,
+            "edge_predictions",
+            "Instances predicted, by predicted class.",
+            ["class_name"],
+            registry=self.registry,
         )
         self.model_loaded = Gauge(
-            "edge_model_loaded", "1 once the model is loaded and serving, else 0.",
+            "edge_model_loaded",
+            "1 once the model is loaded and serving, else 0.",
             registry=self.registry,
         )
         self.model = Info("edge_model", "The served model.", registry=self.registry)

@@ -13,14 +13,27 @@ _SCHEMAS: dict[str, Any] = {
     "Instance": {
         "description": "One 28x28 grayscale image, 0 = background, 255 = brightest.",
         "oneOf": [
-            {"title": "Pixels28x28", "type": "array", "minItems": 28, "maxItems": 28,
-             "items": {"type": "array", "minItems": 28, "maxItems": 28, "items": _PIXEL}},
-            {"title": "Pixels784", "type": "array", "minItems": 784, "maxItems": 784,
-             "items": _PIXEL},
-            {"title": "EncodedImage", "type": "object", "required": ["b64"],
-             "additionalProperties": False,
-             "properties": {"b64": {"type": "string", "format": "byte",
-                                    "description": "Base64 of a 28x28 PNG or JPEG."}}},
+            {
+                "title": "Pixels28x28",
+                "type": "array",
+                "minItems": 28,
+                "maxItems": 28,
+                "items": {"type": "array", "minItems": 28, "maxItems": 28, "items": _PIXEL},
+            },
+            {"title": "Pixels784", "type": "array", "minItems": 784, "maxItems": 784, "items": _PIXEL},
+            {
+                "title": "EncodedImage",
+                "type": "object",
+                "required": ["b64"],
+                "additionalProperties": False,
+                "properties": {
+                    "b64": {
+                        "type": "string",
+                        "format": "byte",
+                        "description": "Base64 of a 28x28 PNG or JPEG.",
+                    }
+                },
+            },
         ],
     },
     "Prediction": {
@@ -30,14 +43,13 @@ _SCHEMAS: dict[str, Any] = {
             "label": {"type": "string", "example": "Sneaker"},
             "class_id": {"type": "integer", "minimum": 0},
             "confidence": {"type": "number", "minimum": 0, "maximum": 1},
-            "probabilities": {"type": "object",
-                              "additionalProperties": {"type": "number"}},
+            "probabilities": {"type": "object", "additionalProperties": {"type": "number"}},
         },
     },
     "Model": {
         "type": "object",
         "description": "The model's metadata.json as written at training time: name, version, "
-                       "class names, creation time and lineage.",
+        "class names, creation time and lineage.",
         "required": ["name", "version", "class_names"],
         "properties": {
             "name": {"type": "string"},
@@ -74,8 +86,10 @@ _SCHEMAS: dict[str, Any] = {
 
 
 def _error(description: str) -> dict[str, Any]:
-    return {"description": description,
-            "content": {"application/json": {"schema": {"$ref": "#/components/schemas/Error"}}}}
+    return {
+        "description": description,
+        "content": {"application/json": {"schema": {"$ref": "#/components/schemas/Error"}}},
+    }
 
 
 def _predict_operation(
@@ -87,22 +101,33 @@ def _predict_operation(
         "requestBody": {
             "required": True,
             "description": f"At most {max_instances} instances and {max_bytes} bytes.",
-            "content": {"application/json": {"schema": {
-                "type": "object",
-                "required": ["instances"],
-                "additionalProperties": False,
-                "properties": {
-                    "instances": {"type": "array", "minItems": 1, "maxItems": max_instances,
-                                  "items": {"$ref": "#/components/schemas/Instance"}},
-                    "parameters": {"type": "object",
-                                   "description": "Accepted for Vertex AI; none are used yet."},
-                },
-            }}},
+            "content": {
+                "application/json": {
+                    "schema": {
+                        "type": "object",
+                        "required": ["instances"],
+                        "additionalProperties": False,
+                        "properties": {
+                            "instances": {
+                                "type": "array",
+                                "minItems": 1,
+                                "maxItems": max_instances,
+                                "items": {"$ref": "#/components/schemas/Instance"},
+                            },
+                            "parameters": {
+                                "type": "object",
+                                "description": "Accepted for Vertex AI; none are used yet.",
+                            },
+                        },
+                    }
+                }
+            },
         },
         "responses": {
-            "200": {"description": "One prediction per instance, in order.",
-                    "content": {"application/json": {
-                        "schema": {"$ref": "#/components/schemas/PredictResponse"}}}},
+            "200": {
+                "description": "One prediction per instance, in order.",
+                "content": {"application/json": {"schema": {"$ref": "#/components/schemas/PredictResponse"}}},
+            },
             "400": _error("Malformed body or an invalid instance (named by index)."),
             "413": _error("Body larger than the limit, or too many instances."),
             "503": _error("The model is still loading."),
@@ -112,9 +137,15 @@ def _predict_operation(
         name_schema: dict[str, Any] = {"type": "string"}
         if model_name is not None:
             name_schema["example"] = model_name
-        operation["parameters"] = [{"name": "name", "in": "path", "required": True,
-                                    "schema": name_schema,
-                                    "description": "The model's name from its metadata."}]
+        operation["parameters"] = [
+            {
+                "name": "name",
+                "in": "path",
+                "required": True,
+                "schema": name_schema,
+                "description": "The model's name from its metadata.",
+            }
+        ]
         operation["responses"]["404"] = _error("No model of that name is served here.")
     return operation
 
@@ -133,17 +164,22 @@ def build_document(
     model_name: str | None,
 ) -> dict[str, Any]:
     """Return the OpenAPI 3.0 document of the server's routes."""
-    health = {"get": {
-        "summary": "Tell whether the model is loaded",
-        "operationId": "health",
-        "responses": {
-            "200": {"description": "Loaded and serving.", "content": {"application/json": {
-                "schema": {"$ref": "#/components/schemas/Health"}}}},
-            "503": {"description": "Still loading, or loading failed.",
-                    "content": {"application/json": {
-                        "schema": {"$ref": "#/components/schemas/Health"}}}},
-        },
-    }}
+    health = {
+        "get": {
+            "summary": "Tell whether the model is loaded",
+            "operationId": "health",
+            "responses": {
+                "200": {
+                    "description": "Loaded and serving.",
+                    "content": {"application/json": {"schema": {"$ref": "#/components/schemas/Health"}}},
+                },
+                "503": {
+                    "description": "Still loading, or loading failed.",
+                    "content": {"application/json": {"schema": {"$ref": "#/components/schemas/Health"}}},
+                },
+            },
+        }
+    }
     return {
         "openapi": "3.0.3",
         "info": {
@@ -155,18 +191,32 @@ def build_document(
             health_route: health,
             predict_route: {"post": _predict_operation(max_instances, max_bytes, False, None)},
             _openapi_path(named_route): {
-                "post": _predict_operation(max_instances, max_bytes, True, model_name)},
-            "/metrics": {"get": {
-                "summary": "Prometheus metrics", "operationId": "metrics",
-                "responses": {"200": {"description": "Prometheus text format.",
-                                      "content": {"text/plain": {"schema": {"type": "string"}}}}},
-            }},
-            "/openapi.json": {"get": {
-                "summary": "This document", "operationId": "openapi",
-                "responses": {"200": {"description": "OpenAPI 3.0 document.",
-                                      "content": {"application/json": {
-                                          "schema": {"type": "object"}}}}},
-            }},
+                "post": _predict_operation(max_instances, max_bytes, True, model_name)
+            },
+            "/metrics": {
+                "get": {
+                    "summary": "Prometheus metrics",
+                    "operationId": "metrics",
+                    "responses": {
+                        "200": {
+                            "description": "Prometheus text format.",
+                            "content": {"text/plain": {"schema": {"type": "string"}}},
+                        }
+                    },
+                }
+            },
+            "/openapi.json": {
+                "get": {
+                    "summary": "This document",
+                    "operationId": "openapi",
+                    "responses": {
+                        "200": {
+                            "description": "OpenAPI 3.0 document.",
+                            "content": {"application/json": {"schema": {"type": "object"}}},
+                        }
+                    },
+                }
+            },
         },
         "components": {"schemas": _SCHEMAS},
     }

@@ -62,9 +62,7 @@ def _is_number(value: Any) -> bool:
 def _check_numbers(index: int, values: Sequence[Any], where: str) -> None:
     for position, value in enumerate(values):
         if not _is_number(value):
-            raise InstanceError(
-                index, f"{where}[{position}] is {_describe(value)}, expected a number 0-255"
-            )
+            raise InstanceError(index, f"{where}[{position}] is {_describe(value)}, expected a number 0-255")
 
 
 def _decode_b64_image(index: int, payload: Any) -> np.ndarray:
@@ -73,9 +71,7 @@ def _decode_b64_image(index: int, payload: Any) -> np.ndarray:
     if not isinstance(payload, str):
         raise InstanceError(index, f"b64 is {_describe(payload)}, expected a base64 string")
     if len(payload) > MAX_B64_CHARS:
-        raise InstanceError(
-            index, f"b64 is {len(payload)} characters, more than the {MAX_B64_CHARS} allowed"
-        )
+        raise InstanceError(index, f"b64 is {len(payload)} characters, more than the {MAX_B64_CHARS} allowed")
     try:
         raw = base64.b64decode(payload, validate=True)
     except (binascii.Error, ValueError) as exc:
@@ -86,9 +82,7 @@ def _decode_b64_image(index: int, payload: Any) -> np.ndarray:
             warnings.simplefilter("error", Image.DecompressionBombWarning)
             image = Image.open(io.BytesIO(raw))
             if image.format not in IMAGE_FORMATS:
-                raise InstanceError(
-                    index, f"image format {image.format} is not supported, send PNG or JPEG"
-                )
+                raise InstanceError(index, f"image format {image.format} is not supported, send PNG or JPEG")
             # The size comes from the header, so an oversized image is refused before decoding.
             if image.size != (IMAGE_SHAPE[1], IMAGE_SHAPE[0]):
                 raise InstanceError(
@@ -101,8 +95,13 @@ def _decode_b64_image(index: int, payload: Any) -> np.ndarray:
         raise
     except UnidentifiedImageError as exc:
         raise InstanceError(index, "b64 does not hold a PNG or JPEG image") from exc
-    except (OSError, ValueError, SyntaxError,
-            Image.DecompressionBombError, Image.DecompressionBombWarning) as exc:
+    except (
+        OSError,
+        ValueError,
+        SyntaxError,
+        Image.DecompressionBombError,
+        Image.DecompressionBombWarning,
+    ) as exc:
         raise InstanceError(index, f"b64 is not a decodable PNG or JPEG image ({exc})") from exc
     return pixels
 
@@ -119,7 +118,7 @@ def decode_instance(index: int, instance: Any) -> np.ndarray:
         raise InstanceError(
             index,
             f"instance is {_describe(instance)}, expected a 28x28 array, "
-            "a flat list of 784 numbers or {\"b64\": ...}",
+            'a flat list of 784 numbers or {"b64": ...}',
         )
     if len(instance) == PIXELS and not isinstance(instance[0], list):
         _check_numbers(index, instance, "value")
@@ -160,9 +159,7 @@ def _check_range(index: int, array: np.ndarray) -> None:
     outside = (array < 0) | (array > 255)
     if outside.any():
         position = int(np.argmax(outside))
-        raise InstanceError(
-            index, f"pixel {position} is {array.flat[position]:g}, out of range 0-255"
-        )
+        raise InstanceError(index, f"pixel {position} is {array.flat[position]:g}, out of range 0-255")
 
 
 def decode_instances(instances: Any, max_instances: int) -> np.ndarray:
@@ -205,9 +202,7 @@ class Prediction:
 class Predictor:
     """The exported serving function of one model, with its metadata."""
 
-    def __init__(
-        self, serve: Callable[[np.ndarray], np.ndarray], metadata: dict[str, Any]
-    ) -> None:
+    def __init__(self, serve: Callable[[np.ndarray], np.ndarray], metadata: dict[str, Any]) -> None:
         self._serve = serve
         self.metadata = metadata
         self.class_names: tuple[str, ...] = tuple(metadata["class_names"])
@@ -246,9 +241,7 @@ class Predictor:
         try:
             loaded = tf.saved_model.load(str(serving))
             # The concrete function skips tf.function's per-call signature dispatch.
-            serve = loaded.serve.get_concrete_function(
-                tf.TensorSpec([None, *IMAGE_SHAPE], tf.float32)
-            )
+            serve = loaded.serve.get_concrete_function(tf.TensorSpec([None, *IMAGE_SHAPE], tf.float32))
             probe = serve(tf.zeros([1, *IMAGE_SHAPE], tf.float32)).numpy()
         except Exception as exc:  # TensorFlow raises many types for a corrupt export.
             first_line = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
@@ -266,12 +259,14 @@ class Predictor:
         results = []
         for row in probabilities.astype(float):
             class_id = int(row.argmax())
-            results.append(Prediction(
-                label=self.class_names[class_id],
-                class_id=class_id,
-                confidence=float(row[class_id]),
-                probabilities={name: float(p) for name, p in zip(self.class_names, row, strict=True)},
-            ))
+            results.append(
+                Prediction(
+                    label=self.class_names[class_id],
+                    class_id=class_id,
+                    confidence=float(row[class_id]),
+                    probabilities={name: float(p) for name, p in zip(self.class_names, row, strict=True)},
+                )
+            )
         return results
 
 
@@ -337,6 +332,13 @@ class ModelHolder:
 
 
 __all__ = [
-    "InstanceError", "ModelHolder", "ModelLoadError", "Prediction", "Predictor",
-    "TooManyInstancesError", "decode_instance", "decode_instances", "load_from_uri",
+    "InstanceError",
+    "ModelHolder",
+    "ModelLoadError",
+    "Prediction",
+    "Predictor",
+    "TooManyInstancesError",
+    "decode_instance",
+    "decode_instances",
+    "load_from_uri",
 ]

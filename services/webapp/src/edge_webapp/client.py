@@ -41,8 +41,14 @@ class ModelClient:
         # timeout is not retried (the user has waited long enough) and read=False lets it surface
         # as a timeout rather than as a generic connection error.
         retry = Retry(
-            total=retries, connect=retries, read=False, status=retries, other=0,
-            backoff_factor=0.2, status_forcelist=(502, 503, 504), allowed_methods=None,
+            total=retries,
+            connect=retries,
+            read=False,
+            status=retries,
+            other=0,
+            backoff_factor=0.2,
+            status_forcelist=(502, 503, 504),
+            allowed_methods=None,
             raise_on_status=False,
         )
         self.session = requests.Session()
@@ -77,8 +83,7 @@ class ModelClient:
                     "label": str(prediction["label"]),
                     "class_id": int(prediction["class_id"]),
                     "confidence": float(prediction["confidence"]),
-                    "probabilities": {str(k): float(v)
-                                      for k, v in dict(prediction["probabilities"]).items()},
+                    "probabilities": {str(k): float(v) for k, v in dict(prediction["probabilities"]).items()},
                 },
                 "model": dict(body.get("model") or {}),
             }

@@ -34,8 +34,9 @@ def open_image(data: bytes, max_pixels: int) -> Image.Image:
     if not data:
         raise ImageRejectedError("The file is empty. Choose a PNG, JPEG or WebP picture.")
     too_big = ImageRejectedError(
-        f"The picture has too many pixels to process (the limit is {max_pixels:,}). "
-        "Try a smaller picture.", 413)
+        f"The picture has too many pixels to process (the limit is {max_pixels:,}). Try a smaller picture.",
+        413,
+    )
     try:
         # Pillow only warns between its limit and twice that; a warning must stop us too.
         with warnings.catch_warnings():
@@ -51,10 +52,10 @@ def open_image(data: bytes, max_pixels: int) -> Image.Image:
         raise too_big from exc
     except UnidentifiedImageError as exc:
         raise ImageRejectedError(
-            "That file is not a picture we can read. Upload a PNG, JPEG or WebP image.") from exc
+            "That file is not a picture we can read. Upload a PNG, JPEG or WebP image."
+        ) from exc
     except (OSError, ValueError, SyntaxError, EOFError) as exc:
-        raise ImageRejectedError(
-            "The picture seems damaged or truncated and cannot be decoded.") from exc
+        raise ImageRejectedError("The picture seems damaged or truncated and cannot be decoded.") from exc
     return image
 
 

@@ -103,8 +103,10 @@ def predict_api() -> ResponseReturnValue:
     """Classify an uploaded picture (multipart field `image`, or the raw body) and return JSON."""
     data = _uploaded_bytes()
     if data is None:
-        return jsonify(error="Send the picture as the multipart field 'image', "
-                             "or as the body with an image/* content type."), 400
+        return jsonify(
+            error="Send the picture as the multipart field 'image', "
+            "or as the body with an image/* content type."
+        ), 400
     try:
         result = classify(data)
     except (ImageRejectedError, ModelServerError) as exc:
