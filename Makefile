@@ -8,6 +8,9 @@ export DVC_NO_ANALYTICS := 1
 export DO_NOT_TRACK := 1
 export TF_CPP_MIN_LOG_LEVEL := 2
 
+# DVC's stages call `edge`: the virtualenv's commands come first, activated or not.
+export PATH := $(CURDIR)/.venv/bin:$(PATH)
+
 UV_VERSION := 0.13.9
 # Use uv from the PATH when there is one, else bootstrap the pinned version into .tools/.
 UV := $(or $(shell command -v uv 2>/dev/null),.tools/bin/uv)

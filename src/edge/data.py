@@ -251,6 +251,13 @@ def seed(
     origin = folder or "the download mirrors"
     if not missing:
         return SeedResult(raw_dir, (), origin)
+    changed = [f.name for f in missing if (raw_dir / f.name).exists()]
+    if changed:
+        # Somebody's data, perhaps a new version under DVC: never overwrite it.
+        raise DataError(
+            f"{', '.join(changed)} in {raw_dir} differ from the canonical Fashion-MNIST files; "
+            "restore the tracked version with `dvc checkout`, or delete them to seed again"
+        )
     if mirrors is None:
         env = os.environ.get("EDGE_DATA_MIRRORS")
         mirrors = env.split(",") if env else DEFAULT_MIRRORS

@@ -138,20 +138,25 @@ def alive(pid: int) -> bool:
 
 
 def test_edge_up_serves_then_stops_cleanly(project: Path) -> None:
-    """`edge up --no-train` on a reproduced project: both servers healthy, a prediction, no orphans.
+    """`edge up` on a reproduced project: both servers healthy, a prediction, no orphans.
 
-    `--no-train`, because `edge up` seeds the canonical Fashion-MNIST files, which would replace
-    the tiny data and train for minutes; seeding and `dvc repro` have their own tests above.
+    The venv is left off the PATH, as when a user runs `.venv/bin/edge up` without activating it.
+    The tiny raw files are all there, so `edge up` does not seed over them; a changed gate makes
+    its `dvc repro` run the evaluate stage, which calls `edge` by name.
     """
     run(["dvc", "repro"], project)
+    params = yaml.safe_load((project / "params.yaml").read_text())
+    params["evaluate"]["min_accuracy"] = 0.01
+    (project / "params.yaml").write_text(yaml.safe_dump(params))
     model_port, webapp_port = free_port(), free_port()
-    env = {**os.environ, "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}"}
+    bin_dir = str(Path(sys.executable).parent)
+    path = os.pathsep.join(p for p in os.environ["PATH"].split(os.pathsep) if p != bin_dir)
+    env = {**os.environ, "PATH": path}
     argv = [
         sys.executable,
         "-m",
         "edge",
         "up",
-        "--no-train",
         "--model-port",
         str(model_port),
         "--webapp-port",
@@ -174,6 +179,7 @@ def test_edge_up_serves_then_stops_cleanly(project: Path) -> None:
                 break
         output = "".join(lines)
         assert "Edge is up." in output, output
+        assert "Running stage 'evaluate'" in output
         assert f"http://127.0.0.1:{webapp_port}/" in output
         children = [int(pid) for pid in re.findall(r"\(pid (\d+)\)", output)]
         assert len(children) == 2

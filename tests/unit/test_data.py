@@ -130,6 +130,17 @@ def test_corrupt_source_names_file_and_checksums_and_changes_nothing(tmp_path: P
     assert sorted(p.name for p in tmp_path.joinpath("data").rglob("*")) == before
 
 
+def test_changed_files_in_place_are_never_overwritten(tmp_path: Path) -> None:
+    source = write_fashion_files(tmp_path / "source")
+    files = tiny_catalogue(source)
+    raw = tmp_path / "raw"
+    data.seed(raw, source=str(source), files=files, system_source=tmp_path / "none")
+    (raw / "t10k-labels-idx1-ubyte").write_bytes(b"my new labels")
+    with pytest.raises(DataError, match=r"t10k-labels-idx1-ubyte in .* differ.*dvc checkout"):
+        data.seed(raw, source=str(source), files=files, system_source=tmp_path / "none")
+    assert (raw / "t10k-labels-idx1-ubyte").read_bytes() == b"my new labels"
+
+
 def test_truncated_gzip_is_refused(tmp_path: Path) -> None:
     source = write_fashion_files(tmp_path / "source")
     files = tiny_catalogue(source)

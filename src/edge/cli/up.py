@@ -19,7 +19,7 @@ import typer
 
 from edge.cli.common import console, fail, friendly_errors, out
 from edge.cli.data import seed_data
-from edge.data import DEFAULT_RAW_DIR
+from edge.data import DEFAULT_RAW_DIR, RAW_FILES
 
 HEALTH_TIMEOUT = 180.0
 STOP_TIMEOUT = 15.0
@@ -70,7 +70,10 @@ def _train() -> None:
     """Run the pipeline through DVC, which skips every stage whose inputs did not change."""
     if Path(".dvc").is_dir():
         console.print("Running the pipeline (dvc repro; unchanged stages are skipped)...")
-        if subprocess.run([sys.executable, "-m", "dvc", "repro"]).returncode != 0:
+        # The stages call `edge`: find ours even when its virtualenv is not activated.
+        bin_dir = str(Path(sys.executable).parent)
+        env = dict(os.environ, PATH=os.pathsep.join([bin_dir, os.environ.get("PATH", "")]))
+        if subprocess.run([sys.executable, "-m", "dvc", "repro"], env=env).returncode != 0:
             fail("the pipeline failed (see above); fix it, then run `make up` again")
     else:
         console.print("Not in a DVC repository: running the pipeline directly.")
@@ -94,8 +97,11 @@ def up(
         if not _port_free(host, port):
             fail(f"port {port} on {host} is in use; stop what uses it or pick another port for the {name}")
     if train:
-        with friendly_errors():
-            seed_data(DEFAULT_RAW_DIR, source)
+        if all((DEFAULT_RAW_DIR / f.name).is_file() for f in RAW_FILES):
+            console.print(f"The raw data is in {DEFAULT_RAW_DIR}; DVC tracks any change to it.")
+        else:
+            with friendly_errors():
+                seed_data(DEFAULT_RAW_DIR, source)
         _train()
 
     stopping: list[int] = []
