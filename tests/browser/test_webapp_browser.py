@@ -10,6 +10,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from edge.data import CLASS_NAMES as FASHION_CLASSES
 from tests.conftest import REPO_ROOT
 from tests.live_servers import LiveServer, model_server, webapp
 
@@ -17,18 +18,7 @@ pytestmark = [pytest.mark.browser, pytest.mark.slow]
 
 CHROMIUM = Path("/usr/bin/chromium")
 ARTIFACTS = REPO_ROOT / "test-artifacts"
-CLASS_NAMES = [
-    "T-shirt/top",
-    "Trouser",
-    "Pullover",
-    "Dress",
-    "Coat",
-    "Sandal",
-    "Shirt",
-    "Sneaker",
-    "Bag",
-    "Ankle boot",
-]
+CLASS_NAMES = list(FASHION_CLASSES)
 
 
 def _read_idx(folder: Path, stem: str) -> np.ndarray:

@@ -20,21 +20,11 @@ from typer.testing import CliRunner
 
 from edge.cli import app as cli_app
 from edge.cli.serve import resolve_bind, resolve_model_uri
+from edge.data import CLASS_NAMES as FASHION_CLASSES
 from edge.serving.app import create_app
 from edge.serving.predictor import ModelLoadError, Predictor, load_from_uri
 
-CLASS_NAMES = [
-    "T-shirt/top",
-    "Trouser",
-    "Pullover",
-    "Dress",
-    "Coat",
-    "Sandal",
-    "Shirt",
-    "Sneaker",
-    "Bag",
-    "Ankle boot",
-]
+CLASS_NAMES = list(FASHION_CLASSES)
 
 
 @pytest.fixture(scope="module")
