@@ -33,7 +33,7 @@ class TrainParams:
     """The `train` block of params.yaml."""
 
     seed: int = 42
-    epochs: int = 15
+    epochs: int = 17
     batch_size: int = 256
     learning_rate: float = 2e-3
     warmup_epochs: int = 1
