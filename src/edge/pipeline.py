@@ -35,8 +35,6 @@ from edge.train import (
     train,
 )
 
-SPLITS = ("train", "validation", "test")
-
 
 @dataclass(frozen=True)
 class PrepareParams:
