@@ -142,15 +142,20 @@ def train_stage(
     return result, metadata
 
 
+def score_on_test(prepared_dir: str, model_dir: str) -> tuple[Split, Evaluation]:
+    """Run the exported serving function (what the model server runs) over the test split."""
+    test = load_prepared(prepared_dir, "test")
+    with storage.local_dir_for_reading(storage.join(model_dir, SERVING_DIR)) as serving:
+        probabilities = predict_probabilities(serving, test.images)
+    return test, evaluate(probabilities, test.labels)
+
+
 def evaluate_stage(prepared_dir: str, model_dir: str, reports_dir: str, params: EvaluateParams) -> Evaluation:
     """Score the exported model on the test split, write metrics and plots, then apply the gate.
 
     The metrics are written before the gate is checked, so a failing model leaves its evidence.
     """
-    test = load_prepared(prepared_dir, "test")
-    with storage.local_dir_for_reading(storage.join(model_dir, SERVING_DIR)) as serving:
-        probabilities = predict_probabilities(serving, test.images)
-    evaluation = evaluate(probabilities, test.labels)
+    test, evaluation = score_on_test(prepared_dir, model_dir)
     _write_json(storage.join(reports_dir, "metrics.json"), evaluation.metrics())
     storage.write_text(
         storage.join(reports_dir, "confusion.csv"), confusion_csv(test.labels, evaluation.predicted)

@@ -29,7 +29,7 @@ from typing import Any, Generic, TypeVar
 from rich.console import Console
 
 import edge
-from edge import data, evaluate, model, pipeline, storage, train  # noqa: F401  (data: recorded as a source)
+from edge import data, evaluate, pipeline, storage, train  # noqa: F401  (data: recorded as a source)
 from edge.tracking import observers
 
 T = TypeVar("T")
@@ -193,7 +193,7 @@ def run_training(
         result, metadata = pipeline.train_stage(
             prepared_dir, model_dir, reports_dir, settings.train, lineage, on_epoch_end=epoch_end
         )
-        scores = _score_on_test(prepared_dir, model_dir)
+        _test, scores = pipeline.score_on_test(prepared_dir, model_dir)
         summary = {
             "model_version": metadata["version"],
             "epochs": len(result.history),
@@ -231,13 +231,6 @@ def run_info(lineage: dict[str, Any]) -> dict[str, Any]:
         ],
         "vertex_job": lineage.get("vertex_job"),
     }
-
-
-def _score_on_test(prepared_dir: str, model_dir: str) -> evaluate.Evaluation:
-    test = train.load_prepared(prepared_dir, "test")
-    with storage.local_dir_for_reading(storage.join(model_dir, model.SERVING_DIR)) as serving:
-        probabilities = evaluate.predict_probabilities(serving, test.images)
-    return evaluate.evaluate(probabilities, test.labels)
 
 
 def _archive(model_dir: str) -> bytes:
