@@ -11,6 +11,16 @@ import pytest
 from edge.data import CLASS_NAMES
 from tests.datagen import write_fashion_files
 
+# The Docker fixtures (engine, registry, built images), for any test folder: see tests/docker_env.py.
+from tests.docker_env import (  # noqa: F401
+    base_image,
+    docker_engine,
+    local_registry,
+    pushed_trainer_image,
+    trainer_image,
+    webapp_image,
+)
+
 REPO_ROOT = Path(__file__).resolve().parent.parent
 
 # Nothing a test runs may phone home or reach Google: DVC analytics off, metadata server on a dead port.
