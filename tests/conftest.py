@@ -13,6 +13,7 @@ from tests.datagen import write_fashion_files
 
 # The Docker fixtures (engine, registry, built images), for any test folder: see tests/docker_env.py.
 from tests.docker_env import (  # noqa: F401
+    DOCKER_FIXTURES,
     base_image,
     docker_engine,
     local_registry,
@@ -32,6 +33,13 @@ QUIET_ENV = {
     "GCE_METADATA_IP": "127.0.0.1:1",
     "TF_CPP_MIN_LOG_LEVEL": "2",
 }
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """Mark every test that needs a Docker engine `containers`, so `-m "not containers"` skips it."""
+    for item in items:
+        if DOCKER_FIXTURES & set(getattr(item, "fixturenames", ())):
+            item.add_marker(pytest.mark.containers)
 
 
 @pytest.fixture(autouse=True, scope="session")

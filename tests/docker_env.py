@@ -11,6 +11,8 @@ Helpers to import in your own container tests, and the session fixtures tests/co
                           `.ref` = `127.0.0.1:PORT/edge/edge-trainer@sha256:...`, `.digest`
 
 Without an engine (or docker-registry) the tests that use them are skipped, and fail under CI=true.
+A test that uses any of them is marked `containers` (tests/conftest.py): `make test` leaves it out,
+`make test-containers` (`pytest -m containers`) runs it.
 Everything is named uniquely and removed afterwards, by name: the engine is shared, never pruned.
 """
 
@@ -49,6 +51,9 @@ DOCKERD_FLAGS = (
     "--storage-driver=overlay2",
 )
 START_TIMEOUT = 60.0
+DOCKER_FIXTURES = frozenset(
+    {"docker_engine", "base_image", "local_registry", "trainer_image", "webapp_image", "pushed_trainer_image"}
+)
 
 
 class UnavailableError(Exception):
