@@ -7,7 +7,7 @@ custom job) calls one of these. Locations may be local paths or `gs://` URIs.
 from __future__ import annotations
 
 import json
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -24,6 +24,7 @@ from edge.evaluate import (
     evaluate,
     predict_probabilities,
 )
+from edge.gate import GateParams
 from edge.model import SERVING_DIR, save_model
 from edge.monitoring.profile import compute_profile, save_profile
 from edge.train import (
@@ -61,6 +62,8 @@ class Params:
     prepare: PrepareParams
     train: TrainParams
     evaluate: EvaluateParams
+    # The release gate (`edge model gate`); no DVC stage depends on it.
+    gate: GateParams = field(default_factory=GateParams)
 
     def as_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -74,7 +77,7 @@ def load_params(path: str | Path = "params.yaml") -> Params:
         raise ValueError(f"{path} not found; run from the repository root or pass --params") from None
     except yaml.YAMLError as exc:
         raise ValueError(f"{path} is not valid YAML: {exc}") from exc
-    unknown = set(raw) - {"prepare", "train", "evaluate"}
+    unknown = set(raw) - {"prepare", "train", "evaluate", "gate"}
     if unknown:
         raise ValueError(f"unknown block(s) {sorted(unknown)} in {path}")
     try:
@@ -82,6 +85,7 @@ def load_params(path: str | Path = "params.yaml") -> Params:
             prepare=PrepareParams(**(raw.get("prepare") or {})),
             train=TrainParams.from_dict(raw.get("train") or {}),
             evaluate=EvaluateParams(**(raw.get("evaluate") or {})),
+            gate=GateParams.from_dict(raw.get("gate") or {}),
         )
     except TypeError as exc:
         raise ValueError(f"{path}: {exc}") from exc
