@@ -16,6 +16,7 @@ from typing import Any
 import docker
 import docker.errors
 
+from edge.cloud.errors import CloudError
 from edge.lineage import strip_credentials
 
 SERVICES = ("trainer", "webapp")
@@ -24,7 +25,7 @@ GOOGLE_REGISTRY_SUFFIXES = ("docker.pkg.dev", "gcr.io")
 GOOGLE_SCOPES = ("https://www.googleapis.com/auth/cloud-platform",)
 
 
-class ImageError(Exception):
+class ImageError(CloudError):
     """A build or push that cannot go on; the message says what to do."""
 
 
