@@ -26,6 +26,7 @@ from edge.evaluate import (
 )
 from edge.gate import GateParams
 from edge.model import SERVING_DIR, save_model
+from edge.monitoring.profile import compute_profile, save_profile
 from edge.train import (
     EpochCallback,
     TrainParams,
@@ -124,15 +125,14 @@ def train_stage(
     *,
     on_epoch_end: EpochCallback | None = None,
 ) -> tuple[TrainResult, dict[str, Any]]:
-    """Train on the prepared splits; write the model, its metadata, history and metrics."""
-    result = train(
-        load_prepared(prepared_dir, "train"),
-        load_prepared(prepared_dir, "validation"),
-        params,
-        on_epoch_end=on_epoch_end,
-    )
+    """Train on the prepared splits; write the model, its metadata and reference profile, history, metrics."""
+    validation = load_prepared(prepared_dir, "validation")
+    result = train(load_prepared(prepared_dir, "train"), validation, params, on_epoch_end=on_epoch_end)
     metadata = model_metadata(result, params, lineage)
+    # Monitoring judges live traffic against the validation data as this model sees it.
+    profile = compute_profile(result.model, validation.images, metadata["class_names"])
     save_model(result.model, model_dir, metadata)
+    save_profile(profile, model_dir)
     storage.write_text(storage.join(reports_dir, "history.csv"), history_csv(result.history))
     _write_json(
         storage.join(reports_dir, "metrics.json"),
