@@ -121,7 +121,8 @@ def _plots(profile: ReferenceProfile, records: Sequence[Record], summary: dict[s
         profile.confidence, bins=bins, density=True, alpha=0.6, color=REFERENCE_COLOUR, label="reference"
     )
     if records:
-        conf_ax.hist([r["confidence"] for r in records], bins=bins, density=True, alpha=0.6, color=RECENT_COLOUR)
+        recent = [r["confidence"] for r in records]
+        conf_ax.hist(recent, bins=bins, density=True, alpha=0.6, color=RECENT_COLOUR)
     conf_ax.set_title("confidence of the predicted class")
     plots["outputs"] = _svg(figure)
 
