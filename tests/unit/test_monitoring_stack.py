@@ -10,7 +10,6 @@ from typing import Any
 import pytest
 import yaml
 
-from edge.data import CLASS_NAMES
 from edge.monitoring.live import ServingMonitor
 from edge.monitoring.settings import load_settings
 from edge.serving.metrics import ServingMetrics
@@ -31,7 +30,7 @@ def exposed_series() -> set[str]:
     """Every series name the model server can publish on /metrics, with Prometheus' suffixes."""
     metrics = ServingMetrics()
     # The monitor registers its series in the server's registry, as the server does.
-    ServingMonitor(load_settings({}), metrics.registry, list(CLASS_NAMES), profile=None)
+    ServingMonitor(load_settings({}), metrics.registry, lambda version: (None, None))
     names = set()
     for family in metrics.registry.collect():
         suffixes = {"counter": ["_total"], "histogram": ["_bucket", "_sum", "_count"], "info": ["_info"]}
