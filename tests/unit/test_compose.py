@@ -303,7 +303,7 @@ def test_offline_override_seeds_the_trainer_from_the_mounted_copy() -> None:
 
 def test_example_passwords_are_empty_so_compose_refuses_to_start(compose: dict[str, Any]) -> None:
     passwords = {name: value for name, (value, _) in env_example().items() if name.endswith("_PASSWORD")}
-    assert len(passwords) == 3
+    assert len(passwords) >= 3
     assert all(value == "" for value in passwords.values()), "no usable example password in .env.example"
     # `${VAR:?message}` fails on an empty value as on a missing one, and says what to do.
     for name, modifier in interpolations(compose):

@@ -57,7 +57,7 @@ def test_building_outside_git_is_refused(tmp_path: Path) -> None:
 def test_image_references() -> None:
     assert images.image_ref("trainer", "abc") == "edge-trainer:abc"
     assert images.image_ref("webapp", "abc", "127.0.0.1:5000/edge/") == "127.0.0.1:5000/edge/edge-webapp:abc"
-    with pytest.raises(ImageError, match="trainer, webapp"):
+    with pytest.raises(ImageError, match="trainer, trainer-gpu, webapp"):
         images.image_ref("mongo", "abc")
 
 
