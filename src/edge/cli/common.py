@@ -27,6 +27,18 @@ def friendly_errors() -> Iterator[None]:
         fail(str(exc))
 
 
+@contextmanager
+def cloud_errors() -> Iterator[None]:
+    """`friendly_errors`, plus the cloud path's own (CloudError); imports no Google SDK."""
+    from edge.cloud.errors import CloudError
+
+    try:
+        with friendly_errors():
+            yield
+    except CloudError as exc:
+        fail(str(exc))
+
+
 def fail(message: str, code: int = 1) -> None:
     """Print `message` as an error and exit with `code`."""
     console.print(f"[bold red]error:[/] {message}", highlight=False, soft_wrap=True)
