@@ -6,7 +6,7 @@ import os
 
 import typer
 
-from edge.cli import config, data, endpoint, experiments, model, pipeline, serve, up
+from edge.cli import config, data, endpoint, experiments, model, pipeline, serve, up, webapp
 
 app = typer.Typer(
     help="Edge: version data, train, track, test and serve a Fashion-MNIST model.",
@@ -19,6 +19,7 @@ app.add_typer(pipeline.app, name="pipeline")
 app.add_typer(experiments.app, name="experiments")
 app.add_typer(model.app, name="model")
 app.add_typer(endpoint.app, name="endpoint")
+app.add_typer(webapp.app, name="webapp")
 app.command("serve")(serve.serve)
 app.command("deploy")(endpoint.deploy)
 app.command("up")(up.up)
