@@ -11,6 +11,9 @@ import pytest
 from edge.data import CLASS_NAMES
 from tests.datagen import write_fashion_files
 
+# A real GCS emulator for `gs://` code: `gcs_emulator` (one per session), `gcs_bucket` (one per test).
+from tests.gcs_emulator import gcs_bucket, gcs_emulator  # noqa: F401
+
 REPO_ROOT = Path(__file__).resolve().parent.parent
 
 # Nothing a test runs may phone home or reach Google: DVC analytics off, metadata server on a dead port.
