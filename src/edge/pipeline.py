@@ -24,7 +24,7 @@ from edge.evaluate import (
     evaluate,
     predict_probabilities,
 )
-from edge.model import SERVING_DIR, save_model
+from edge.model import SERVING_DIR, save_model, verify_model_dir
 from edge.train import (
     EpochCallback,
     TrainParams,
@@ -127,8 +127,7 @@ def train_stage(
         params,
         on_epoch_end=on_epoch_end,
     )
-    metadata = model_metadata(result, params, lineage)
-    save_model(result.model, model_dir, metadata)
+    metadata = save_model(result.model, model_dir, model_metadata(result, params, lineage))
     storage.write_text(storage.join(reports_dir, "history.csv"), history_csv(result.history))
     _write_json(
         storage.join(reports_dir, "metrics.json"),
@@ -145,8 +144,9 @@ def train_stage(
 def score_on_test(prepared_dir: str, model_dir: str) -> tuple[Split, Evaluation]:
     """Run the exported serving function (what the model server runs) over the test split."""
     test = load_prepared(prepared_dir, "test")
-    with storage.local_dir_for_reading(storage.join(model_dir, SERVING_DIR)) as serving:
-        probabilities = predict_probabilities(serving, test.images)
+    with storage.local_dir_for_reading(model_dir) as local:
+        verify_model_dir(local)
+        probabilities = predict_probabilities(str(Path(local, SERVING_DIR)), test.images)
     return test, evaluate(probabilities, test.labels)
 
 
