@@ -252,10 +252,7 @@ def publish_dir(uri: str) -> Iterator[str]:
             _publish_remote(Path(tmp), _check_remote(uri))
         return
     target = Path(uri)
-    target.parent.mkdir(parents=True, exist_ok=True)
-    sweep_leftovers(target)
-    staging = target.with_name(_temp_name(target.name, "stage"))
-    staging.mkdir()
+    staging = temporary_sibling(target)
     try:
         yield str(staging)
         for path in staging.rglob("*"):
@@ -266,6 +263,15 @@ def publish_dir(uri: str) -> Iterator[str]:
     finally:
         # After a swap the staging name holds the previous version.
         shutil.rmtree(staging, ignore_errors=True)
+
+
+def temporary_sibling(target: Path) -> Path:
+    """Create an empty staging folder beside `target`, swept away later if its writer is killed."""
+    target.parent.mkdir(parents=True, exist_ok=True)
+    sweep_leftovers(target)
+    staging = target.with_name(_temp_name(target.name, "stage"))
+    staging.mkdir()
+    return staging
 
 
 # The historical name: every directory written through it is published atomically.

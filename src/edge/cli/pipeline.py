@@ -103,7 +103,8 @@ def run(
         from edge.cli.data import seed_data
 
         with friendly_errors():
-            seed_data(Path(raw_dir), source=None, track=False)
+            # A string, not a Path: Path("gs://b/raw") would be the local folder "gs:/b/raw".
+            seed_data(raw_dir, source=None, track=False)
     prepare(params, raw_dir, prepared_dir)
     train(params, prepared_dir, model_dir, f"{reports_dir}/train")
     evaluate(params, prepared_dir, model_dir, f"{reports_dir}/evaluate")
