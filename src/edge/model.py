@@ -110,6 +110,34 @@ def with_flip_tta(base: keras.Model) -> keras.Model:
     return keras.Model(inputs, outputs, name=f"{base.name}_flip_tta")
 
 
+def embedding_model(model: keras.Model) -> keras.Model:
+    """Cut the network before its output layer: the features the classifier sees of an image."""
+    import keras
+
+    # With flip TTA the trained network is nested inside the wrapper; the unflipped pass is enough.
+    base = next((layer for layer in model.layers if isinstance(layer, keras.Model)), model)
+    output_layer = [layer for layer in base.layers if isinstance(layer, keras.layers.Dense)][-1]
+    return keras.Model(base.inputs, output_layer.input, name="embedding")
+
+
+def export_serving(model: keras.Model, path: str) -> None:
+    """Write the SavedModel the server runs: `serve` (probabilities) and `embed` (for monitoring)."""
+    import keras
+    import tensorflow as tf
+
+    embedder = embedding_model(model)
+    spec = tf.TensorSpec([None, *IMAGE_SHAPE], tf.float32, name="image")
+    archive = keras.export.ExportArchive()
+    archive.track(model)
+    archive.track(embedder)
+    archive.add_endpoint("serve", lambda x: model(x, training=False), input_signature=[spec])
+    # bfloat16 features become float32 here, so the server sees one dtype whatever the policy.
+    archive.add_endpoint(
+        "embed", lambda x: tf.cast(embedder(x, training=False), tf.float32), input_signature=[spec]
+    )
+    archive.write_out(path, verbose=False)
+
+
 class ModelIntegrityError(ValueError):
     """A model folder that is partial, mixed from several saves or altered; the message says which."""
 
@@ -159,7 +187,7 @@ def save_model(
     with storage.publish_dir(model_dir) as staging_dir:
         staging = Path(staging_dir)
         model.save(staging / KERAS_FILE)
-        model.export(str(staging / SERVING_DIR), format="tf_saved_model", verbose=False)
+        export_serving(model, str(staging / SERVING_DIR))
         for name, content in (extra_files or {}).items():
             relative = storage.relative_name(name, "extra_files")
             if relative == METADATA_FILE or (staging / relative).exists():

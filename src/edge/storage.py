@@ -183,20 +183,26 @@ def list_dir(uri: str) -> list[str]:
     return sorted(p.name for p in Path(uri).iterdir())
 
 
-def list_files(uri: str) -> list[str]:
+def relative_files(uri: str) -> list[str]:
     """Return the relative paths of every file under a directory, sorted; unsafe names are refused."""
     if is_remote(uri):
         base = _check_remote(uri)
         prefix = base[len("gs://") :] + "/"
         found = _fs().find(base)
         # A name ending in "/" is a folder placeholder (the Cloud Console makes them), not a file.
-        return sorted(
-            relative_name(p[len(prefix) :], uri)
-            for p in found
-            if p.startswith(prefix) and not p.endswith("/")
-        )
+        names = [p[len(prefix) :] for p in found if p.startswith(prefix) and not p.endswith("/")]
+        return sorted(relative_name(name, uri) for name in names)
     root = Path(uri)
     return sorted(p.relative_to(root).as_posix() for p in root.rglob("*") if p.is_file())
+
+
+def list_files(uri: str) -> list[str]:
+    """List every file under a directory or prefix, recursively, as full paths or URIs; [] if missing."""
+    if is_remote(uri):
+        base = _check_remote(uri)
+        return [join(base, name) for name in relative_files(base)]
+    root = Path(uri)
+    return sorted(str(p) for p in root.rglob("*") if p.is_file()) if root.is_dir() else []
 
 
 def remove(uri: str) -> None:
@@ -331,9 +337,9 @@ def download_tree(uri: str, local: str | Path) -> list[str]:
     target = Path(local)
     if not is_remote(uri):
         copy_tree(uri, str(target))
-        return list_files(str(target))
+        return relative_files(str(target))
     base = _check_remote(uri)
-    names = list_files(base)
+    names = relative_files(base)
     if not names and not exists(base):
         raise FileNotFoundError(f"{uri} does not exist")
     fs = _fs()

@@ -33,7 +33,10 @@ def test_files_round_trip(root: str) -> None:
     storage.write_text(target, "replaced")
     assert storage.read_text(target) == "replaced"
     assert storage.list_dir(storage.join(root, "reports")) == ["metrics.json", "plot.png"]
-    assert storage.list_files(root) == ["reports/metrics.json", "reports/plot.png"]
+    assert storage.relative_files(root) == ["reports/metrics.json", "reports/plot.png"]
+    full = [storage.join(root, "reports", name) for name in ("metrics.json", "plot.png")]
+    assert storage.list_files(root) == full
+    assert storage.list_files(storage.join(root, "nothing")) == []
     with pytest.raises(FileNotFoundError, match=r"missing\.txt"):
         storage.read_bytes(storage.join(root, "missing.txt"))
     storage.remove(storage.join(root, "reports"))
@@ -63,7 +66,7 @@ def _stage(folder: str, files: dict[str, bytes]) -> None:
 
 def _published(uri: str) -> dict[str, bytes]:
     with storage.local_dir_for_reading(uri) as local:
-        return {name: Path(local, name).read_bytes() for name in storage.list_files(local)}
+        return {name: Path(local, name).read_bytes() for name in storage.relative_files(local)}
 
 
 def test_publish_replaces_a_directory_whole(root: str) -> None:
