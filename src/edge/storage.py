@@ -104,7 +104,9 @@ def _gcs(endpoint: str | None) -> Any:
     return GCSFileSystem(**options)
 
 
-def _fs() -> Any:
+def _fs(uri: str) -> Any:
+    """The GCS file system for `uri`, once `uri` is known to be a valid gs:// URI (no client before)."""
+    _check_remote(uri)
     endpoint = os.environ.get("STORAGE_EMULATOR_HOST") or None
     if endpoint and not endpoint.startswith(("http://", "https://")):
         endpoint = f"http://{endpoint}"
@@ -128,14 +130,14 @@ def relative_name(name: str, where: str) -> str:
 def exists(uri: str) -> bool:
     """Tell whether a file or directory exists."""
     if is_remote(uri):
-        return bool(_fs().exists(_check_remote(uri)))
+        return bool(_fs(uri).exists(_check_remote(uri)))
     return Path(uri).exists()
 
 
 def is_dir(uri: str) -> bool:
     """Tell whether `uri` is a directory (on GCS: a prefix holding objects)."""
     if is_remote(uri):
-        return bool(_fs().isdir(_check_remote(uri)))
+        return bool(_fs(uri).isdir(_check_remote(uri)))
     return Path(uri).is_dir()
 
 
@@ -149,7 +151,7 @@ def read_bytes(uri: str) -> bytes:
     """Read a whole file."""
     if is_remote(uri):
         try:
-            return bytes(_fs().cat_file(_check_remote(uri)))
+            return bytes(_fs(uri).cat_file(_check_remote(uri)))
         except FileNotFoundError:
             raise FileNotFoundError(f"{uri} does not exist") from None
     return Path(uri).read_bytes()
@@ -163,7 +165,7 @@ def read_text(uri: str) -> str:
 def write_bytes(uri: str, data: bytes) -> None:
     """Write a whole file atomically: readers see the previous content or the new one, never a part."""
     if is_remote(uri):
-        _fs().pipe_file(_check_remote(uri), data)
+        _fs(uri).pipe_file(_check_remote(uri), data)
         return
     with local_copy_for_writing(uri) as local:
         Path(local).write_bytes(data)
@@ -178,7 +180,7 @@ def list_dir(uri: str) -> list[str]:
     """Return the names of the entries directly in a directory, sorted."""
     if is_remote(uri):
         base = _check_remote(uri)
-        names = [PurePosixPath(p).name for p in _fs().ls(base, detail=False) if p.rstrip("/") != base[5:]]
+        names = [PurePosixPath(p).name for p in _fs(base).ls(base, detail=False) if p.rstrip("/") != base[5:]]
         return sorted({relative_name(n, uri) for n in names if n})
     return sorted(p.name for p in Path(uri).iterdir())
 
@@ -188,7 +190,7 @@ def relative_files(uri: str) -> list[str]:
     if is_remote(uri):
         base = _check_remote(uri)
         prefix = base[len("gs://") :] + "/"
-        found = _fs().find(base)
+        found = _fs(base).find(base)
         # A name ending in "/" is a folder placeholder (the Cloud Console makes them), not a file.
         names = [p[len(prefix) :] for p in found if p.startswith(prefix) and not p.endswith("/")]
         return sorted(relative_name(name, uri) for name in names)
@@ -208,7 +210,8 @@ def list_files(uri: str) -> list[str]:
 def remove(uri: str) -> None:
     """Delete a file or a whole directory; nothing to do when it is missing."""
     if is_remote(uri):
-        fs, path = _fs(), _check_remote(uri)
+        path = _check_remote(uri)
+        fs = _fs(path)
         if fs.exists(path):
             fs.rm(path, recursive=True)
         return
@@ -223,10 +226,11 @@ def remove(uri: str) -> None:
 def local_copy_for_writing(uri: str) -> Iterator[str]:
     """Yield a temporary local path; on success it becomes `uri` atomically, on error it is discarded."""
     if is_remote(uri):
+        remote = _check_remote(uri)  # before the work, not after it
         with tempfile.TemporaryDirectory(prefix="edge-upload-") as tmp:
-            local = str(Path(tmp, PurePosixPath(uri).name))
+            local = str(Path(tmp, PurePosixPath(remote).name))
             yield local
-            _fs().put_file(local, _check_remote(uri))
+            _fs(remote).put_file(local, remote)
         return
     target = Path(uri)
     target.parent.mkdir(parents=True, exist_ok=True)
@@ -253,9 +257,10 @@ def publish_dir(uri: str) -> Iterator[str]:
     docstring for how: one rename locally, a version prefix and a pointer switched last on GCS.
     """
     if is_remote(uri):
+        remote = _check_remote(uri)  # before the work, not after it
         with tempfile.TemporaryDirectory(prefix="edge-upload-") as tmp:
             yield tmp
-            _publish_remote(Path(tmp), _check_remote(uri))
+            _publish_remote(Path(tmp), remote)
         return
     target = Path(uri)
     staging = temporary_sibling(target)
@@ -322,7 +327,7 @@ def upload_tree(local: str | Path, uri: str) -> None:
         copy_tree(str(source), uri)
         return
     base = _check_remote(uri)
-    fs = _fs()
+    fs = _fs(base)
     for path in files:
         name = relative_name(path.relative_to(source).as_posix(), str(source))
         fs.put_file(str(path), f"{base}/{name}")
@@ -342,7 +347,7 @@ def download_tree(uri: str, local: str | Path) -> list[str]:
     names = relative_files(base)
     if not names and not exists(base):
         raise FileNotFoundError(f"{uri} does not exist")
-    fs = _fs()
+    fs = _fs(base)
     for name in names:
         destination = target.joinpath(*name.split("/"))
         destination.parent.mkdir(parents=True, exist_ok=True)
@@ -458,7 +463,7 @@ def sweep_leftovers(target: str | Path) -> list[Path]:
 
 
 def _publish_remote(staging: Path, base: str) -> None:
-    fs = _fs()
+    fs = _fs(base)
     now = datetime.now(UTC)
     version = f"{now.strftime(_VERSION_TIME)}-{secrets.token_hex(4)}"
     upload_tree(staging, f"{base}/{VERSIONS_DIR}/{version}")
@@ -480,7 +485,7 @@ def _published_version(base: str) -> str | None:
 
 def _collect_versions(base: str, keep: set[str | None], now: datetime) -> None:
     """Delete what no reader can reach any more: old and abandoned versions, pre-pointer objects."""
-    fs = _fs()
+    fs = _fs(base)
     for name in list_dir(base):
         if name in (POINTER_FILE, VERSIONS_DIR):
             continue
