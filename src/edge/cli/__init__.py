@@ -6,7 +6,7 @@ import os
 
 import typer
 
-from edge.cli import config, data, experiments, pipeline, serve, up
+from edge.cli import config, data, experiments, pipeline, serve, setup, up
 
 app = typer.Typer(
     help="Edge: version data, train, track, test and serve a Fashion-MNIST model.",
@@ -19,6 +19,7 @@ app.add_typer(pipeline.app, name="pipeline")
 app.add_typer(experiments.app, name="experiments")
 app.command("serve")(serve.serve)
 app.command("up")(up.up)
+app.command("setup")(setup.setup)
 
 
 def main() -> None:
