@@ -5,6 +5,7 @@ tests/containers/test_vertex_flow.py."""
 from __future__ import annotations
 
 import contextlib
+import json
 import secrets
 from collections.abc import Iterator
 from pathlib import Path
@@ -14,6 +15,7 @@ import requests
 from typer.testing import CliRunner, Result
 
 from edge.cli import app
+from edge.cloud.training import content_hash
 from edge.pipeline import PrepareParams, prepare_stage
 from tests.cloud_env import PROJECT, endpoint_env, write_settings
 from tests.gcs_emulator import GcsEmulator, gcs_emulator  # noqa: F401
@@ -88,7 +90,9 @@ def test_failed_job_surfaces_the_container_message_and_the_request_is_right(
             == f"projects/{PROJECT}/secrets/edge-tracking-url/versions/latest"
         )
         assert "EDGE_TRACKING_URL" not in env_sent
-        assert spec["serviceAccount"] == f"edge-jobs@{PROJECT}.iam.gserviceaccount.com"
+        digest = content_hash("data/prepared")
+        assert json.loads(env_sent["EDGE_DATA_VERSION"]) == {"data/prepared": digest}
+        assert data.endswith(f"/data/prepared/{digest[:20]}")
         assert spec["scheduling"]["timeout"] == "3600s"
         assert spec["workerPoolSpecs"][0]["machineSpec"] == {"machineType": "n1-standard-4"}
         labels = create.body["labels"]
@@ -96,6 +100,7 @@ def test_failed_job_surfaces_the_container_message_and_the_request_is_right(
         # Content-addressed: the splits are in the emulator under their hash, params next to the job.
         names = gcs_emulator.objects(data.split("/data/")[0])
         assert any(n.startswith("data/prepared/") and n.endswith("summary.json") for n in names)
+        assert any(n.endswith("/_EDGE_COMPLETE") for n in names)
         assert any(n.endswith("params.yaml") for n in names)
         # A second submission reuses the uploaded data.
         again = _train(env)

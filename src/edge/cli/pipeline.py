@@ -208,6 +208,9 @@ def run(
 def _lineage(params: dict[str, object]) -> dict[str, object]:
     root = Path()
     data_version = lineage.data_version(root)
+    if not data_version and os.environ.get("EDGE_DATA_VERSION"):
+        # In a Vertex AI job: the submitter's DVC versions of the inputs (no dvc.lock in the image).
+        data_version = json.loads(os.environ["EDGE_DATA_VERSION"])
     if not data_version and DEFAULT_RAW_DIR.is_dir():
         data_version = {str(DEFAULT_RAW_DIR): lineage.content_version(DEFAULT_RAW_DIR)}
     return {

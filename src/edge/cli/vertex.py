@@ -45,6 +45,7 @@ def train_on_vertex(
         reports_dir=reports_dir,
         git_commit=git.get("commit"),
         runs_dir=observers.runs_dir(),
+        data_version=lineage.data_version(Path()) or None,
     )
     training = VertexTraining(settings)
     with console.status("Checking the bucket..."):

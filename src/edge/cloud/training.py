@@ -14,6 +14,7 @@ The flow, each step through the one storage layer (edge.storage) or the one clie
 from __future__ import annotations
 
 import hashlib
+import json
 import re
 import shutil
 import time
@@ -31,7 +32,8 @@ from edge.cloud.settings import Settings
 TRAINER_ENTRYPOINT_ARGS = ("pipeline", "train", "--on", "local")
 JOB_PREFIX = "staging/jobs"  # transient: the bucket's lifecycle rule expires staging/ objects
 DATA_PREFIX = "data/prepared"
-COMPLETE_MARK = "summary.json"  # the prepare stage writes it; publish_dir makes the folder appear whole
+# Written after every file of a data upload: its presence means the folder is complete.
+COMPLETE_MARK = "_EDGE_COMPLETE"
 DEFAULT_POLL_SECONDS = 15.0
 
 # google.cloud.aiplatform.v1.JobState
@@ -64,6 +66,8 @@ class TrainRequest:
     reports_dir: str
     git_commit: str | None
     runs_dir: Path
+    # The DVC versions of the inputs ({path: md5}), recorded by the run inside the job.
+    data_version: dict[str, str] | None = None
 
 
 @dataclass
@@ -142,15 +146,17 @@ class VertexTraining:
         """Put the prepared splits under their content hash; (uri, hash, whether they were uploaded)."""
         if storage.is_remote(prepared_dir):
             return prepared_dir, "remote", False
-        if not Path(prepared_dir, COMPLETE_MARK).is_file():
+        if not Path(prepared_dir, "summary.json").is_file():
             raise CloudError(f"{prepared_dir} holds no prepared splits: run `edge pipeline prepare` first")
         digest = content_hash(prepared_dir)
         uri = storage.join(self.settings.bucket_uri, DATA_PREFIX, digest[:20])
-        # Published whole (edge.storage's pointer switched last), so a complete folder is there or nothing.
-        if storage.exists(storage.join(storage.resolve_dir(uri), COMPLETE_MARK)):
+        marker = storage.join(uri, COMPLETE_MARK)
+        if storage.exists(marker):
             return uri, digest, False
-        with storage.local_dir_for_writing(uri) as staging:
-            shutil.copytree(prepared_dir, staging, dirs_exist_ok=True)
+        # Immutable content under its own hash: plain objects, then the marker last, so an interrupted
+        # upload is simply redone and readers need nothing but the files.
+        storage.upload_tree(prepared_dir, uri)
+        storage.write_text(marker, digest + "\n")
         return uri, digest, True
 
     def submit(self, request: TrainRequest, data_uri: str, data_hash: str) -> JobHandle:
@@ -174,6 +180,7 @@ class VertexTraining:
             storage.join(output, "journal"),
         ]
         env = self._job_env()
+        env["EDGE_DATA_VERSION"] = json.dumps(request.data_version or {request.prepared_dir: data_hash})
         aiplatform = self.clients.aiplatform()
         machine: dict[str, Any] = {"machine_type": self.settings.machine_type}
         if self.settings.accelerator_type:
@@ -298,8 +305,6 @@ def import_journal(uri: str, runs_dir: Path) -> list[str]:
     A run already there (same uuid) is not copied twice; `edge experiments sync` then sends the new
     ones to MongoDB, as for a local run recorded while MongoDB was away.
     """
-    import json
-
     if not storage.exists(uri):
         return []
     imported = []
