@@ -176,6 +176,12 @@ def test_file_run_records_the_full_lineage(project: Path, file_run: Path) -> Non
         metadata = json.loads(tar.extractfile("model/metadata.json").read())  # type: ignore[union-attr]
     assert {"model/model.keras", "model/serving/saved_model.pb"} <= names
     assert metadata["version"] == run["result"]["model_version"] == info["model"]["version"]
+    # The model names its run, by the uuid both backends key it by.
+    assert metadata["lineage"]["tracking_run_id"] == run["meta"]["run_uuid"] == info["run_uuid"]
+    assert (
+        json.loads((project / "models/metadata.json").read_text())["lineage"]["tracking_run_id"]
+        == (info["run_uuid"])
+    )
     assert (file_run / "confusion_matrix.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     final = read(file_run, "final_metrics.json")
     assert final["summary"] == run["result"]
