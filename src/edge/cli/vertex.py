@@ -36,7 +36,7 @@ def train_on_vertex(
 
     settings = cfg.load()
     git = lineage.git_info(Path()) or {}
-    image = image or os.environ.get(IMAGE_ENV) or _pushed_trainer(settings, git.get("commit"))
+    image = image or os.environ.get(IMAGE_ENV) or _pushed_trainer(settings)
     request = TrainRequest(
         image=image,
         params=Path(params),
@@ -86,27 +86,25 @@ def train_on_vertex(
         raise CloudError(f"job {handle.id} left no run journal under {handle.output}/journal")
 
 
-def _pushed_trainer(settings: cfg.Settings, commit: str | None) -> str:
-    """The trainer image `edge image push` pushed for this commit, by digest, from the local engine."""
+def _pushed_trainer(settings: cfg.Settings) -> str:
+    """The trainer image `edge image push` pushed for this checkout, by digest, from the local engine."""
+    import docker.errors
+
+    from edge.cloud import images
     from edge.cloud.errors import CloudError
 
     registry = settings.image_registry.rstrip("/")
+    state = images.git_state(images.repository_root())
+    local = images.image_ref("trainer", state.tag)
     try:
-        import docker
-
-        client = docker.from_env()
-        for image in client.images.list(name="edge-trainer"):
-            for digest in image.attrs.get("RepoDigests") or []:
-                tags = image.tags or []
-                if digest.startswith(f"{registry}/edge-trainer@") and (
-                    commit is None or any(commit[:12] in t for t in tags)
-                ):
-                    return str(digest)
-    except Exception as exc:  # no engine: say what to pass instead
-        raise CloudError(
-            f"cannot find the pushed trainer image ({exc}); pass --image <registry>/edge-trainer@sha256:..."
-        ) from None
+        image = images.engine().images.get(local)
+    except docker.errors.ImageNotFound:
+        image = None
+    digests = (image.attrs.get("RepoDigests") or []) if image else []
+    for digest in digests:
+        if digest.startswith(f"{registry}/{images.image_name('trainer')}@"):
+            return str(digest)
     raise CloudError(
-        f"no trainer image for commit {(commit or '?')[:12]} pushed to {registry}: run `edge image build` "
-        "and `edge image push`, or pass --image <registry>/edge-trainer@sha256:..."
+        f"no trainer image for {state.tag} pushed to {registry}: run `edge image build trainer` and "
+        "`edge image push trainer`, or pass --image <registry>/edge-trainer@sha256:..."
     )
