@@ -6,7 +6,11 @@ from __future__ import annotations
 
 import contextlib
 import json
+import os
 import secrets
+import signal
+import subprocess
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -22,7 +26,7 @@ from tests.gcs_emulator import GcsEmulator, gcs_emulator  # noqa: F401
 from tests.standin.cloud import LocalCloud
 from tests.standin.gcs_front import GcsFront
 from tests.standin.server import ApiError, StandIn
-from tests.standin.vertex_jobs import ScriptedRunner
+from tests.standin.vertex_jobs import CANCELLED, RUNNING, ScriptedRunner
 
 IMAGE = "127.0.0.1:5000/edge/edge-trainer@sha256:" + "c" * 64
 
@@ -179,3 +183,50 @@ def test_a_bucket_in_another_region_is_refused_before_uploading(
         assert f"bucket {bucket} is in US, not europe-west2" in done.output
         assert gcs_emulator.objects(f"gs://{bucket}") == []
         assert not local.log.find(service="aiplatform")
+
+
+def test_edge_yaml_train_on_vertex_sends_the_dvc_stage_to_vertex(
+    workspace: Path,
+    gcs_emulator: GcsEmulator,  # noqa: F811
+) -> None:
+    text = Path("edge.yaml").read_text()
+    Path("edge.yaml").write_text(text + "train_on: vertex\n")
+    with cloud(ScriptedRunner(exit_code=3), gcs_emulator) as (local, env):
+        # The DVC stage's very command, with no --on: edge.yaml decides.
+        command = [
+            "pipeline",
+            "train",
+            "--prepared-dir",
+            "data/prepared",
+            "--model-dir",
+            "models",
+            "--image",
+            IMAGE,
+        ]
+        done = CliRunner().invoke(app, command, env=env)
+        assert "non-zero status of 3" in done.output
+        assert len(local.log.find(service="aiplatform", method="POST", path="customJobs")) == 1
+
+
+def test_ctrl_c_cancels_the_job(workspace: Path, gcs_emulator: GcsEmulator) -> None:  # noqa: F811
+    with cloud(ScriptedRunner(seconds=120), gcs_emulator) as (local, env):
+        command = ["edge", "pipeline", "train", "--on", "vertex", "--image", IMAGE, "--cancel-on-interrupt"]
+        process = subprocess.Popen(
+            command, env={**os.environ, **env}, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True
+        )
+        try:
+            deadline = time.monotonic() + 120
+            while not any(j.state == RUNNING for j in local.jobs.jobs.values()):
+                assert time.monotonic() < deadline and process.poll() is None, "the job never ran"
+                time.sleep(0.2)
+            process.send_signal(signal.SIGINT)
+            output, _ = process.communicate(timeout=60)
+        finally:
+            if process.poll() is None:
+                process.kill()
+        assert process.returncode != 0
+        assert "Cancelled job" in output
+        (job,) = local.jobs.jobs.values()
+        job.finished.wait(10)
+        assert job.state == CANCELLED
+        assert local.log.find(service="aiplatform", method="POST", path=":cancel")
