@@ -16,7 +16,7 @@ from typer.testing import CliRunner, Result
 from edge.cli import app
 from edge.cloud.setup import APIS, BUCKET_ROLE, PROJECT_ROLES, SECRET_ROLE
 from tests.cloud_env import PROJECT, endpoint_env, write_settings
-from tests.gcs_emulator import GcsEmulator, gcs_emulator  # noqa: F401
+from tests.gcs_emulator import GcsEmulator
 from tests.standin.cloud import LocalCloud
 from tests.standin.gcs_front import GcsFront
 from tests.standin.server import ApiError, StandIn
@@ -27,7 +27,7 @@ ACCOUNT = f"serviceAccount:edge-jobs@{PROJECT}.iam.gserviceaccount.com"
 
 
 @pytest.fixture
-def project(tmp_path: Path, local_cloud: LocalCloud, gcs_emulator: GcsEmulator) -> dict[str, object]:  # noqa: F811
+def project(tmp_path: Path, local_cloud: LocalCloud, gcs_emulator: GcsEmulator) -> dict[str, object]:
     """A git + DVC repository with an edge.yaml, and the environment pointing edge at the stand-ins."""
     repo = tmp_path / "repo"
     repo.mkdir()
@@ -58,7 +58,7 @@ def _bucket(emulator: GcsEmulator, name: str) -> dict[str, object] | None:
 def test_dry_run_then_apply_then_nothing(
     project: dict[str, object],
     local_cloud: LocalCloud,
-    gcs_emulator: GcsEmulator,  # noqa: F811
+    gcs_emulator: GcsEmulator,
 ) -> None:
     repo: Path = project["repo"]  # type: ignore[assignment]
     bucket: str = project["bucket"]  # type: ignore[assignment]
@@ -152,7 +152,7 @@ def test_a_changed_tracking_url_adds_a_version_read_from_stdin(
 def test_a_bucket_in_another_region_is_refused(
     project: dict[str, object],
     local_cloud: LocalCloud,
-    gcs_emulator: GcsEmulator,  # noqa: F811
+    gcs_emulator: GcsEmulator,
 ) -> None:
     bucket: str = project["bucket"]  # type: ignore[assignment]
     requests.post(

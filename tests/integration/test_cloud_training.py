@@ -10,6 +10,7 @@ import os
 import secrets
 import signal
 import subprocess
+import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -22,7 +23,7 @@ from edge.cli import app
 from edge.cloud.training import content_hash
 from edge.pipeline import PrepareParams, prepare_stage
 from tests.cloud_env import PROJECT, endpoint_env, write_settings
-from tests.gcs_emulator import GcsEmulator, gcs_emulator  # noqa: F401
+from tests.gcs_emulator import GcsEmulator
 from tests.standin.cloud import LocalCloud
 from tests.standin.gcs_front import GcsFront
 from tests.standin.server import ApiError, StandIn
@@ -35,7 +36,7 @@ IMAGE = "127.0.0.1:5000/edge/edge-trainer@sha256:" + "c" * 64
 def workspace(
     tmp_path: Path,
     tiny_raw: Path,
-    gcs_emulator: GcsEmulator,  # noqa: F811
+    gcs_emulator: GcsEmulator,
     monkeypatch: pytest.MonkeyPatch,
 ) -> Path:
     """A folder with params.yaml, prepared splits, edge.yaml, and a bucket in the right region."""
@@ -68,7 +69,7 @@ def _train(env: dict[str, str], *args: str) -> Result:
 
 def test_failed_job_surfaces_the_container_message_and_the_request_is_right(
     workspace: Path,
-    gcs_emulator: GcsEmulator,  # noqa: F811
+    gcs_emulator: GcsEmulator,
 ) -> None:
     runner = ScriptedRunner(exit_code=1, log_tail="Traceback (most recent call last):\nValueError: boom")
     with cloud(runner, gcs_emulator) as (local, env):
@@ -113,7 +114,7 @@ def test_failed_job_surfaces_the_container_message_and_the_request_is_right(
 
 def test_quota_and_permission_errors_on_submit_are_explained(
     workspace: Path,
-    gcs_emulator: GcsEmulator,  # noqa: F811
+    gcs_emulator: GcsEmulator,
 ) -> None:
     with cloud(ScriptedRunner(), gcs_emulator) as (local, env):
         local.vertex.fail_next(
@@ -133,7 +134,7 @@ def test_quota_and_permission_errors_on_submit_are_explained(
 
 def test_a_digest_that_does_not_exist_fails_the_job(
     workspace: Path,
-    gcs_emulator: GcsEmulator,  # noqa: F811
+    gcs_emulator: GcsEmulator,
 ) -> None:
     with cloud(ScriptedRunner(missing_images=("c" * 64,)), gcs_emulator) as (_local, env):
         done = _train(env)
@@ -143,7 +144,7 @@ def test_a_digest_that_does_not_exist_fails_the_job(
 
 def test_an_image_by_tag_is_refused_before_any_request(
     workspace: Path,
-    gcs_emulator: GcsEmulator,  # noqa: F811
+    gcs_emulator: GcsEmulator,
 ) -> None:
     with cloud(ScriptedRunner(), gcs_emulator) as (local, env):
         command = [
@@ -162,7 +163,7 @@ def test_an_image_by_tag_is_refused_before_any_request(
 
 def test_waiting_times_out_cleanly_and_cancels_the_job(
     workspace: Path,
-    gcs_emulator: GcsEmulator,  # noqa: F811
+    gcs_emulator: GcsEmulator,
 ) -> None:
     with cloud(ScriptedRunner(seconds=30), gcs_emulator) as (local, env):
         done = _train(env, "--wait-timeout", "0.5")
@@ -173,7 +174,7 @@ def test_waiting_times_out_cleanly_and_cancels_the_job(
 
 def test_a_bucket_in_another_region_is_refused_before_uploading(
     workspace: Path,
-    gcs_emulator: GcsEmulator,  # noqa: F811
+    gcs_emulator: GcsEmulator,
 ) -> None:
     bucket = Path("edge.yaml").read_text().split("bucket: ")[1].split()[0]
     requests.patch(f"{gcs_emulator.url}/storage/v1/b/{bucket}", json={"location": "US"}, timeout=10)
@@ -187,7 +188,7 @@ def test_a_bucket_in_another_region_is_refused_before_uploading(
 
 def test_edge_yaml_train_on_vertex_sends_the_dvc_stage_to_vertex(
     workspace: Path,
-    gcs_emulator: GcsEmulator,  # noqa: F811
+    gcs_emulator: GcsEmulator,
 ) -> None:
     text = Path("edge.yaml").read_text()
     Path("edge.yaml").write_text(text + "train_on: vertex\n")
@@ -208,9 +209,10 @@ def test_edge_yaml_train_on_vertex_sends_the_dvc_stage_to_vertex(
         assert len(local.log.find(service="aiplatform", method="POST", path="customJobs")) == 1
 
 
-def test_ctrl_c_cancels_the_job(workspace: Path, gcs_emulator: GcsEmulator) -> None:  # noqa: F811
+def test_ctrl_c_cancels_the_job(workspace: Path, gcs_emulator: GcsEmulator) -> None:
     with cloud(ScriptedRunner(seconds=120), gcs_emulator) as (local, env):
-        command = ["edge", "pipeline", "train", "--on", "vertex", "--image", IMAGE, "--cancel-on-interrupt"]
+        command = [sys.executable, "-m", "edge", "pipeline", "train", "--on", "vertex", "--image", IMAGE]
+        command.append("--cancel-on-interrupt")
         process = subprocess.Popen(
             command, env={**os.environ, **env}, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True
         )
