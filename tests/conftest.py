@@ -22,6 +22,9 @@ from tests.docker_env import (  # noqa: F401
     webapp_image,
 )
 
+# A real GCS emulator for `gs://` code: `gcs_emulator` (one per session), `gcs_bucket` (one per test).
+from tests.gcs_emulator import gcs_bucket, gcs_emulator  # noqa: F401
+
 REPO_ROOT = Path(__file__).resolve().parent.parent
 
 # The local Google Cloud stand-ins' fixtures (local_cloud, cloud_env).

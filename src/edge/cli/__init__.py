@@ -6,7 +6,20 @@ import os
 
 import typer
 
-from edge.cli import config, data, endpoint, experiments, image, model, monitor, pipeline, serve, up, webapp
+from edge.cli import (
+    config,
+    data,
+    endpoint,
+    experiments,
+    image,
+    model,
+    monitor,
+    pipeline,
+    serve,
+    setup,
+    up,
+    webapp,
+)
 
 app = typer.Typer(
     help="Edge: version data, train, track, test and serve a Fashion-MNIST model.",
@@ -25,6 +38,7 @@ app.add_typer(monitor.app, name="monitor")
 app.command("serve")(serve.serve)
 app.command("deploy")(endpoint.deploy)
 app.command("up")(up.up)
+app.command("setup")(setup.setup)
 
 
 def main() -> None:
