@@ -72,7 +72,7 @@ SERVING_IMAGE ?= $(shell grep -m1 '/edge-trainer@sha256:' $(IMAGES_FILE) 2>/dev/
 google-credentials: ## CI: keyless Google credentials from CircleCI's OIDC token ($GCP_WIF_PROVIDER)
 	.ci/google-credentials > $(HOME)/gcp-credentials.json
 
-images: setup ## Build the trainer and webapp images and push them by digest (to $(IMAGES_FILE))
+images: setup ## Build the trainer and webapp images and push them by digest (to build/images.txt)
 	@mkdir -p $(dir $(IMAGES_FILE))
 	$(BIN)/edge image build $(if $(IMAGE_TAG),--tag $(IMAGE_TAG))
 	$(BIN)/edge image push --registry $(REGISTRY) $(if $(IMAGE_TAG),--tag $(IMAGE_TAG)) | tee $(IMAGES_FILE)
