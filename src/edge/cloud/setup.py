@@ -89,7 +89,7 @@ class Setup:
         steps.append(self._repository())
         account = self._account()
         steps.append(account)
-        steps.append(self._project_roles(new_account=account.changes))
+        steps.append(self._project_roles())
         steps.append(self._bucket_role(new=bucket.changes or account.changes))
         secret_steps = self._secret(new_account=account.changes)
         steps.extend(secret_steps)
@@ -233,7 +233,7 @@ class Setup:
 
         return Step(label, "missing", "create", create)
 
-    def _project_roles(self, new_account: bool) -> Step:
+    def _project_roles(self) -> Step:
         client = self.clients.projects()
         resource = f"projects/{self.settings.project}"
         label = f"project roles of {self.settings.service_account}"
