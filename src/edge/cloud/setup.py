@@ -145,7 +145,18 @@ class Setup:
     def _bucket(self) -> Step:
         client = self.clients.storage()
         name, region = self.settings.bucket, self.settings.region
-        bucket = self._read(f"reading bucket {name}", lambda: client.lookup_bucket(name))
+        from google.api_core import exceptions
+
+        try:
+            bucket = client.lookup_bucket(name)
+        except exceptions.Forbidden:
+            # Bucket names are global: a 403 here is, most often, a bucket of another project.
+            raise CloudError(
+                f"bucket {name} exists but you cannot read it (another project's, or you lack "
+                "storage.buckets.get): choose another name with `edge config --bucket`"
+            ) from None
+        except Exception as exc:
+            raise self._explained(exc, f"reading bucket {name}") from None
         if bucket is None:
 
             def create() -> None:
