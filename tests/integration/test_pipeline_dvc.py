@@ -137,6 +137,79 @@ def test_quality_gate_fails_the_stage(project: Path) -> None:
     assert failing.split()[-1] == "FAIL" and ">= 1.0000" in failing
 
 
+def git(project: Path, *args: str) -> str:
+    return run(["git", "-c", "user.name=t", "-c", "user.email=t@example.com", *args], project).stdout
+
+
+def experiment_metrics(shown: list[dict[str, object]]) -> dict[str, dict[str, float]]:
+    """Name (or "workspace"/baseline revision) -> evaluate metrics, from `dvc exp show --json`."""
+    found: dict[str, dict[str, float]] = {}
+
+    def visit(entry: dict[str, object]) -> None:
+        data = entry.get("data") or {}
+        metrics = (data.get("metrics") or {}).get("reports/evaluate/metrics.json", {})  # type: ignore[union-attr]
+        if metrics.get("data"):
+            found[str(entry.get("name") or entry.get("rev"))] = metrics["data"]
+        for experiment in entry.get("experiments") or []:  # type: ignore[union-attr]
+            for revision in experiment.get("revs") or []:
+                visit(revision)
+
+    for entry in shown:
+        visit(entry)
+    return found
+
+
+def test_experiments_compare_apply_and_travel(project: Path, tmp_path: Path) -> None:
+    """`dvc exp run -S`, then exp show / metrics diff carry both; apply, drop; push and pull to a clone."""
+    run(["dvc", "repro"], project)
+    store, remote = tmp_path / "dvc-store", tmp_path / "remote.git"
+    run(["dvc", "remote", "add", "-f", "-d", "store", str(store)], project)
+    git(project, "add", "-A")
+    git(project, "commit", "-qm", "baseline: tiny pipeline reproduced")
+    baseline = json.loads((project / "reports/evaluate/metrics.json").read_text())
+
+    run(["dvc", "exp", "run", "-S", "train.epochs=2", "-S", "train.seed=7", "-n", "two-epochs"], project)
+    shown = experiment_metrics(json.loads(run(["dvc", "exp", "show", "--json"], project).stdout))
+    assert (
+        shown["two-epochs"]["accuracy"]
+        == json.loads((project / "reports/evaluate/metrics.json").read_text())["accuracy"]
+    )
+    assert any(name != "two-epochs" and m == baseline for name, m in shown.items()), shown
+
+    # The workspace holds the experiment's results after `exp run`: diff against the commit.
+    diff = json.loads(run(["dvc", "metrics", "diff", "--json", "--all"], project).stdout)
+    accuracy = diff["reports/evaluate/metrics.json"]["accuracy"]
+    assert accuracy["old"] == baseline["accuracy"]
+    assert accuracy["new"] == shown["two-epochs"]["accuracy"]
+    between = json.loads(
+        run(["dvc", "metrics", "diff", "HEAD", "two-epochs", "--json", "--all"], project).stdout
+    )
+    assert between["reports/evaluate/metrics.json"]["ece"]["new"] == shown["two-epochs"]["ece"]
+
+    # Drop it (as the README says): git restore the small files, dvc checkout the model.
+    git(project, "restore", ".")
+    run(["dvc", "checkout"], project)
+    assert json.loads((project / "reports/evaluate/metrics.json").read_text()) == baseline
+    assert "up to date" in run(["dvc", "status"], project).stdout.lower()
+
+    # Share it: the git refs through a git remote, the model through the DVC remote.
+    run(["git", "init", "-q", "--bare", str(remote)], tmp_path)
+    git(project, "remote", "add", "origin", str(remote))
+    git(project, "push", "-q", "origin", "HEAD:refs/heads/main")
+    run(["dvc", "push"], project)
+    run(["dvc", "exp", "push", "origin", "two-epochs"], project)
+    clone = tmp_path / "clone"
+    run(["git", "clone", "-q", "-b", "main", str(remote), str(clone)], tmp_path)
+    run(["dvc", "exp", "pull", "origin", "two-epochs"], clone)
+    pulled = experiment_metrics(json.loads(run(["dvc", "exp", "show", "--json"], clone).stdout))
+    assert pulled["two-epochs"] == shown["two-epochs"]
+    run(["dvc", "exp", "apply", "two-epochs"], clone)
+    run(["dvc", "checkout"], clone)
+    assert (clone / "models/model.keras").is_file()
+    applied = json.loads((clone / "reports/evaluate/metrics.json").read_text())
+    assert applied["accuracy"] == shown["two-epochs"]["accuracy"]
+
+
 def free_port() -> int:
     with socket.socket() as probe:
         probe.bind(("127.0.0.1", 0))
