@@ -13,6 +13,9 @@ from tests.datagen import write_fashion_files
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 
+# The local Google Cloud stand-ins' fixtures (local_cloud, cloud_env).
+pytest_plugins = ["tests.cloud_env"]
+
 # Nothing a test runs may phone home or reach Google: DVC analytics off, metadata server on a dead port.
 QUIET_ENV = {
     "DVC_NO_ANALYTICS": "1",

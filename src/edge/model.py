@@ -194,6 +194,34 @@ def with_flip_tta(base: keras.Model) -> keras.Model:
     return keras.Model(inputs, outputs, name=f"{base.name}_flip_tta")
 
 
+def embedding_model(model: keras.Model) -> keras.Model:
+    """Cut the network before its output layer: the features the classifier sees of an image."""
+    import keras
+
+    # With flip TTA the trained network is nested inside the wrapper; the unflipped pass is enough.
+    base = next((layer for layer in model.layers if isinstance(layer, keras.Model)), model)
+    output_layer = [layer for layer in base.layers if isinstance(layer, keras.layers.Dense)][-1]
+    return keras.Model(base.inputs, output_layer.input, name="embedding")
+
+
+def export_serving(model: keras.Model, path: str) -> None:
+    """Write the SavedModel the server runs: `serve` (probabilities) and `embed` (for monitoring)."""
+    import keras
+    import tensorflow as tf
+
+    embedder = embedding_model(model)
+    spec = tf.TensorSpec([None, *IMAGE_SHAPE], tf.float32, name="image")
+    archive = keras.export.ExportArchive()
+    archive.track(model)
+    archive.track(embedder)
+    archive.add_endpoint("serve", lambda x: model(x, training=False), input_signature=[spec])
+    # bfloat16 features become float32 here, so the server sees one dtype whatever the policy.
+    archive.add_endpoint(
+        "embed", lambda x: tf.cast(embedder(x, training=False), tf.float32), input_signature=[spec]
+    )
+    archive.write_out(path, verbose=False)
+
+
 def save_model(model: keras.Model, model_dir: str, metadata: dict[str, Any]) -> None:
     """Write the `.keras` file, the serving export and the metadata into `model_dir`."""
     from edge import storage
@@ -202,7 +230,7 @@ def save_model(model: keras.Model, model_dir: str, metadata: dict[str, Any]) -> 
     with storage.local_copy_for_writing(storage.join(model_dir, KERAS_FILE)) as local:
         model.save(local)
     with storage.local_dir_for_writing(storage.join(model_dir, SERVING_DIR)) as local:
-        model.export(local, format="tf_saved_model", verbose=False)
+        export_serving(model, local)
     storage.write_text(storage.join(model_dir, METADATA_FILE), json.dumps(metadata, indent=2) + "\n")
 
 

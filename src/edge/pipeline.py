@@ -7,7 +7,7 @@ custom job) calls one of these. Locations may be local paths or `gs://` URIs.
 from __future__ import annotations
 
 import json
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -25,7 +25,9 @@ from edge.evaluate import (
     predict_probabilities,
     serving_predictor,
 )
+from edge.gate import GateParams
 from edge.model import SERVING_DIR, save_model
+from edge.monitoring.profile import compute_profile, save_profile
 from edge.train import (
     EpochCallback,
     TrainParams,
@@ -58,6 +60,8 @@ class Params:
     prepare: PrepareParams
     train: TrainParams
     evaluate: EvaluateParams
+    # The release gate (`edge model gate`); no DVC stage depends on it.
+    gate: GateParams = field(default_factory=GateParams)
 
     def as_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -71,7 +75,7 @@ def load_params(path: str | Path = "params.yaml") -> Params:
         raise ValueError(f"{path} not found; run from the repository root or pass --params") from None
     except yaml.YAMLError as exc:
         raise ValueError(f"{path} is not valid YAML: {exc}") from exc
-    unknown = set(raw) - {"prepare", "train", "evaluate"}
+    unknown = set(raw) - {"prepare", "train", "evaluate", "gate"}
     if unknown:
         raise ValueError(f"unknown block(s) {sorted(unknown)} in {path}")
     try:
@@ -79,6 +83,7 @@ def load_params(path: str | Path = "params.yaml") -> Params:
             prepare=PrepareParams(**(raw.get("prepare") or {})),
             train=TrainParams.from_dict(raw.get("train") or {}),
             evaluate=SuiteParams.from_dict(raw.get("evaluate") or {}),
+            gate=GateParams.from_dict(raw.get("gate") or {}),
         )
     except TypeError as exc:
         raise ValueError(f"{path}: {exc}") from exc
@@ -118,15 +123,14 @@ def train_stage(
     *,
     on_epoch_end: EpochCallback | None = None,
 ) -> tuple[TrainResult, dict[str, Any]]:
-    """Train on the prepared splits; write the model, its metadata, history and metrics."""
-    result = train(
-        load_prepared(prepared_dir, "train"),
-        load_prepared(prepared_dir, "validation"),
-        params,
-        on_epoch_end=on_epoch_end,
-    )
+    """Train on the prepared splits; write the model, its metadata and reference profile, history, metrics."""
+    validation = load_prepared(prepared_dir, "validation")
+    result = train(load_prepared(prepared_dir, "train"), validation, params, on_epoch_end=on_epoch_end)
     metadata = model_metadata(result, params, lineage)
+    # Monitoring judges live traffic against the validation data as this model sees it.
+    profile = compute_profile(result.model, validation.images, metadata["class_names"])
     save_model(result.model, model_dir, metadata)
+    save_profile(profile, model_dir)
     storage.write_text(storage.join(reports_dir, "history.csv"), history_csv(result.history))
     _write_json(
         storage.join(reports_dir, "metrics.json"),

@@ -149,3 +149,14 @@ def _download_tree(uri: str, local: Path) -> None:
         (local / relative).mkdir(parents=True, exist_ok=True)
         for name in files:
             gfile.copy(join(directory, name), str(local / relative / name), overwrite=True)
+
+
+def list_files(uri: str) -> list[str]:
+    """List every file under a directory or prefix, recursively, as full paths or URIs."""
+    if not is_remote(uri):
+        root = Path(uri)
+        return sorted(str(p) for p in root.rglob("*") if p.is_file()) if root.is_dir() else []
+    gfile = _gfile()
+    if not gfile.exists(uri):
+        return []
+    return sorted(join(directory, name) for directory, _subdirs, files in gfile.walk(uri) for name in files)

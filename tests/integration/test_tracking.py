@@ -176,6 +176,12 @@ def test_file_run_records_the_full_lineage(project: Path, file_run: Path) -> Non
         metadata = json.loads(tar.extractfile("model/metadata.json").read())  # type: ignore[union-attr]
     assert {"model/model.keras", "model/serving/saved_model.pb"} <= names
     assert metadata["version"] == run["result"]["model_version"] == info["model"]["version"]
+    # The model names its run, by the uuid both backends key it by.
+    assert metadata["lineage"]["tracking_run_id"] == run["meta"]["run_uuid"] == info["run_uuid"]
+    assert (
+        json.loads((project / "models/metadata.json").read_text())["lineage"]["tracking_run_id"]
+        == (info["run_uuid"])
+    )
     assert (file_run / "confusion_matrix.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     final = read(file_run, "final_metrics.json")
     assert final["summary"] == run["result"]
@@ -185,11 +191,11 @@ def test_file_run_records_the_full_lineage(project: Path, file_run: Path) -> Non
 def test_test_metrics_match_the_evaluate_stage(project: Path, file_run: Path) -> None:
     sh(["edge", "pipeline", "evaluate"], project)
     evaluated = json.loads((project / "reports/evaluate/metrics.json").read_text())
+    details = json.loads((project / "reports/evaluate/details.json").read_text())
     recorded = read(file_run, "info.json")["test"]
-    assert recorded == evaluated
-    assert read(file_run, "run.json")["result"]["test_accuracy"] == pytest.approx(
-        evaluated["test"]["accuracy"]
-    )
+    assert recorded["test"] == {"accuracy": evaluated["accuracy"], "loss": evaluated["loss"]}
+    assert recorded["per_class"] == details["per_class"]
+    assert read(file_run, "run.json")["result"]["test_accuracy"] == pytest.approx(evaluated["accuracy"])
 
 
 def test_mongo_backend_records_the_same_run(

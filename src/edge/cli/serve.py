@@ -1,19 +1,13 @@
-"""`edge serve`: check the model, then hand the process over to gunicorn running the server."""
+"""`edge serve`: check the model, then serve it in this process (edge.serving.server)."""
 
 from __future__ import annotations
 
 import os
-import sys
 from typing import Annotated
 
 import typer
 
 app = typer.Typer(no_args_is_help=False)
-
-# Threads, not processes: one copy of the model, TensorFlow releases the GIL while it computes,
-# and Prometheus metrics stay correct without a multiprocess directory.
-WORKER_THREADS = 8
-GUNICORN_APP = "edge.serving.app:create_app({'EXIT_ON_LOAD_ERROR': True})"
 
 
 def resolve_model_uri(model_dir: str | None) -> str:
@@ -31,35 +25,6 @@ def resolve_bind(host: str | None, port: int | None) -> tuple[str, int]:
         # an unauthenticated server stays private unless asked otherwise.
         host = "0.0.0.0" if aip_port else "127.0.0.1"
     return host, port
-
-
-def gunicorn_argv(host: str, port: int, threads: int, timeout: int) -> list[str]:
-    """Build the gunicorn command line."""
-    bind = f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
-    return [
-        sys.executable,
-        "-m",
-        "gunicorn",
-        "--worker-class",
-        "gthread",
-        "--workers",
-        "1",
-        "--threads",
-        str(threads),
-        "--bind",
-        bind,
-        "--timeout",
-        str(timeout),
-        "--graceful-timeout",
-        "10",
-        "--access-logfile",
-        "-",
-        "--error-logfile",
-        "-",
-        # gunicorn's control socket is one fixed path per user: two servers would fight over it.
-        "--no-control-socket",
-        GUNICORN_APP,
-    ]
 
 
 @app.command()
@@ -81,27 +46,76 @@ def serve(
     port: Annotated[
         int | None, typer.Option(help="Port [default: $AIP_HTTP_PORT, else 8080]", min=1, max=65535)
     ] = None,
-    threads: Annotated[int, typer.Option(help="Request threads", min=1)] = WORKER_THREADS,
-    timeout: Annotated[int, typer.Option(help="Seconds before a stuck worker is restarted", min=1)] = 30,
+    max_batch: Annotated[
+        int | None,
+        typer.Option(help="Instances per call of the model [default: $EDGE_MAX_BATCH, else 64]", min=1),
+    ] = None,
+    batch_wait_ms: Annotated[
+        float | None,
+        typer.Option(
+            help="Longest wait for a batch to fill, in ms [default: $EDGE_BATCH_WAIT_MS, else 2]", min=0
+        ),
+    ] = None,
+    max_queue: Annotated[
+        int | None,
+        typer.Option(help="Instances waiting before 503 [default: $EDGE_MAX_QUEUE, else 1024]", min=1),
+    ] = None,
+    reload_interval: Annotated[
+        float | None,
+        typer.Option(
+            help="Seconds between checks for a new model, 0 = only on SIGHUP "
+            "[default: $EDGE_RELOAD_INTERVAL, else 2]",
+            min=0,
+        ),
+    ] = None,
+    access_log: Annotated[
+        bool, typer.Option(envvar="EDGE_ACCESS_LOG", help="Log every request to stderr.")
+    ] = False,
+    threads: Annotated[
+        int | None, typer.Option(hidden=True, help="Ignored: the server no longer uses request threads.")
+    ] = None,
+    timeout: Annotated[
+        float | None,
+        typer.Option(
+            help="Seconds a client has to send a request's headers [default: $EDGE_HEADER_TIMEOUT, else 5]",
+            min=0.1,
+        ),
+    ] = None,
 ) -> None:
     """Serve the model over HTTP with Vertex AI's health and predict routes."""
+    import logging
+
+    from edge.serving import server
     from edge.serving.predictor import ModelLoadError, load_from_uri
+    from edge.serving.settings import ServerSettings
 
     uri = resolve_model_uri(model_dir)
     bind_host, bind_port = resolve_bind(host, port)
-    # Load it once here so a missing or corrupt model stops with one line and a non-zero exit,
-    # before gunicorn starts a worker that would fail the same way.
+    try:
+        settings = ServerSettings.from_environ(
+            os.environ,
+            model_uri=uri,
+            max_batch=max_batch,
+            batch_wait=None if batch_wait_ms is None else batch_wait_ms / 1000,
+            max_queue=max_queue,
+            reload_interval=reload_interval,
+            header_timeout=timeout,
+        )
+    except ValueError as exc:
+        typer.echo(f"error: {exc}", err=True)
+        raise typer.Exit(1) from exc
+    # A missing or corrupt model stops here with one line and a non-zero exit, before any port opens.
     try:
         predictor = load_from_uri(uri)
     except ModelLoadError as exc:
         typer.echo(f"error: {exc}", err=True)
         raise typer.Exit(1) from exc
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     typer.echo(
         f"serving {predictor.name} {predictor.version} from {uri} on http://{bind_host}:{bind_port}", err=True
     )
-    sys.stdout.flush()
-    sys.stderr.flush()
-    env = dict(os.environ, EDGE_MODEL_DIR=uri)
-    argv = gunicorn_argv(bind_host, bind_port, threads, timeout)
-    # exec drops this process's TensorFlow state; gunicorn's worker loads the model afresh.
-    os.execve(argv[0], argv, env)
+    try:
+        server.run(settings, predictor, bind_host, bind_port, access_log=access_log)
+    except OSError as exc:  # the port is taken, or the address is not ours
+        typer.echo(f"error: cannot listen on {bind_host}:{bind_port}: {exc.strerror or exc}", err=True)
+        raise typer.Exit(1) from exc

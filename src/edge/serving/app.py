@@ -1,188 +1,357 @@
-"""The model server: a Flask app speaking Vertex AI's custom-container contract."""
+"""The model server: an asyncio HTTP app speaking Vertex AI's custom-container contract.
+
+One event loop reads and validates requests; a bounded batching queue groups the valid instances
+of concurrent requests into one call of the exported serving function, which runs in its own
+thread. Connections cost no thread, so slow or idle clients cannot hold up anyone else, and they
+are cut by the header and body timeouts.
+
+Hooks for other components: `add_prediction_observer(app, callback)` is called after each
+answered prediction request, and `app[METRICS].registry` is the Prometheus registry `/metrics`
+renders.
+"""
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import json
 import logging
-import os
-import threading
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
 from typing import Any
 
-from flask import Blueprint, Flask, current_app, g, jsonify, request
-from flask.typing import ResponseReturnValue
-from werkzeug.exceptions import HTTPException, NotFound, RequestEntityTooLarge
+import numpy as np
+import orjson
+from aiohttp import web
 
+from edge.serving.batching import Batcher, BatchResult, QueueFullError
 from edge.serving.metrics import ServingMetrics
 from edge.serving.openapi import build_document
 from edge.serving.predictor import (
     InstanceError,
     ModelHolder,
     ModelLoadError,
+    Prediction,
     Predictor,
     TooManyInstancesError,
     decode_instances,
     load_from_uri,
 )
+from edge.serving.reload import ModelWatcher
+from edge.serving.settings import ServerSettings
 
 log = logging.getLogger(__name__)
 
-NAMED_PREDICT_ROUTE = "/v1/models/<name>:predict"
-# Vertex AI refuses online prediction requests above 1.5 MB, so nothing larger can be legitimate.
-DEFAULT_MAX_CONTENT_LENGTH = 1_500_000
-# 64 images are well under the body limit as numbers and keep one request's latency bounded.
-DEFAULT_MAX_INSTANCES = 64
-# Gunicorn halts instead of respawning a worker that exits with this code ("failed to boot").
-WORKER_BOOT_ERROR = 3
+# A model name never holds "/" or ":", so /v1/models/<name>:predict and /v1/models/<name> stay apart.
+NAMED_PREDICT_ROUTE = "/v1/models/{name:[^{}/:]+}:predict"
+METADATA_ROUTE = "/v1/models/{name:[^{}/:]+}"
+# Seconds a shed client is asked to wait: about one full queue's worth of work.
+RETRY_AFTER_SECONDS = 1
+
+Loader = Callable[[str], Predictor]
+
+
+@dataclass(frozen=True)
+class PredictionEvent:
+    """One answered prediction request, as observers see it."""
+
+    model_name: str
+    model_version: str
+    # float32 (N, 28, 28), 0-255: the pixels the model saw.
+    instances: np.ndarray
+    predictions: list[Prediction]
+    # From the request's arrival to its answer being ready, and the size of its batch.
+    latency_seconds: float
+    batch_size: int
+
+
+PredictionObserver = Callable[[PredictionEvent], None]
+
+SETTINGS = web.AppKey("edge_settings", ServerSettings)
+HOLDER = web.AppKey("edge_model", ModelHolder)
+METRICS = web.AppKey("edge_metrics", ServingMetrics)
+BATCHER = web.AppKey("edge_batcher", Batcher)
+OBSERVERS = web.AppKey("edge_observers", list)
+LOADER = web.AppKey("edge_loader", object)
 
 
 class RequestError(Exception):
     """A request the client must fix; becomes a JSON error with this status."""
 
-    def __init__(self, message: str, status: int = 400, instance: int | None = None) -> None:
+    def __init__(
+        self,
+        message: str,
+        status: int = 400,
+        instance: int | None = None,
+        headers: dict[str, str] | None = None,
+    ) -> None:
         super().__init__(message)
         self.message = message
         self.status = status
         self.instance = instance
+        self.headers = headers or {}
 
 
-def default_config(environ: Mapping[str, str]) -> dict[str, Any]:
-    """Read the settings from the environment: Vertex AI's `AIP_*` variables, then Edge's own."""
-    return {
-        "MODEL_URI": environ.get("EDGE_MODEL_DIR") or environ.get("AIP_STORAGE_URI") or "models",
-        "HEALTH_ROUTE": environ.get("AIP_HEALTH_ROUTE") or "/health",
-        "PREDICT_ROUTE": environ.get("AIP_PREDICT_ROUTE") or "/predict",
-        "MAX_CONTENT_LENGTH": int(environ.get("EDGE_MAX_REQUEST_BYTES", DEFAULT_MAX_CONTENT_LENGTH)),
-        "MAX_INSTANCES": int(environ.get("EDGE_MAX_INSTANCES", DEFAULT_MAX_INSTANCES)),
-        # Under gunicorn a model that fails to load must stop the server, not leave it unhealthy.
-        "EXIT_ON_LOAD_ERROR": False,
-        "MODEL_LOADER": load_from_uri,
-        "PREDICTOR": None,
-    }
+def add_prediction_observer(app: web.Application, observer: PredictionObserver) -> None:
+    """Call `observer` after each answered prediction request, on the event loop.
+
+    It must return quickly and never block (hand slow work to a queue of its own); an exception
+    it raises is logged and does not affect the answer.
+    """
+    app[OBSERVERS].append(observer)
 
 
-def create_app(test_config: Mapping[str, Any] | None = None) -> Flask:
-    """Create the server; the model loads in the background while health says 503."""
-    app = Flask(__name__)
-    # Probabilities keep the model's class order rather than the alphabet's.
-    app.json.sort_keys = False  # type: ignore[attr-defined]
-    app.config.from_mapping(default_config(os.environ))
-    if test_config is not None:
-        app.config.from_mapping(test_config)
-
+def create_app(
+    settings: ServerSettings | None = None,
+    *,
+    predictor: Predictor | None = None,
+    loader: Loader = load_from_uri,
+) -> web.Application:
+    """Create the server; without `predictor`, the model loads in the background while health says 503."""
+    settings = settings or ServerSettings.from_environ({})
+    app = web.Application(
+        client_max_size=settings.max_request_bytes,
+        middlewares=[_timing_and_errors],
+        handler_args={
+            "keepalive_timeout": settings.header_timeout,
+            # The default would keep reading an unread body of a closed request for 10 s.
+            "lingering_time": 1.0,
+        },
+    )
     holder = ModelHolder()
     metrics = ServingMetrics()
-    app.extensions["edge_model"] = holder
-    app.extensions["edge_metrics"] = metrics
-
-    app.register_blueprint(_build_blueprint(app.config["HEALTH_ROUTE"], app.config["PREDICT_ROUTE"]))
-    _register_hooks(app, metrics)
-    _register_error_handlers(app)
-
-    predictor: Predictor | None = app.config["PREDICTOR"]
+    app[SETTINGS] = settings
+    app[HOLDER] = holder
+    app[METRICS] = metrics
+    app[OBSERVERS] = []
+    app[LOADER] = loader
+    app[BATCHER] = Batcher(
+        _run_model,
+        lambda: holder.predictor,
+        max_batch=settings.max_batch,
+        max_wait=settings.batch_wait,
+        max_queue=settings.max_queue,
+        on_batch=metrics.observe_batch,
+    )
     if predictor is not None:
-        _publish(holder, metrics, predictor)
-    else:
-        _start_loading(app, holder, metrics)
+        _publish(app, predictor)
+
+    app.router.add_get(settings.health_route, _health, name="health")
+    app.router.add_post(settings.predict_route, _predict, name="predict")
+    app.router.add_post(NAMED_PREDICT_ROUTE, _predict, name="predict_named")
+    app.router.add_get(METADATA_ROUTE, _metadata, name="metadata")
+    app.router.add_get("/metrics", _metrics, name="metrics")
+    app.router.add_get("/openapi.json", _openapi, name="openapi")
+    app.on_startup.append(_start)
+    app.cleanup_ctx.append(_watch_model_dir)
+    app.on_cleanup.append(_stop)
     return app
 
 
-def _publish(holder: ModelHolder, metrics: ServingMetrics, predictor: Predictor) -> None:
-    metrics.model_ready(predictor.metadata)
-    holder.set(predictor)
+def _run_model(predictor: Predictor | None, batch: np.ndarray) -> np.ndarray:
+    if predictor is None:  # cannot happen: requests are refused until a model is loaded
+        raise RuntimeError("no model loaded")
+    return predictor.serve(batch)
 
 
-def _start_loading(app: Flask, holder: ModelHolder, metrics: ServingMetrics) -> None:
-    uri: str = app.config["MODEL_URI"]
-    loader: Callable[[str], Predictor] = app.config["MODEL_LOADER"]
-    exit_on_error: bool = app.config["EXIT_ON_LOAD_ERROR"]
-
-    def load() -> None:
-        started = time.perf_counter()
-        try:
-            predictor = loader(uri)
-        except ModelLoadError as exc:
-            holder.fail(str(exc))
-        except Exception as exc:  # anything else is still a model that cannot serve
-            holder.fail(f"cannot load the model from {uri}: {exc}")
-        else:
-            _publish(holder, metrics, predictor)
-            log.info(
-                "loaded model %s version %s from %s in %.1f s",
-                predictor.name,
-                predictor.version,
-                uri,
-                time.perf_counter() - started,
-            )
-            return
-        log.error("error: %s", holder.error)
-        if exit_on_error:
-            # From a thread, only _exit ends the process; gunicorn then halts on this code.
-            os._exit(WORKER_BOOT_ERROR)
-
-    threading.Thread(target=load, name="edge-model-loader", daemon=True).start()
+def _publish(app: web.Application, predictor: Predictor) -> None:
+    app[METRICS].model_ready(predictor.metadata)
+    app[HOLDER].set(predictor)
 
 
-def _build_blueprint(health_route: str, predict_route: str) -> Blueprint:
-    bp = Blueprint("serving", __name__)
+async def _start(app: web.Application) -> None:
+    app[BATCHER].start()
+    if app[HOLDER].predictor is None:
+        asyncio.get_running_loop().create_task(_load_in_background(app), name="edge-model-loader")
 
-    @bp.get(health_route, endpoint="health")
-    def health() -> ResponseReturnValue:
-        holder = _holder()
-        if holder.predictor is not None:
-            model = holder.predictor.metadata
-            return jsonify(status="ok", model={"name": model["name"], "version": model["version"]})
-        if holder.error is not None:
-            return jsonify(status="failed", error=holder.error), 503
-        return jsonify(status="loading"), 503
 
-    @bp.post(predict_route, endpoint="predict")
-    def predict() -> ResponseReturnValue:
-        return _predict(None)
+async def _stop(app: web.Application) -> None:
+    await app[BATCHER].stop()
 
-    @bp.post(NAMED_PREDICT_ROUTE, endpoint="predict_named")
-    def predict_named(name: str) -> ResponseReturnValue:
-        return _predict(name)
 
-    @bp.get("/metrics", endpoint="metrics")
-    def metrics() -> ResponseReturnValue:
-        body, content_type = _metrics().render()
-        return body, 200, {"Content-Type": content_type}
-
-    @bp.get("/openapi.json", endpoint="openapi")
-    def openapi() -> ResponseReturnValue:
-        predictor = _holder().predictor
-        return jsonify(
-            build_document(
-                health_route=health_route,
-                predict_route=predict_route,
-                named_route=NAMED_PREDICT_ROUTE,
-                max_instances=current_app.config["MAX_INSTANCES"],
-                max_bytes=current_app.config["MAX_CONTENT_LENGTH"],
-                model_name=predictor.name if predictor else None,
-            )
+async def _load_in_background(app: web.Application) -> None:
+    uri = app[SETTINGS].model_uri
+    loader: Loader = app[LOADER]  # type: ignore[assignment]
+    started = time.perf_counter()
+    try:
+        predictor = await asyncio.to_thread(loader, uri)
+    except ModelLoadError as exc:
+        app[HOLDER].fail(str(exc))
+    except Exception as exc:  # anything else is still a model that cannot serve
+        app[HOLDER].fail(f"cannot load the model from {uri}: {exc}")
+    else:
+        _publish(app, predictor)
+        log.info(
+            "loaded model %s version %s from %s in %.1f s",
+            predictor.name,
+            predictor.version,
+            uri,
+            time.perf_counter() - started,
         )
-
-    return bp
-
-
-def _holder() -> ModelHolder:
-    holder: ModelHolder = current_app.extensions["edge_model"]
-    return holder
+        return
+    log.error("error: %s", app[HOLDER].error)
 
 
-def _metrics() -> ServingMetrics:
-    metrics: ServingMetrics = current_app.extensions["edge_metrics"]
-    return metrics
+async def _watch_model_dir(app: web.Application) -> Any:
+    """Run the reload watcher for the app's lifetime (cleanup_ctx: started, then stopped)."""
+    settings = app[SETTINGS]
+    watcher = ModelWatcher(
+        settings.model_uri,
+        loader=app[LOADER],  # type: ignore[arg-type]
+        current=lambda: app[HOLDER].predictor,
+        publish=lambda predictor: _publish(app, predictor),
+        interval=settings.reload_interval,
+        metrics=app[METRICS],
+    )
+    app[WATCHER] = watcher
+    task = asyncio.get_running_loop().create_task(watcher.run(), name="edge-model-watcher")
+    yield
+    task.cancel()
+    with contextlib.suppress(asyncio.CancelledError):
+        await task
 
 
-def _parse_body() -> tuple[Any, Any]:
-    raw = request.get_data(cache=False)
+WATCHER = web.AppKey("edge_watcher", ModelWatcher)
+
+
+# --- Routes ---------------------------------------------------------------------------------------
+
+
+async def _health(request: web.Request) -> web.Response:
+    holder = request.app[HOLDER]
+    if holder.predictor is not None:
+        model = holder.predictor
+        return _json({"status": "ok", "model": {"name": model.name, "version": model.version}})
+    if holder.error is not None:
+        # The reason (with paths) is in the server log; a health probe's body is not the place.
+        return _json({"status": "failed", "error": "the model could not be loaded; see the server log"}, 503)
+    return _json({"status": "loading"}, 503)
+
+
+async def _metadata(request: web.Request) -> web.Response:
+    if not request.app[SETTINGS].expose_metadata:
+        raise RequestError("this server does not publish model metadata", 404)
+    predictor = _model_for(request)
+    return _json(predictor.metadata)
+
+
+async def _metrics(request: web.Request) -> web.Response:
+    body, content_type = request.app[METRICS].render()
+    response = web.Response(body=body)
+    response.headers["Content-Type"] = content_type
+    return response
+
+
+async def _openapi(request: web.Request) -> web.Response:
+    settings = request.app[SETTINGS]
+    predictor = request.app[HOLDER].predictor
+    return _json(
+        build_document(
+            health_route=settings.health_route,
+            predict_route=settings.predict_route,
+            named_route="/v1/models/{name}:predict",
+            metadata_route="/v1/models/{name}" if settings.expose_metadata else None,
+            max_instances=settings.max_instances,
+            max_bytes=settings.max_request_bytes,
+            model_name=predictor.name if predictor else None,
+        )
+    )
+
+
+def _model_for(request: web.Request) -> Predictor:
+    predictor = request.app[HOLDER].predictor
+    if predictor is None:
+        raise RequestError(
+            "the model is not loaded yet, retry shortly",
+            503,
+            headers={"Retry-After": str(RETRY_AFTER_SECONDS)},
+        )
+    name = request.match_info.get("name")
+    if name is not None and name != predictor.name:
+        raise RequestError(f"no model named {name!r}; this server serves {predictor.name!r}", 404)
+    return predictor
+
+
+async def _predict(request: web.Request) -> web.Response:
+    started = request[STARTED]
+    app = request.app
+    settings = app[SETTINGS]
+    _model_for(request)
+    batcher: Batcher[Predictor | None] = app[BATCHER]
+    with batcher.arriving():
+        raw = await _read_body(request, settings)
+        instances = _parse_body(raw)
+        try:
+            batch = decode_instances(instances, settings.max_instances)
+        except InstanceError as exc:
+            raise RequestError(str(exc), instance=exc.index) from exc
+        except TooManyInstancesError as exc:
+            raise RequestError(str(exc), status=413) from exc
+        except ValueError as exc:
+            raise RequestError(str(exc)) from exc
+    try:
+        result: BatchResult[Predictor | None] = await batcher.submit(batch)
+    except QueueFullError as exc:
+        app[METRICS].shed.inc()
+        raise RequestError(
+            "the server is busy, retry shortly", 503, headers={"Retry-After": str(RETRY_AFTER_SECONDS)}
+        ) from exc
+    predictor = result.model
+    assert predictor is not None
+    predictions = predictor.to_predictions(result.rows)
+    counter = app[METRICS].predictions
+    for prediction in predictions:
+        counter.labels(prediction.label).inc()
+    body = {
+        "predictions": [p.to_json() for p in predictions],
+        "model": {"name": predictor.name, "version": predictor.version},
+    }
+    _notify(app, predictor, batch, predictions, time.perf_counter() - started, result.batch_size)
+    return _json(body)
+
+
+def _notify(
+    app: web.Application,
+    predictor: Predictor,
+    batch: np.ndarray,
+    predictions: list[Prediction],
+    latency: float,
+    batch_size: int,
+) -> None:
+    observers: list[PredictionObserver] = app[OBSERVERS]
+    if not observers:
+        return
+    event = PredictionEvent(predictor.name, predictor.version, batch, predictions, latency, batch_size)
+    for observer in observers:
+        try:
+            observer(event)
+        except Exception:
+            log.exception("prediction observer %r failed", observer)
+
+
+async def _read_body(request: web.Request, settings: ServerSettings) -> bytes:
+    limit = settings.max_request_bytes
+    if request.content_length is not None and request.content_length > limit:
+        raise web.HTTPRequestEntityTooLarge(max_size=limit, actual_size=request.content_length)
+    try:
+        async with asyncio.timeout(settings.body_timeout):
+            # aiohttp counts the bytes as they come, chunked or not, and stops past the limit.
+            return await request.read()
+    except TimeoutError as exc:
+        raise RequestError(f"the body did not arrive within {settings.body_timeout:g} s", 408) from exc
+
+
+def _parse_body(raw: bytes) -> Any:
     if not raw:
         raise RequestError('empty body, send JSON like {"instances": [...]}')
     try:
-        body = json.loads(raw)
+        body = orjson.loads(raw)
+    except orjson.JSONDecodeError:
+        body = None  # orjson is strict (no NaN, no huge integers): the standard parser decides
+    try:
+        if body is None:
+            body = json.loads(raw)
     except UnicodeDecodeError as exc:
         raise RequestError(f"body is not UTF-8 text ({exc.reason})") from exc
     except ValueError as exc:
@@ -196,80 +365,68 @@ def _parse_body() -> tuple[Any, Any]:
         raise RequestError(f"unknown field(s) {unknown}; the body has instances and parameters")
     if "instances" not in body:
         raise RequestError('body lacks "instances", a list of images')
-    parameters = body.get("parameters", {})
-    if not isinstance(parameters, dict):
+    if not isinstance(body.get("parameters", {}), dict):
         raise RequestError("parameters must be an object")
-    return body["instances"], parameters
+    return body["instances"]
 
 
-def _predict(name: str | None) -> ResponseReturnValue:
-    holder = _holder()
-    predictor = holder.predictor
-    if predictor is None:
-        raise RequestError("the model is not loaded yet, retry shortly", status=503)
-    if name is not None and name != predictor.name:
-        raise NotFound(f"no model named {name!r}; this server serves {predictor.name!r}")
-    instances, _parameters = _parse_body()
-    try:
-        batch = decode_instances(instances, current_app.config["MAX_INSTANCES"])
-    except InstanceError as exc:
-        raise RequestError(str(exc), instance=exc.index) from exc
-    except TooManyInstancesError as exc:
-        raise RequestError(str(exc), status=413) from exc
-    except ValueError as exc:
-        raise RequestError(str(exc)) from exc
-    predictions = predictor.predict(batch)
-    counter = _metrics().predictions
-    for prediction in predictions:
-        counter.labels(prediction.label).inc()
-    return jsonify(predictions=[p.to_json() for p in predictions], model=predictor.metadata)
+# --- Timing, metrics and errors for every route ---------------------------------------------------
+
+STARTED = web.RequestKey("edge_started", float)
 
 
-def _register_hooks(app: Flask, metrics: ServingMetrics) -> None:
-    @app.before_request
-    def start_timer() -> None:
-        g.started = time.perf_counter()
-
-    @app.after_request
-    def record(response: Any) -> Any:
-        started = g.get("started")
-        if started is not None:
-            seconds = time.perf_counter() - started
-            route = request.url_rule.rule if request.url_rule is not None else "<unmatched>"
-            metrics.observe_request(route, request.method, response.status_code, seconds)
-            # Lets clients and the benchmark see the server-side time apart from the network.
-            response.headers["Server-Timing"] = f"app;dur={seconds * 1000:.3f}"
-        return response
+def _json(body: Any, status: int = 200) -> web.Response:
+    # Probabilities keep the model's class order rather than the alphabet's.
+    return web.Response(body=orjson.dumps(body), status=status, content_type="application/json")
 
 
-def _error_response(message: str, status: int, instance: int | None = None) -> Any:
+def _error(message: str, status: int, instance: int | None = None) -> web.Response:
     body: dict[str, Any] = {"error": message}
     if instance is not None:
         body["instance"] = instance
-    response = jsonify(body)
-    response.status_code = status
+    return _json(body, status)
+
+
+@web.middleware
+async def _timing_and_errors(
+    request: web.Request, handler: Callable[[web.Request], Awaitable[web.StreamResponse]]
+) -> web.StreamResponse:
+    started = time.perf_counter()
+    request[STARTED] = started
+    response: web.StreamResponse
+    try:
+        response = await handler(request)
+    except RequestError as exc:
+        response = _error(exc.message, exc.status, exc.instance)
+        response.headers.update(exc.headers)
+        if exc.status in (408, 413):
+            # The rest of the body may still be on its way: do not read it, close.
+            response.force_close()
+    except web.HTTPRequestEntityTooLarge:
+        limit = request.app[SETTINGS].max_request_bytes
+        response = _error(f"request body is larger than the limit of {limit} bytes", 413)
+        response.force_close()
+    except web.HTTPException as exc:
+        # Keep aiohttp's headers (Allow on 405) but speak JSON like every other answer.
+        response = _error(exc.reason if exc.status == 405 else _http_message(exc), exc.status)
+        for header in ("Allow",):
+            if header in exc.headers:
+                response.headers[header] = exc.headers[header]
+    except asyncio.CancelledError:
+        raise
+    except Exception:
+        log.exception("unhandled error on %s %s", request.method, request.path)
+        response = _error("internal error, the details are in the server log", 500)
+    seconds = time.perf_counter() - started
+    resource = request.match_info.route.resource
+    route = resource.canonical if resource is not None else "<unmatched>"
+    request.app[METRICS].observe_request(route, request.method, response.status, seconds)
+    # Lets clients and the benchmark see the server-side time apart from the network.
+    response.headers["Server-Timing"] = f"app;dur={seconds * 1000:.3f}"
     return response
 
 
-def _register_error_handlers(app: Flask) -> None:
-    @app.errorhandler(RequestError)
-    def bad_request(exc: RequestError) -> Any:
-        return _error_response(exc.message, exc.status, exc.instance)
-
-    @app.errorhandler(RequestEntityTooLarge)
-    def too_large(exc: RequestEntityTooLarge) -> Any:
-        limit = current_app.config["MAX_CONTENT_LENGTH"]
-        return _error_response(f"request body is larger than the limit of {limit} bytes", 413)
-
-    @app.errorhandler(HTTPException)
-    def http_error(exc: HTTPException) -> Any:
-        # Keep werkzeug's headers (Allow on 405) but speak JSON like every other answer.
-        response = exc.get_response()
-        response.set_data(json.dumps({"error": exc.description or exc.name}))
-        response.content_type = "application/json"
-        return response
-
-    @app.errorhandler(Exception)
-    def unexpected(exc: Exception) -> Any:
-        log.exception("unhandled error on %s %s", request.method, request.path)
-        return _error_response("internal error, the details are in the server log", 500)
+def _http_message(exc: web.HTTPException) -> str:
+    if exc.status == 404:
+        return "no such route; see /openapi.json"
+    return exc.reason

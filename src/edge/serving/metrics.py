@@ -16,6 +16,7 @@ from prometheus_client import (
 
 # One image takes a few milliseconds; the fine low buckets show whether we stay there.
 LATENCY_BUCKETS = (0.001, 0.002, 0.003, 0.005, 0.0075, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5)
+BATCH_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128)
 
 
 class ServingMetrics:
@@ -48,11 +49,43 @@ class ServingMetrics:
             registry=self.registry,
         )
         self.model = Info("edge_model", "The served model.", registry=self.registry)
+        self.batch_size = Histogram(
+            "edge_batch_size",
+            "Instances in each call of the serving function.",
+            buckets=BATCH_BUCKETS,
+            registry=self.registry,
+        )
+        self.inference = Histogram(
+            "edge_inference_duration_seconds",
+            "Time of each call of the serving function.",
+            buckets=LATENCY_BUCKETS,
+            registry=self.registry,
+        )
+        self.shed = Counter(
+            "edge_requests_shed",
+            "Prediction requests refused with 503 because the batching queue was full.",
+            registry=self.registry,
+        )
+        self.reloads = Counter(
+            "edge_model_reloads",
+            "New models found in the model directory, by outcome (loaded or refused).",
+            ["outcome"],
+            registry=self.registry,
+        )
 
     def observe_request(self, route: str, method: str, status: int, seconds: float) -> None:
         """Count one finished request and its duration."""
         self.requests.labels(route, method, str(status)).inc()
         self.latency.labels(route).observe(seconds)
+
+    def observe_batch(self, size: int, seconds: float) -> None:
+        """Record one call of the serving function."""
+        self.batch_size.observe(size)
+        self.inference.observe(seconds)
+
+    def observe_reload(self, outcome: str) -> None:
+        """Count a reload attempt: `loaded` or `refused`."""
+        self.reloads.labels(outcome).inc()
 
     def model_ready(self, metadata: dict[str, Any]) -> None:
         """Publish the loaded model's name and version."""

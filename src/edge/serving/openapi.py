@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import re
 from typing import Any
 
 import edge
@@ -47,6 +46,13 @@ _SCHEMAS: dict[str, Any] = {
         },
     },
     "Model": {
+        "type": "object",
+        "description": "Which model answered.",
+        "required": ["name", "version"],
+        "additionalProperties": False,
+        "properties": {"name": {"type": "string"}, "version": {"type": "string"}},
+    },
+    "ModelMetadata": {
         "type": "object",
         "description": "The model's metadata.json as written at training time: name, version, "
         "class names, creation time and lineage.",
@@ -129,8 +135,12 @@ def _predict_operation(
                 "content": {"application/json": {"schema": {"$ref": "#/components/schemas/PredictResponse"}}},
             },
             "400": _error("Malformed body or an invalid instance (named by index)."),
+            "408": _error("The body did not arrive within the body timeout."),
             "413": _error("Body larger than the limit, or too many instances."),
-            "503": _error("The model is still loading."),
+            "503": {
+                **_error("The model is still loading, or the server is busy: retry after Retry-After."),
+                "headers": {"Retry-After": {"schema": {"type": "integer"}, "description": "Seconds."}},
+            },
         },
     }
     if named:
@@ -150,8 +160,27 @@ def _predict_operation(
     return operation
 
 
-def _openapi_path(flask_rule: str) -> str:
-    return re.sub(r"<(?:[^:<>]+:)?([^<>]+)>", r"{\1}", flask_rule)
+def _metadata_operation(model_name: str | None) -> dict[str, Any]:
+    name_schema: dict[str, Any] = {"type": "string"}
+    if model_name is not None:
+        name_schema["example"] = model_name
+    return {
+        "get": {
+            "summary": "The served model's metadata and lineage",
+            "operationId": "modelMetadata",
+            "parameters": [{"name": "name", "in": "path", "required": True, "schema": name_schema}],
+            "responses": {
+                "200": {
+                    "description": "metadata.json of the model that serves now.",
+                    "content": {
+                        "application/json": {"schema": {"$ref": "#/components/schemas/ModelMetadata"}}
+                    },
+                },
+                "404": _error("No model of that name is served here."),
+                "503": _error("The model is still loading."),
+            },
+        }
+    }
 
 
 def build_document(
@@ -159,6 +188,7 @@ def build_document(
     health_route: str,
     predict_route: str,
     named_route: str,
+    metadata_route: str | None = None,
     max_instances: int,
     max_bytes: int,
     model_name: str | None,
@@ -190,9 +220,8 @@ def build_document(
         "paths": {
             health_route: health,
             predict_route: {"post": _predict_operation(max_instances, max_bytes, False, None)},
-            _openapi_path(named_route): {
-                "post": _predict_operation(max_instances, max_bytes, True, model_name)
-            },
+            named_route: {"post": _predict_operation(max_instances, max_bytes, True, model_name)},
+            **({metadata_route: _metadata_operation(model_name)} if metadata_route else {}),
             "/metrics": {
                 "get": {
                     "summary": "Prometheus metrics",

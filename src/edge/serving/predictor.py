@@ -8,7 +8,9 @@ from __future__ import annotations
 
 import base64
 import binascii
+import hashlib
 import io
+import json
 import math
 import threading
 import warnings
@@ -59,7 +61,13 @@ def _is_number(value: Any) -> bool:
     return isinstance(value, int | float) and not isinstance(value, bool)
 
 
+_NUMBER_TYPES = frozenset({int, float})
+
+
 def _check_numbers(index: int, values: Sequence[Any], where: str) -> None:
+    # The common case, all ints or floats, is checked in C; the loop below only names the culprit.
+    if set(map(type, values)) <= _NUMBER_TYPES:
+        return
     for position, value in enumerate(values):
         if not _is_number(value):
             raise InstanceError(index, f"{where}[{position}] is {_describe(value)}, expected a number 0-255")
@@ -72,10 +80,17 @@ def _decode_b64_image(index: int, payload: Any) -> np.ndarray:
         raise InstanceError(index, f"b64 is {_describe(payload)}, expected a base64 string")
     if len(payload) > MAX_B64_CHARS:
         raise InstanceError(index, f"b64 is {len(payload)} characters, more than the {MAX_B64_CHARS} allowed")
+    # GNU base64 wraps its output every 76 characters: line breaks carry no data, so they are dropped.
+    if "\n" in payload or "\r" in payload:
+        payload = payload.replace("\r", "").replace("\n", "")
     try:
         raw = base64.b64decode(payload, validate=True)
     except (binascii.Error, ValueError) as exc:
-        raise InstanceError(index, f"b64 is not valid base64 ({exc})") from exc
+        raise InstanceError(
+            index,
+            f"b64 is not valid base64 ({exc}); send standard base64 (A-Z, a-z, 0-9, +, / and = padding), "
+            "for example the output of `base64 -w0 image.png`",
+        ) from exc
     try:
         # Any pixel-count warning is an error: only a 28x28 image is acceptable anyway.
         with warnings.catch_warnings():
@@ -253,21 +268,39 @@ class Predictor:
             )
         return cls(_ServingFunction(serve, loaded, tf.constant), metadata)
 
+    @property
+    def fingerprint(self) -> str:
+        """Return a digest of the metadata, which changes whenever a new model is published."""
+        return metadata_fingerprint(self.metadata)
+
+    def serve(self, batch: np.ndarray) -> np.ndarray:
+        """Return the (N, classes) probabilities of a float32 (N, 28, 28) batch."""
+        return self._serve(batch)
+
     def predict(self, batch: np.ndarray) -> list[Prediction]:
         """Run the serving function on a float32 (N, 28, 28) batch."""
-        probabilities = self._serve(batch)
+        return self.to_predictions(self._serve(batch))
+
+    def to_predictions(self, probabilities: np.ndarray) -> list[Prediction]:
+        """Turn rows of probabilities into predictions named with this model's classes."""
         results = []
-        for row in probabilities.astype(float):
-            class_id = int(row.argmax())
+        for row in probabilities.astype(float).tolist():
+            class_id = max(range(len(row)), key=row.__getitem__)
             results.append(
                 Prediction(
                     label=self.class_names[class_id],
                     class_id=class_id,
-                    confidence=float(row[class_id]),
-                    probabilities={name: float(p) for name, p in zip(self.class_names, row, strict=True)},
+                    confidence=row[class_id],
+                    probabilities=dict(zip(self.class_names, row, strict=True)),
                 )
             )
         return results
+
+
+def metadata_fingerprint(metadata: dict[str, Any]) -> str:
+    """Return a digest of a model's metadata, independent of key order and formatting."""
+    canonical = json.dumps(metadata, sort_keys=True, separators=(",", ":"), default=str)
+    return hashlib.sha256(canonical.encode()).hexdigest()
 
 
 class _ServingFunction:
@@ -341,4 +374,5 @@ __all__ = [
     "decode_instance",
     "decode_instances",
     "load_from_uri",
+    "metadata_fingerprint",
 ]

@@ -190,8 +190,11 @@ def run_training(
             if on_epoch_end:
                 on_epoch_end(epoch, row)
 
+        # The model names its run (and the registry entry names both): model, run and registry
+        # point at each other. The uuid is the run's key in the journal and in MongoDB alike.
+        run_lineage = {**lineage, "tracking_run_id": recorder.info["run_uuid"]}
         result, metadata = pipeline.train_stage(
-            prepared_dir, model_dir, reports_dir, settings.train, lineage, on_epoch_end=epoch_end
+            prepared_dir, model_dir, reports_dir, settings.train, run_lineage, on_epoch_end=epoch_end
         )
         _test, scores = pipeline.score_on_test(prepared_dir, model_dir)
         summary = {

@@ -85,7 +85,12 @@ class ModelClient:
                     "confidence": float(prediction["confidence"]),
                     "probabilities": {str(k): float(v) for k, v in dict(prediction["probabilities"]).items()},
                 },
-                "model": dict(body.get("model") or {}),
+                # Which model answered, nothing more: the lineage is not for the public page.
+                "model": {
+                    key: str(value)
+                    for key, value in dict(body.get("model") or {}).items()
+                    if key in ("name", "version")
+                },
             }
         except (ValueError, KeyError, IndexError, TypeError) as exc:
             raise ModelServerError("The model server sent an answer we could not understand.") from exc

@@ -1,0 +1,76 @@
+"""`edge model`: the release gate, and the model's entry in the Vertex AI Model Registry."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated, Any
+
+import typer
+
+from edge import gate, storage
+from edge.cli.common import console, fail, friendly_errors, out
+from edge.pipeline import Params, load_params, score_on_test
+
+app = typer.Typer(help="Gate a model against production and register it in Vertex AI.", no_args_is_help=True)
+
+NO_PRODUCTION = "none"
+
+
+@app.command("gate")
+def gate_command(
+    production: Annotated[
+        str,
+        typer.Option(
+            help="The production model to compare with: a model directory (local or gs://), or "
+            f"'{NO_PRODUCTION}' for the very first release (floors only).",
+        ),
+    ],
+    candidate: Annotated[str, typer.Option(help="The candidate model directory (local or gs://).")] = (
+        "models"
+    ),
+    prepared_dir: Annotated[str, typer.Option(help="The prepared splits; the test split is used.")] = (
+        "data/prepared"
+    ),
+    params: Annotated[Path, typer.Option("--params", help="The experiment settings file.")] = Path(
+        "params.yaml"
+    ),
+    report_dir: Annotated[str, typer.Option(help="Where to write gate.md and gate.json.")] = "reports/gate",
+) -> None:
+    """Compare the candidate with production on the same test split; exit 1 when the gate fails."""
+    with friendly_errors():
+        settings = load_params(params)
+        production_dir = None if production == NO_PRODUCTION else production
+        report = run_gate(candidate, production_dir, prepared_dir, settings)
+        storage.makedirs(report_dir)
+        storage.write_text(storage.join(report_dir, gate.REPORT_JSON), report.to_json())
+        storage.write_text(storage.join(report_dir, gate.REPORT_MARKDOWN), report.to_markdown())
+    out.print(report.to_markdown(), markup=False, highlight=False)
+    if not report.passed:
+        names = ", ".join(c.name for c in report.failures())
+        fail(f"release gate failed ({names}); see {storage.join(report_dir, gate.REPORT_MARKDOWN)}")
+    console.print(f"Release gate passed; report in {report_dir}.")
+
+
+def run_gate(
+    candidate_dir: str, production_dir: str | None, prepared_dir: str, settings: Params
+) -> gate.GateReport:
+    """Score both models on the test split of `prepared_dir` and judge the candidate."""
+    from edge.model import read_metadata
+
+    test, candidate_eval = score_on_test(prepared_dir, candidate_dir)
+    candidate = gate.Scored.of(_identity(candidate_dir, read_metadata(candidate_dir)), candidate_eval)
+    production = None
+    if production_dir is not None:
+        _, production_eval = score_on_test(prepared_dir, production_dir)
+        production = gate.Scored.of(_identity(production_dir, read_metadata(production_dir)), production_eval)
+    split = gate.split_identity(storage.read_bytes(storage.join(prepared_dir, "test.npz")), len(test.labels))
+    return gate.judge(candidate, production, settings.gate, settings.evaluate.min_accuracy, split)
+
+
+def _identity(model_dir: str, metadata: dict[str, Any]) -> dict[str, Any]:
+    lineage = metadata.get("lineage") or {}
+    return {
+        "dir": model_dir,
+        "version": metadata.get("version"),
+        "tracking_run_id": lineage.get("tracking_run_id"),
+    }

@@ -1,0 +1,146 @@
+"""The one place that builds Google clients: credentials, REST transport and endpoint overrides.
+
+Every other cloud module asks a `Clients` for what it needs, so pointing the whole tool at another
+endpoint (Private Service Connect, or a local stand-in on 127.0.0.1) is a setting, not a patch per
+call site. REST everywhere: one transport to reason about, and the one a local stand-in can speak.
+"""
+
+from __future__ import annotations
+
+from functools import cached_property
+from typing import Any
+
+from edge.cloud.errors import CloudError
+from edge.cloud.settings import Settings
+
+SCOPES = ("https://www.googleapis.com/auth/cloud-platform",)
+PUBLIC = {
+    "iam": "https://iam.googleapis.com",
+    "storage": "https://storage.googleapis.com",
+}
+
+
+class Clients:
+    """Google clients for one settings object, built on first use and then reused."""
+
+    def __init__(self, settings: Settings) -> None:
+        self.settings = settings
+
+    @cached_property
+    def credentials(self) -> Any:
+        """Application-default credentials, or anonymous ones when the settings ask for a stand-in."""
+        if self.settings.endpoints.credentials == "anonymous":
+            from google.auth.credentials import AnonymousCredentials
+
+            return AnonymousCredentials()  # type: ignore[no-untyped-call]
+        import google.auth
+        import google.auth.exceptions
+
+        try:
+            credentials, _project = google.auth.default(scopes=list(SCOPES))
+        except google.auth.exceptions.DefaultCredentialsError:
+            raise CloudError(
+                "no Google credentials found: run `gcloud auth application-default login` (or set "
+                "GOOGLE_APPLICATION_CREDENTIALS on a CI runner), then try again"
+            ) from None
+        return credentials
+
+    def _options(self, api: str) -> dict[str, str]:
+        endpoint = self.settings.endpoint(api)
+        return {"api_endpoint": endpoint} if endpoint else {}
+
+    def service_usage(self) -> Any:
+        from google.cloud import service_usage_v1
+
+        return service_usage_v1.ServiceUsageClient(
+            credentials=self.credentials, transport="rest", client_options=self._options("serviceusage")
+        )
+
+    def artifact_registry(self) -> Any:
+        from google.cloud import artifactregistry_v1
+
+        return artifactregistry_v1.ArtifactRegistryClient(
+            credentials=self.credentials, transport="rest", client_options=self._options("artifactregistry")
+        )
+
+    def secret_manager(self) -> Any:
+        from google.cloud import secretmanager_v1
+
+        return secretmanager_v1.SecretManagerServiceClient(
+            credentials=self.credentials, transport="rest", client_options=self._options("secretmanager")
+        )
+
+    def projects(self) -> Any:
+        from google.cloud import resourcemanager_v3
+
+        return resourcemanager_v3.ProjectsClient(
+            credentials=self.credentials, transport="rest", client_options=self._options("resourcemanager")
+        )
+
+    def storage(self) -> Any:
+        """The Cloud Storage client, for managing the bucket itself (objects go through edge.storage)."""
+        from google.cloud import storage  # type: ignore[attr-defined]
+
+        return storage.Client(
+            project=self.settings.project,
+            credentials=self.credentials,
+            client_options=self._options("storage"),
+        )
+
+    def iam(self) -> IamRest:
+        """IAM's REST API: its Python client (iam_admin_v1) has no REST transport, only gRPC."""
+        from google.auth.transport.requests import AuthorizedSession
+
+        session = AuthorizedSession(self.credentials)  # type: ignore[no-untyped-call]
+        return IamRest(session, self.settings.endpoint("iam") or PUBLIC["iam"])
+
+    def aiplatform(self) -> Any:
+        """The Vertex AI SDK, initialised for this project (process-wide: the SDK keeps it globally)."""
+        from google.cloud import aiplatform
+
+        aiplatform.init(
+            project=self.settings.project,
+            location=self.settings.region,
+            credentials=self.credentials,
+            staging_bucket=self.settings.bucket_uri,
+            api_endpoint=self.settings.endpoint("aiplatform"),
+            api_transport="rest",
+        )
+        return aiplatform
+
+
+class IamRest:
+    """The few IAM calls setup needs, over IAM's documented REST API with an authorized session."""
+
+    TIMEOUT = 30
+
+    def __init__(self, session: Any, base: str) -> None:
+        self.session = session
+        self.base = base.rstrip("/")
+
+    def get_service_account(self, project: str, email: str) -> dict[str, Any] | None:
+        """The service account, or None when it does not exist."""
+        response = self.session.get(
+            f"{self.base}/v1/projects/{project}/serviceAccounts/{email}", timeout=self.TIMEOUT
+        )
+        if response.status_code == 404:
+            return None
+        _raise_for_status(response)
+        return response.json()  # type: ignore[no-any-return]
+
+    def create_service_account(self, project: str, account_id: str, display_name: str) -> dict[str, Any]:
+        response = self.session.post(
+            f"{self.base}/v1/projects/{project}/serviceAccounts",
+            json={"accountId": account_id, "serviceAccount": {"displayName": display_name}},
+            timeout=self.TIMEOUT,
+        )
+        _raise_for_status(response)
+        return response.json()  # type: ignore[no-any-return]
+
+
+def _raise_for_status(response: Any) -> None:
+    """Raise the same api_core exception the official clients raise for this HTTP error."""
+    if response.status_code >= 400:
+        from google.api_core import exceptions
+
+        raise exceptions.from_http_response(response)  # type: ignore[no-untyped-call]

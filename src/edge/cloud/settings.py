@@ -1,0 +1,350 @@
+"""`edge.yaml`: the project's cloud settings, one validated object that says what to fix when wrong.
+
+Experiment settings live in params.yaml; where things run in Google Cloud lives here. Every Google
+API endpoint can be overridden (in the `endpoints:` block or with `EDGE_<API>_ENDPOINT`), for Private
+Service Connect or to point the whole tool at local stand-ins: that is how the tests reach 127.0.0.1.
+No Google SDK is imported here, so `edge config` stays fast.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+SCHEMA_VERSION = 1
+CONFIG_ENV = "EDGE_CONFIG"
+DEFAULT_PATH = Path("edge.yaml")
+
+# Regions where Vertex AI custom training, Artifact Registry and Secret Manager are all offered.
+REGIONS = (
+    "europe-west2",
+    "europe-west1",
+    "europe-west3",
+    "europe-west4",
+    "europe-west6",
+    "europe-west9",
+    "europe-north1",
+    "europe-southwest1",
+    "us-central1",
+    "us-east1",
+    "us-east4",
+    "us-south1",
+    "us-west1",
+    "us-west2",
+    "us-west4",
+    "northamerica-northeast1",
+    "northamerica-northeast2",
+    "southamerica-east1",
+    "asia-east1",
+    "asia-east2",
+    "asia-northeast1",
+    "asia-northeast3",
+    "asia-south1",
+    "asia-southeast1",
+    "australia-southeast1",
+    "me-west1",
+)
+
+# Machine families Vertex AI custom training accepts, with the vCPU counts each comes in.
+MACHINE_FAMILIES: dict[str, tuple[int, ...]] = {
+    "n1-standard": (4, 8, 16, 32, 64, 96),
+    "n1-highmem": (2, 4, 8, 16, 32, 64, 96),
+    "n1-highcpu": (16, 32, 64, 96),
+    "n2-standard": (4, 8, 16, 32, 48, 64, 80),
+    "n2-highmem": (2, 4, 8, 16, 32, 48, 64, 80),
+    "n2-highcpu": (16, 32, 48, 64, 80),
+    "e2-standard": (4, 8, 16, 32),
+    "e2-highmem": (2, 4, 8, 16),
+    "e2-highcpu": (16, 32),
+    "c2-standard": (4, 8, 16, 30, 60),
+    "g2-standard": (4, 8, 12, 16, 24, 32, 48, 96),
+    "a2-highgpu": (1, 2, 4, 8),
+}
+MACHINE_TYPES = tuple(f"{family}-{n}" for family, sizes in MACHINE_FAMILIES.items() for n in sizes)
+ACCELERATORS = (
+    "NVIDIA_TESLA_T4",
+    "NVIDIA_L4",
+    "NVIDIA_TESLA_V100",
+    "NVIDIA_TESLA_P100",
+    "NVIDIA_TESLA_P4",
+    "NVIDIA_TESLA_A100",
+    "NVIDIA_A100_80GB",
+)
+
+# The APIs Edge calls; each may be given another endpoint (`endpoints.<name>` or EDGE_<NAME>_ENDPOINT).
+APIS = (
+    "aiplatform",
+    "storage",
+    "serviceusage",
+    "artifactregistry",
+    "iam",
+    "secretmanager",
+    "resourcemanager",
+)
+
+_PROJECT = re.compile(r"^[a-z][a-z0-9-]{4,28}[a-z0-9]$")
+_BUCKET = re.compile(r"^[a-z0-9][a-z0-9_-]{1,61}[a-z0-9]$")
+_ACCOUNT = re.compile(r"^[a-z][a-z0-9-]{4,28}[a-z0-9]$")
+_REPOSITORY = re.compile(r"^[a-z]([a-z0-9-]{0,61}[a-z0-9])?$")
+_SECRET = re.compile(r"^[A-Za-z0-9_-]{1,255}$")
+
+
+class SettingsError(ValueError):
+    """edge.yaml is missing or wrong; the message names the field and how to fix it."""
+
+
+class Endpoints(BaseModel):
+    """Where each Google API is reached; unset means Google's public endpoint."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    aiplatform: str | None = None
+    storage: str | None = None
+    serviceusage: str | None = None
+    artifactregistry: str | None = None
+    iam: str | None = None
+    secretmanager: str | None = None
+    resourcemanager: str | None = None
+    # The Docker registry images are pushed to, instead of Artifact Registry (a local registry).
+    registry: str | None = None
+    # `anonymous` only for local stand-ins: no credentials are looked up or sent.
+    credentials: Literal["default", "anonymous"] = "default"
+
+    @field_validator(*APIS)
+    @classmethod
+    def _url(cls, value: str | None) -> str | None:
+        if value is not None and not re.match(r"^https?://[^/\s]+", value):
+            raise ValueError(
+                f"{value!r} is not an endpoint URL; write it with its scheme, e.g. "
+                "https://europe-west2-aiplatform.googleapis.com or http://127.0.0.1:8085"
+            )
+        return value.rstrip("/") if value else value
+
+
+class Settings(BaseModel):
+    """Everything Edge needs to know about the Google Cloud project it works in."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    schema_version: int = SCHEMA_VERSION
+    project: str = Field(description="Google Cloud project id")
+    region: str = Field(default="europe-west2", description="Region for Vertex AI, bucket and registry")
+    bucket: str = Field(description="Cloud Storage bucket for data, models and job outputs")
+    repository: str = Field(default="edge", description="Artifact Registry Docker repository")
+    service_account: str = Field(default="edge-jobs", description="Service account id the jobs run as")
+    machine_type: str = Field(default="n1-standard-4", description="Machine type for training jobs")
+    accelerator_type: str | None = Field(default=None, description="GPU for training jobs, or none")
+    accelerator_count: int = Field(default=0, ge=0, le=8, description="How many GPUs")
+    train_on: Literal["local", "vertex"] = Field(
+        default="local", description="Where `edge pipeline train` (and so `dvc repro`) trains"
+    )
+    job_timeout_minutes: int = Field(default=60, ge=1, le=7 * 24 * 60, description="Training job limit")
+    tracking_secret: str = Field(
+        default="edge-tracking-url", description="Secret Manager secret holding the MongoDB URL"
+    )
+    endpoint_name: str = Field(default="edge-fashion-mnist", description="Vertex AI endpoint name")
+    endpoints: Endpoints = Field(default_factory=Endpoints)
+
+    @field_validator("schema_version")
+    @classmethod
+    def _schema(cls, value: int) -> int:
+        if value != SCHEMA_VERSION:
+            raise ValueError(
+                f"schema version {value} is not supported (this Edge reads version {SCHEMA_VERSION}); "
+                "run `edge config` to write a current file"
+            )
+        return value
+
+    @field_validator("project")
+    @classmethod
+    def _project(cls, value: str) -> str:
+        if not _PROJECT.match(value):
+            raise ValueError(
+                f"{value!r} is not a project id: 6-30 lowercase letters, digits and dashes, starting "
+                "with a letter and not ending with a dash (see `gcloud projects list`)"
+            )
+        return value
+
+    @field_validator("region")
+    @classmethod
+    def _region(cls, value: str) -> str:
+        if value not in REGIONS:
+            raise ValueError(f"{value!r} is not a Vertex AI region; choose one of {', '.join(REGIONS)}")
+        return value
+
+    @field_validator("bucket")
+    @classmethod
+    def _bucket(cls, value: str) -> str:
+        value = value.removeprefix("gs://").rstrip("/")
+        if not _BUCKET.match(value) or value.startswith("goog") or "google" in value:
+            raise ValueError(
+                f"{value!r} is not a bucket name: 3-63 lowercase letters, digits, dashes and "
+                "underscores, starting and ending with a letter or digit, without 'goog' (e.g. "
+                "<project>-edge)"
+            )
+        return value
+
+    @field_validator("repository")
+    @classmethod
+    def _repository(cls, value: str) -> str:
+        if not _REPOSITORY.match(value):
+            raise ValueError(
+                f"{value!r} is not a repository id: lowercase letters, digits and dashes, starting "
+                "with a letter, at most 63 characters"
+            )
+        return value
+
+    @field_validator("service_account")
+    @classmethod
+    def _account(cls, value: str) -> str:
+        value = value.split("@", 1)[0]
+        if not _ACCOUNT.match(value):
+            raise ValueError(
+                f"{value!r} is not a service account id: 6-30 lowercase letters, digits and dashes, "
+                "starting with a letter (e.g. edge-jobs)"
+            )
+        return value
+
+    @field_validator("machine_type")
+    @classmethod
+    def _machine(cls, value: str) -> str:
+        if value not in MACHINE_TYPES:
+            families = ", ".join(f"{f}-{{{','.join(map(str, n))}}}" for f, n in MACHINE_FAMILIES.items())
+            raise ValueError(f"{value!r} is not a machine type Vertex AI trains on; choose from {families}")
+        return value
+
+    @field_validator("accelerator_type")
+    @classmethod
+    def _accelerator(cls, value: str | None) -> str | None:
+        if value in (None, "", "none", "NONE"):
+            return None
+        if value not in ACCELERATORS:
+            raise ValueError(f"{value!r} is not a known accelerator; choose one of {', '.join(ACCELERATORS)}")
+        return value
+
+    @field_validator("tracking_secret")
+    @classmethod
+    def _secret(cls, value: str) -> str:
+        if not _SECRET.match(value):
+            raise ValueError(f"{value!r} is not a secret id: letters, digits, dashes and underscores")
+        return value
+
+    @field_validator("endpoint_name")
+    @classmethod
+    def _endpoint(cls, value: str) -> str:
+        if not 1 <= len(value) <= 128:
+            raise ValueError("an endpoint name has 1 to 128 characters")
+        return value
+
+    @model_validator(mode="after")
+    def _gpus(self) -> Settings:
+        if self.accelerator_type and self.accelerator_count == 0:
+            self.accelerator_count = 1
+        if not self.accelerator_type and self.accelerator_count:
+            raise ValueError("accelerator_count is set but accelerator_type is not: name the GPU or set 0")
+        return self
+
+    # What the other cloud modules derive from the settings, in one place.
+    @property
+    def service_account_email(self) -> str:
+        return f"{self.service_account}@{self.project}.iam.gserviceaccount.com"
+
+    @property
+    def image_registry(self) -> str:
+        """Where images are pushed: Artifact Registry's repository, unless a registry is configured."""
+        return self.endpoints.registry or f"{self.region}-docker.pkg.dev/{self.project}/{self.repository}"
+
+    @property
+    def bucket_uri(self) -> str:
+        return f"gs://{self.bucket}"
+
+    @property
+    def dvc_remote_uri(self) -> str:
+        return f"gs://{self.bucket}/dvc"
+
+    def endpoint(self, api: str) -> str | None:
+        """The endpoint override for `api` (one of APIS), or None for Google's own."""
+        return getattr(self.endpoints, api)  # type: ignore[no-any-return]
+
+    def to_yaml(self) -> str:
+        data = self.model_dump(mode="json", exclude_none=False)
+        endpoints = {k: v for k, v in data.pop("endpoints").items() if v not in (None, "default")}
+        if endpoints:
+            data["endpoints"] = endpoints
+        return yaml.safe_dump(data, sort_keys=False)
+
+
+def config_path(path: Path | None = None) -> Path:
+    """The settings file: `path`, else $EDGE_CONFIG, else edge.yaml in the current directory."""
+    return path or Path(os.environ.get(CONFIG_ENV) or DEFAULT_PATH)
+
+
+def env_overrides(environ: dict[str, str] | None = None) -> dict[str, Any]:
+    """Endpoint overrides from the environment: EDGE_<API>_ENDPOINT, EDGE_REGISTRY, EDGE_CREDENTIALS."""
+    env = os.environ if environ is None else environ
+    found: dict[str, Any] = {}
+    for api in APIS:
+        value = env.get(f"EDGE_{api.upper()}_ENDPOINT")
+        if value:
+            found[api] = value
+    if env.get("EDGE_REGISTRY"):
+        found["registry"] = env["EDGE_REGISTRY"]
+    if env.get("EDGE_CREDENTIALS"):
+        found["credentials"] = env["EDGE_CREDENTIALS"]
+    return found
+
+
+def validate(data: dict[str, Any], source: str = "edge.yaml") -> Settings:
+    """Build Settings from a mapping; a mistake becomes one SettingsError naming each bad field."""
+    try:
+        return Settings.model_validate(data)
+    except ValidationError as exc:
+        raise SettingsError(describe(exc, source)) from None
+
+
+def describe(exc: ValidationError, source: str) -> str:
+    """One line per problem: `<source>: <field>: <what is wrong and how to fix it>`."""
+    lines = []
+    for error in exc.errors():
+        where = ".".join(str(part) for part in error["loc"]) or "(file)"
+        message = str(error["msg"]).removeprefix("Value error, ")
+        if error["type"] == "missing":
+            message = f"missing; set it with `edge config --{where.replace('_', '-')} ...`"
+        elif error["type"] == "extra_forbidden":
+            message = "unknown setting; remove it (see `edge config show` for the known ones)"
+        lines.append(f"{source}: {where}: {message}")
+    return "\n".join(lines)
+
+
+def load(path: Path | None = None, environ: dict[str, str] | None = None) -> Settings:
+    """Read edge.yaml (and the endpoint overrides in the environment) and validate it."""
+    file = config_path(path)
+    try:
+        raw = yaml.safe_load(file.read_text()) or {}
+    except FileNotFoundError:
+        raise SettingsError(
+            f"{file} not found: run `edge config` first (or set {CONFIG_ENV} to the settings file)"
+        ) from None
+    except yaml.YAMLError as exc:
+        raise SettingsError(f"{file} is not valid YAML: {exc}") from None
+    if not isinstance(raw, dict):
+        raise SettingsError(f"{file} must be a mapping of settings; run `edge config` to rewrite it")
+    overrides = env_overrides(environ)
+    if overrides:
+        raw["endpoints"] = {**(raw.get("endpoints") or {}), **overrides}
+    return validate(raw, str(file))
+
+
+def save(settings: Settings, path: Path | None = None) -> Path:
+    """Write edge.yaml atomically; it holds no secret, so it may be committed."""
+    file = config_path(path)
+    header = "# Edge's cloud settings (`edge config` writes this file; `edge config show` prints it).\n"
+    tmp = file.with_name(f".{file.name}.tmp")
+    tmp.write_text(header + settings.to_yaml())
+    tmp.replace(file)
+    return file

@@ -1,0 +1,202 @@
+"""The release gate: may a candidate model replace the one in production?
+
+Both models are scored on the same test split by the code the evaluate stage uses; `judge` then
+compares the two evaluations against the rules of the `gate` block of params.yaml (and the accuracy
+floor of `evaluate.min_accuracy`). It is pure: the CLI (`edge model gate`) does the I/O, writes the
+report as Markdown and JSON and exits non-zero when the gate fails, which stops a deployment in CI
+and by hand (`edge deploy` reads the JSON report).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from collections.abc import Mapping
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+from edge.data import CLASS_NAMES
+from edge.evaluate import Evaluation
+
+REPORT_JSON = "gate.json"
+REPORT_MARKDOWN = "gate.md"
+
+
+@dataclass(frozen=True)
+class GateParams:
+    """The `gate` block of params.yaml; the accuracy floor is `evaluate.min_accuracy`."""
+
+    # How much test accuracy the candidate may lose against production (absolute, 0.005 = 0.5 points).
+    max_regression: float = 0.005
+    # Every class's recall must reach this, so a model cannot buy its average with one class.
+    min_class_recall: float = 0.6
+    # Stricter or looser floors for named classes, e.g. {"Shirt": 0.5}: the hard class of the set.
+    class_recall: Mapping[str, float] = field(default_factory=dict)
+
+    @classmethod
+    def from_dict(cls, raw: Mapping[str, Any]) -> GateParams:
+        """Build from a params.yaml block, rejecting unknown keys, classes and values out of range."""
+        unknown = set(raw) - set(cls.__dataclass_fields__)
+        if unknown:
+            raise ValueError(f"unknown gate parameter(s) {sorted(unknown)} in params.yaml")
+        params = cls(**{**raw, "class_recall": dict(raw.get("class_recall") or {})})
+        bad_classes = set(params.class_recall) - set(CLASS_NAMES)
+        if bad_classes:
+            raise ValueError(
+                f"gate.class_recall names unknown class(es) {sorted(bad_classes)} in params.yaml; "
+                f"the classes are {list(CLASS_NAMES)}"
+            )
+        floors = [params.max_regression, params.min_class_recall, *params.class_recall.values()]
+        if not all(0 <= float(v) <= 1 for v in floors):
+            raise ValueError(
+                "gate.max_regression and the recall floors must be between 0 and 1 in params.yaml"
+            )
+        return params
+
+    def recall_floor(self, class_name: str) -> float:
+        return float(self.class_recall.get(class_name, self.min_class_recall))
+
+
+@dataclass(frozen=True)
+class Check:
+    """One rule of the gate, what was observed and whether it passed."""
+
+    name: str
+    passed: bool
+    observed: float | None
+    threshold: float | None
+    detail: str
+
+
+@dataclass(frozen=True)
+class Scored:
+    """A model's identity and its scores on the test split."""
+
+    model: Mapping[str, Any]  # what names it: version, source directory or registry entry
+    accuracy: float
+    loss: float
+    recall: Mapping[str, float]
+
+    @classmethod
+    def of(cls, model: Mapping[str, Any], evaluation: Evaluation) -> Scored:
+        per_class = evaluation.per_class()
+        return cls(
+            dict(model),
+            round(evaluation.accuracy, 4),
+            round(evaluation.loss, 4),
+            {name: per_class[name]["recall"] for name in CLASS_NAMES},
+        )
+
+
+@dataclass(frozen=True)
+class GateReport:
+    """The verdict with every check, both models' scores and the test split they were scored on."""
+
+    passed: bool
+    checks: list[Check]
+    candidate: Scored
+    production: Scored | None
+    test_split: Mapping[str, Any]
+    min_accuracy: float
+    rules: GateParams
+
+    def failures(self) -> list[Check]:
+        return [c for c in self.checks if not c.passed]
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "passed": self.passed,
+            "candidate": asdict(self.candidate),
+            "production": asdict(self.production) if self.production else None,
+            "test_split": dict(self.test_split),
+            "rules": {"min_accuracy": self.min_accuracy, **asdict(self.rules)},
+            "checks": [asdict(c) for c in self.checks],
+        }
+
+    def to_json(self) -> str:
+        return json.dumps(self.to_dict(), indent=2) + "\n"
+
+    def to_markdown(self) -> str:
+        verdict = "PASSED" if self.passed else "FAILED"
+        lines = [
+            f"# Release gate: {verdict}",
+            "",
+            f"Candidate `{_label(self.candidate.model)}` against "
+            + (f"production `{_label(self.production.model)}`" if self.production else "no production model")
+            + f", on the same test split ({self.test_split.get('count')} images, "
+            f"sha256 `{str(self.test_split.get('sha256', ''))[:12]}`).",
+            "",
+            "| check | observed | threshold | result |",
+            "| --- | ---: | ---: | --- |",
+        ]
+        for check in self.checks:
+            lines.append(
+                f"| {check.name} | {_fmt(check.observed)} | {_fmt(check.threshold)} | "
+                f"{'pass' if check.passed else '**FAIL**'}: {check.detail} |"
+            )
+        lines += [
+            "",
+            "| class | candidate recall | production recall | floor |",
+            "| --- | ---: | ---: | ---: |",
+        ]
+        for name in CLASS_NAMES:
+            production = self.production.recall[name] if self.production else None
+            lines.append(
+                f"| {name} | {self.candidate.recall[name]:.4f} | {_fmt(production)} | "
+                f"{self.rules.recall_floor(name):.4f} |"
+            )
+        return "\n".join(lines) + "\n"
+
+
+def _fmt(value: float | None) -> str:
+    return "-" if value is None else f"{value:.4f}"
+
+
+def _label(model: Mapping[str, Any]) -> str:
+    return str(model.get("registry") or model.get("version") or model.get("dir") or "?")
+
+
+def judge(
+    candidate: Scored,
+    production: Scored | None,
+    rules: GateParams,
+    min_accuracy: float,
+    test_split: Mapping[str, Any],
+) -> GateReport:
+    """Apply the gate's rules to a candidate's scores and (when there is one) production's."""
+    checks = [
+        Check(
+            "accuracy floor",
+            candidate.accuracy >= min_accuracy,
+            candidate.accuracy,
+            min_accuracy,
+            "test accuracy against evaluate.min_accuracy",
+        )
+    ]
+    if production is None:
+        checks.append(Check("no regression", True, None, None, "no production model yet: nothing to compare"))
+    else:
+        allowed = round(production.accuracy - rules.max_regression, 4)
+        change = candidate.accuracy - production.accuracy
+        checks.append(
+            Check(
+                "no regression",
+                candidate.accuracy >= allowed,
+                candidate.accuracy,
+                allowed,
+                f"{change:+.4f} against production's {production.accuracy:.4f} "
+                f"(gate.max_regression {rules.max_regression})",
+            )
+        )
+    for name in CLASS_NAMES:
+        floor = rules.recall_floor(name)
+        recall = candidate.recall[name]
+        checks.append(Check(f"recall of {name}", recall >= floor, recall, floor, "per-class floor"))
+    return GateReport(
+        all(c.passed for c in checks), checks, candidate, production, dict(test_split), min_accuracy, rules
+    )
+
+
+def split_identity(npz_bytes: bytes, count: int) -> dict[str, Any]:
+    """Name a test split by its content, so a report shows both models saw the very same images."""
+    return {"count": count, "sha256": hashlib.sha256(npz_bytes).hexdigest()}

@@ -1,0 +1,206 @@
+"""The drift report: one self-contained HTML page with its plots inline, and a JSON summary."""
+
+from __future__ import annotations
+
+import html
+import io
+import json
+from collections.abc import Sequence
+from datetime import UTC, datetime
+from typing import Any
+
+import numpy as np
+
+from edge import storage
+from edge.monitoring.drift import DriftResult, Record
+from edge.monitoring.profile import ReferenceProfile
+from edge.monitoring.settings import MonitoringSettings
+from edge.monitoring.summaries import HISTOGRAM_BINS, SCALARS
+
+REPORT_FILE = "report.html"
+SUMMARY_FILE = "summary.json"
+REFERENCE_COLOUR = "#4c72b0"
+RECENT_COLOUR = "#dd8452"
+
+
+def build_summary(
+    result: DriftResult,
+    windows: Sequence[DriftResult],
+    profile: ReferenceProfile,
+    settings: MonitoringSettings,
+    context: dict[str, Any],
+) -> dict[str, Any]:
+    """The report's content as JSON: for scripts, the webapp's status page and alert routing."""
+    return {
+        "generated": datetime.now(UTC).isoformat(timespec="seconds"),
+        **context,
+        "status": "alert" if result.alert else ("ok" if result.enough else "not enough data"),
+        "thresholds": {
+            "ks": settings.ks_threshold,
+            "ks_pvalue": settings.ks_pvalue,
+            "psi": settings.psi_threshold,
+            "chi2_pvalue": settings.chi2_pvalue,
+            "mmd_pvalue": settings.mmd_pvalue,
+            "min_records": settings.min_records,
+        },
+        "class_names": profile.class_names,
+        "reference_class_mix": profile.class_mix,
+        "reference_count": profile.count,
+        **result.to_dict(),
+        "over_time": [
+            {
+                "start": w.start,
+                "end": w.end,
+                "count": w.count,
+                "alert": w.alert,
+                "scores": {
+                    s.signal: round(s.statistic / s.threshold, 4) for s in w.scores if s.test != "chi2"
+                },
+            }
+            for w in windows
+        ],
+    }
+
+
+def _svg(figure: Any) -> str:
+    buffer = io.StringIO()
+    figure.savefig(buffer, format="svg", bbox_inches="tight")
+    import matplotlib.pyplot as plt
+
+    plt.close(figure)
+    text = buffer.getvalue()
+    # Drop the XML prologue and doctype: the SVG is inlined into HTML.
+    return text[text.index("<svg") :]
+
+
+def _plots(profile: ReferenceProfile, records: Sequence[Record], summary: dict[str, Any]) -> dict[str, str]:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    plt.rcParams.update({"font.size": 9, "svg.fonttype": "none", "svg.hashsalt": "edge"})
+    plots: dict[str, str] = {}
+
+    figure, axes = plt.subplots(1, 4, figsize=(13, 2.6))
+    for ax, name in zip(axes[:3], SCALARS, strict=True):
+        recent = [r["input"][name] for r in records]
+        bins = np.linspace(0, max(1e-6, *profile.inputs[name], *recent), 30)
+        ax.hist(
+            profile.inputs[name],
+            bins=bins,
+            density=True,
+            alpha=0.6,
+            label="reference",
+            color=REFERENCE_COLOUR,
+        )
+        if recent:
+            ax.hist(recent, bins=bins, density=True, alpha=0.6, label="recent", color=RECENT_COLOUR)
+        ax.set_title(f"input {name}")
+    edges = np.arange(HISTOGRAM_BINS)
+    pooled = (
+        np.mean([r["input"]["histogram"] for r in records], axis=0) if records else np.zeros(HISTOGRAM_BINS)
+    )
+    axes[3].bar(edges - 0.2, profile.intensity_histogram, 0.4, color=REFERENCE_COLOUR, label="reference")
+    axes[3].bar(edges + 0.2, pooled, 0.4, color=RECENT_COLOUR, label="recent")
+    axes[3].set_yscale("log")
+    axes[3].set_xticks(edges, [f"{int(256 / HISTOGRAM_BINS * i)}" for i in edges])
+    axes[3].set_title("pixel intensity (share, log)")
+    axes[0].legend(frameon=False)
+    plots["inputs"] = _svg(figure)
+
+    figure, (mix_ax, conf_ax) = plt.subplots(1, 2, figsize=(13, 2.8), gridspec_kw={"width_ratios": [3, 2]})
+    positions = np.arange(len(profile.class_names))
+    mix_ax.bar(positions - 0.2, profile.class_mix, 0.4, color=REFERENCE_COLOUR, label="reference")
+    mix_ax.bar(positions + 0.2, summary["recent_class_mix"], 0.4, color=RECENT_COLOUR, label="recent")
+    mix_ax.set_xticks(positions, profile.class_names, rotation=30, ha="right")
+    mix_ax.set_title("predicted-class mix")
+    mix_ax.legend(frameon=False)
+    bins = np.linspace(0, 1, 26)
+    conf_ax.hist(
+        profile.confidence, bins=bins, density=True, alpha=0.6, color=REFERENCE_COLOUR, label="reference"
+    )
+    if records:
+        recent = [r["confidence"] for r in records]
+        conf_ax.hist(recent, bins=bins, density=True, alpha=0.6, color=RECENT_COLOUR)
+    conf_ax.set_title("confidence of the predicted class")
+    plots["outputs"] = _svg(figure)
+
+    windows = summary["over_time"]
+    if windows:
+        figure, ax = plt.subplots(figsize=(13, 2.8))
+        # Naive UTC times: numpy keeps no time zone and warns when given one.
+        times = np.array([w["end"][:23] for w in windows], dtype="datetime64[ms]")
+        for signal in windows[0]["scores"]:
+            ax.plot(times, [w["scores"].get(signal, np.nan) for w in windows], marker="o", label=signal)
+        ax.axhline(1.0, color="#c44e52", linestyle="--", linewidth=1, label="alert threshold")
+        ax.set_ylabel("score / threshold")
+        ax.set_title("drift over time (each window's statistic relative to its threshold)")
+        ax.legend(frameon=False, fontsize=7, ncol=4)
+        figure.autofmt_xdate()
+        plots["over_time"] = _svg(figure)
+    return plots
+
+
+def _score_rows(summary: dict[str, Any]) -> str:
+    rows = []
+    for signal, score in summary["scores"].items():
+        p_value = "" if score["p_value"] is None else f"{score['p_value']:.3g}"
+        verdict = "ALERT" if score["alert"] else "ok"
+        rows.append(
+            f"<tr class='{verdict.lower()}'><td>{html.escape(signal)}</td><td>{score['test']}</td>"
+            f"<td>{score['statistic']:.4g}</td><td>{p_value}</td><td>{score['threshold']:g}</td>"
+            f"<td>{verdict}</td></tr>"
+        )
+    return "\n".join(rows)
+
+
+def render_html(summary: dict[str, Any], plots: dict[str, str]) -> str:
+    """Render the report page; everything (styles, plots) is inline so it can be mailed or archived."""
+    status = summary["status"]
+    colour = {"alert": "#c44e52", "ok": "#55a868"}.get(status, "#8c8c8c")
+    model = html.escape(f"{summary.get('model', '?')} {summary.get('version', '')}")
+    figures = "".join(f"<figure>{svg}</figure>" for svg in plots.values())
+    alerting = ", ".join(summary["alerting"]) or "none"
+    return f"""<!doctype html>
+<html lang="en"><head><meta charset="utf-8"><title>Edge drift report: {status}</title>
+<style>
+body {{ font-family: system-ui, sans-serif; margin: 1.5rem auto; max-width: 70rem; color: #222; }}
+.status {{ display: inline-block; padding: .2rem .7rem; border-radius: .3rem; color: white;
+          background: {colour}; font-weight: bold; text-transform: uppercase; }}
+table {{ border-collapse: collapse; margin: 1rem 0; }}
+td, th {{ padding: .25rem .8rem; border-bottom: 1px solid #ddd; text-align: left; }}
+tr.alert td {{ color: #c44e52; font-weight: bold; }}
+figure {{ margin: .5rem 0; }} figure svg {{ max-width: 100%; height: auto; }}
+.meta {{ color: #666; }}
+</style></head><body>
+<h1>Drift report <span class="status">{html.escape(status)}</span></h1>
+<p class="meta">Model {model} &middot; {summary["count"]} recent predictions from
+{html.escape(str(summary.get("start")))} to {html.escape(str(summary.get("end")))} &middot;
+reference: {summary["reference_count"]} validation images &middot; source
+{html.escape(str(summary.get("source")))} &middot; generated {summary["generated"]}</p>
+<p>Drifting signals: <strong>{html.escape(alerting)}</strong></p>
+<table><tr><th>signal</th><th>test</th><th>statistic</th><th>p-value</th><th>threshold</th><th></th></tr>
+{_score_rows(summary)}
+</table>
+{figures}
+</body></html>
+"""
+
+
+def write_report(
+    out_dir: str,
+    result: DriftResult,
+    windows: Sequence[DriftResult],
+    profile: ReferenceProfile,
+    records: Sequence[Record],
+    settings: MonitoringSettings,
+    context: dict[str, Any],
+) -> dict[str, Any]:
+    """Write report.html and summary.json into `out_dir` (a directory or gs:// prefix); return the summary."""
+    summary = build_summary(result, windows, profile, settings, context)
+    storage.write_text(storage.join(out_dir, SUMMARY_FILE), json.dumps(summary, indent=2) + "\n")
+    storage.write_text(
+        storage.join(out_dir, REPORT_FILE), render_html(summary, _plots(profile, records, summary))
+    )
+    return summary

@@ -1,0 +1,70 @@
+"""Monitoring settings: where the prediction log goes, how much it keeps, when drift is an alert.
+
+Runtime settings, not experiment settings: they come from `EDGE_MONITOR_*` environment variables
+(so the same image is configured by Compose, a laptop shell or a Vertex endpoint's env), are
+validated once, and a bad value stops with a message naming the variable.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
+ENV_PREFIX = "EDGE_MONITOR_"
+
+
+class MonitoringSettings(BaseModel):
+    """Prediction log and drift thresholds; every field is `EDGE_MONITOR_<FIELD>` in the environment."""
+
+    # A misspelt variable is an error rather than a setting silently left at its default.
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    # Where the JSONL files go: a local directory or a gs:// prefix. Unset: nothing is logged.
+    log: str | None = None
+    sample_rate: float = Field(1.0, ge=0.0, le=1.0)
+    # Requests waiting for the writer; beyond this they are dropped (and counted), never waited for.
+    queue_size: int = Field(10_000, ge=1)
+    # A file is written (whole) when it reaches any of these; a file per minute at most by default.
+    file_records: int = Field(5_000, ge=1)
+    file_bytes: int = Field(8_000_000, ge=1_000)
+    file_seconds: float = Field(60.0, gt=0)
+    # Raw 28x28 pixels in each record: 784 numbers, so off unless asked for.
+    log_inputs: bool = False
+    # Drift thresholds. KS and PSI are effect sizes, so they do not fire on tiny differences as soon
+    # as there is a lot of traffic, as p-values would; PSI 0.2 is the customary "significant shift".
+    ks_threshold: float = Field(0.1, gt=0, le=1)
+    # ...and a KS alert also needs this significance, so a few records cannot raise one by chance.
+    ks_pvalue: float = Field(0.01, gt=0, lt=1)
+    psi_threshold: float = Field(0.2, gt=0)
+    # The class mix compares counts, so a p-value is the natural scale; the small level keeps the
+    # false alarm rate low over many reports.
+    chi2_pvalue: float = Field(0.001, gt=0, lt=1)
+    # MMD's permutation test on embeddings: the p-value below which the embeddings have drifted.
+    mmd_pvalue: float = Field(0.01, gt=0, lt=1)
+    mmd_permutations: int = Field(500, ge=20)
+    # Fewer recent predictions than this and a report says "not enough data" rather than guessing.
+    min_records: int = Field(200, ge=10)
+    # The model server keeps this many recent records to publish drift gauges on /metrics.
+    window: int = Field(2_000, ge=10)
+    # Seconds between two drift computations in the server (each costs a few tens of milliseconds).
+    gauge_seconds: float = Field(15.0, gt=0)
+
+
+def load_settings(environ: Mapping[str, str] | None = None, **overrides: object) -> MonitoringSettings:
+    """Read the settings from `environ` (default: the process environment), with overrides."""
+    import os
+
+    source = os.environ if environ is None else environ
+    values: dict[str, object] = {
+        key[len(ENV_PREFIX) :].lower(): value for key, value in source.items() if key.startswith(ENV_PREFIX)
+    }
+    values.update({k: v for k, v in overrides.items() if v is not None})
+    try:
+        return MonitoringSettings.model_validate(values)
+    except ValidationError as exc:
+        problems = "; ".join(
+            f"{ENV_PREFIX}{'.'.join(str(p) for p in err['loc']).upper()}: {err['msg']}"
+            for err in exc.errors()
+        )
+        raise ValueError(f"invalid monitoring settings: {problems}") from None

@@ -1,0 +1,42 @@
+"""edge.cloud.clients: one setting points every client at another endpoint; no credentials, one clear line."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from edge.cloud import settings as cfg
+from edge.cloud.clients import Clients
+from edge.cloud.errors import CloudError
+from tests.standin.cloud import LocalCloud
+
+
+def test_no_application_default_credentials_is_one_clear_error(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.delenv("GOOGLE_APPLICATION_CREDENTIALS", raising=False)
+    monkeypatch.setenv("CLOUDSDK_CONFIG", str(tmp_path / "gcloud"))
+    monkeypatch.setenv("HOME", str(tmp_path))
+    clients = Clients(cfg.validate({"project": "edge-test-project", "bucket": "b-edge"}))
+    with pytest.raises(CloudError, match="gcloud auth application-default login"):
+        clients.secret_manager()
+
+
+def test_every_client_goes_to_its_configured_endpoint(cloud_env: LocalCloud) -> None:
+    clients = Clients(cfg.load())
+    project = "projects/edge-test-project"
+    clients.secret_manager().create_secret(
+        request={"parent": project, "secret_id": "s1", "secret": {"replication": {"automatic": {}}}}
+    )
+    list(clients.service_usage().list_services(request={"parent": project, "filter": "state:ENABLED"}))
+    clients.projects().get_iam_policy(request={"resource": project})
+    assert clients.iam().get_service_account("edge-test-project", "nobody@x.iam.gserviceaccount.com") is None
+    with pytest.raises(Exception, match="Requested entity was not found"):
+        clients.artifact_registry().get_repository(
+            name="projects/edge-test-project/locations/europe-west2/repositories/edge"
+        )
+    served = {entry.service for entry in cloud_env.log}
+    assert served == {"secretmanager", "serviceusage", "resourcemanager", "iam", "artifactregistry"}
+    # Anonymous credentials: nothing to leak, and no token request went anywhere.
+    assert all("authorization" not in entry.headers for entry in cloud_env.log)

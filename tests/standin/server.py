@@ -1,0 +1,357 @@
+"""An HTTP server on 127.0.0.1 that answers like a Google REST API: routing, errors, operations, a log.
+
+It shares nothing with `edge.cloud`: only the wire contract (../shared/cloud/vertex-rest-contract.md
+and google-clients-local.md), so the code under test is exercised through the real clients' own
+request serialisation.
+"""
+
+from __future__ import annotations
+
+import base64
+import itertools
+import json
+import re
+import threading
+from collections import Counter
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from http import HTTPStatus
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from typing import Any
+from urllib.parse import parse_qsl, unquote, urlsplit
+
+# google.rpc.Code names by HTTP status, as Google's REST gateways send them in error bodies.
+STATUS_NAMES = {
+    400: "INVALID_ARGUMENT",
+    401: "UNAUTHENTICATED",
+    403: "PERMISSION_DENIED",
+    404: "NOT_FOUND",
+    409: "ALREADY_EXISTS",
+    412: "FAILED_PRECONDITION",
+    429: "RESOURCE_EXHAUSTED",
+    500: "INTERNAL",
+    501: "UNIMPLEMENTED",
+    503: "UNAVAILABLE",
+}
+# gRPC codes, for errors inside long-running operations and jobs.
+GRPC_CODES = {
+    "INVALID_ARGUMENT": 3,
+    "NOT_FOUND": 5,
+    "ALREADY_EXISTS": 6,
+    "PERMISSION_DENIED": 7,
+    "RESOURCE_EXHAUSTED": 8,
+    "FAILED_PRECONDITION": 9,
+    "INTERNAL": 13,
+    "UNAVAILABLE": 14,
+}
+# What every gapic REST call appends; the real service then answers enums as integers.
+ALT_JSON = "json;enum-encoding=int"
+
+
+class ApiError(Exception):
+    """Raise in a handler to answer with Google's error body: {"error": {code, message, status}}."""
+
+    def __init__(self, http_status: int, message: str, status: str | None = None, details: Any = None):
+        super().__init__(message)
+        self.http_status = http_status
+        self.message = message
+        self.status = status or STATUS_NAMES.get(http_status, "UNKNOWN")
+        self.details = details or []
+
+    def body(self) -> dict[str, Any]:
+        error: dict[str, Any] = {"code": self.http_status, "message": self.message, "status": self.status}
+        if self.details:
+            error["details"] = self.details
+        return {"error": error}
+
+
+@dataclass
+class Request:
+    """One request as the stand-in saw it, after URL-decoding; what tests assert on."""
+
+    service: str
+    method: str
+    path: str
+    query: dict[str, str]
+    headers: dict[str, str]
+    body: Any
+    raw_body: bytes = b""
+    status: int = 0
+    params: dict[str, str] = field(default_factory=dict)
+
+    @property
+    def mutating(self) -> bool:
+        return self.method != "GET"
+
+    def __str__(self) -> str:
+        return f"{self.service} {self.method} {self.path} -> {self.status}"
+
+
+@dataclass
+class Reply:
+    """A handler's answer when it is not a plain 200 JSON body."""
+
+    body: Any
+    status: int = 200
+
+
+class RequestLog:
+    """Every request of every stand-in sharing this log, in order; thread-safe."""
+
+    def __init__(self) -> None:
+        self._entries: list[Request] = []
+        self._lock = threading.Lock()
+
+    def append(self, request: Request) -> None:
+        with self._lock:
+            self._entries.append(request)
+
+    def __iter__(self) -> Iterator[Request]:
+        with self._lock:
+            return iter(list(self._entries))
+
+    def __len__(self) -> int:
+        return len(self._entries)
+
+    def clear(self) -> None:
+        with self._lock:
+            self._entries.clear()
+
+    def find(
+        self, service: str | None = None, method: str | None = None, path: str | re.Pattern[str] | None = None
+    ) -> list[Request]:
+        """The requests matching each given criterion; `path` is a substring or a compiled regex."""
+        found = []
+        for entry in self:
+            if service and entry.service != service:
+                continue
+            if method and entry.method != method:
+                continue
+            if isinstance(path, str) and path not in entry.path:
+                continue
+            if isinstance(path, re.Pattern) and not path.search(entry.path):
+                continue
+            found.append(entry)
+        return found
+
+    def mutations(self, service: str | None = None) -> list[Request]:
+        """The requests that change something (not GET): what idempotence is judged by."""
+        return [e for e in self.find(service=service) if e.mutating]
+
+    def counts(self) -> Counter[str]:
+        """How many requests each service received."""
+        return Counter(e.service for e in self)
+
+    def text(self) -> str:
+        """Everything received (paths, queries, headers, bodies, base64 payloads decoded) as one
+        string, to check that a secret value never crossed the wire where it should not."""
+        parts = []
+        for entry in self:
+            parts.append(f"{entry.method} {entry.path} {entry.query} {entry.headers}")
+            raw = entry.raw_body.decode("utf-8", "replace")
+            parts.append(raw)
+            for blob in re.findall(r'"data":\s*"([A-Za-z0-9+/=]+)"', raw):
+                parts.append(base64.b64decode(blob).decode("utf-8", "replace"))
+        return "\n".join(parts)
+
+
+Handler = Callable[[Request], Any]
+
+_SEGMENT = r"[^/]+?"
+_TYPES = {"": _SEGMENT, "path": r".+?", "ops": r"(?:[^/]+/)*?operations/[^/:]+"}
+
+
+def compile_template(template: str) -> re.Pattern[str]:
+    """`/v1/projects/{project}/secrets/{secret}:addVersion` -> a regex with named groups.
+
+    `{name}` matches one path segment (no `/`), `{name:path}` any run of segments.
+    """
+    pattern = ""
+    for literal, name, kind in re.findall(r"([^{]*)(?:\{(\w+)(?::(\w+))?\})?", template):
+        pattern += re.escape(literal)
+        if name:
+            pattern += f"(?P<{name}>{_TYPES[kind]})"
+    return re.compile(f"^{pattern}$")
+
+
+class Operations:
+    """Long-running operations: done inline, or pending until polled a number of times."""
+
+    def __init__(self) -> None:
+        self._pending: dict[str, dict[str, Any]] = {}
+        self._ids = itertools.count(1000)
+        self._lock = threading.Lock()
+
+    @staticmethod
+    def done(type_url: str, response: dict[str, Any], name: str | None = None) -> dict[str, Any]:
+        """A finished operation carrying `response` typed as `type_url` (the exact message type)."""
+        op: dict[str, Any] = {"done": True, "response": {"@type": type_url, **response}}
+        if name:
+            op["name"] = name
+        return op
+
+    @staticmethod
+    def failed(grpc_status: str, message: str, name: str | None = None) -> dict[str, Any]:
+        op: dict[str, Any] = {"done": True, "error": {"code": GRPC_CODES[grpc_status], "message": message}}
+        if name:
+            op["name"] = name
+        return op
+
+    def pending(self, parent: str, type_url: str, response: dict[str, Any], polls: int = 1) -> dict[str, Any]:
+        """An operation `parent/operations/<id>` that reports done after `polls` polls."""
+        name = f"{parent}/operations/{next(self._ids)}" if parent else f"operations/{next(self._ids)}"
+        with self._lock:
+            self._pending[name] = {"left": polls, "done": self.done(type_url, response, name)}
+        return {"name": name, "done": False}
+
+    def poll(self, name: str) -> dict[str, Any]:
+        with self._lock:
+            entry = self._pending.get(name)
+            if entry is None:
+                raise ApiError(404, f"Operation {name} not found.")
+            entry["left"] -= 1
+            if entry["left"] > 0:
+                return {"name": name, "done": False}
+            return dict(entry["done"])
+
+
+class StandIn:
+    """One fake Google API host on 127.0.0.1:<free port>.
+
+    Register routes with `route(method, template)(handler)`; a handler receives the Request (path
+    parameters in `request.params`) and returns a JSON body (200), a `Reply`, or raises `ApiError`.
+    """
+
+    def __init__(self, service: str, log: RequestLog | None = None, operations_prefix: str = "/v1") -> None:
+        self.service = service
+        self.log = log if log is not None else RequestLog()
+        self.operations = Operations()
+        self._routes: list[tuple[str, re.Pattern[str], Handler]] = []
+        self._faults: list[tuple[str, re.Pattern[str], ApiError]] = []
+        self._server: ThreadingHTTPServer | None = None
+        self._thread: threading.Thread | None = None
+        # Vertex AI polls operations under /ui/, the other APIs under their version prefix.
+        self.route("GET", f"{operations_prefix}/{{name:ops}}")(
+            lambda r: self.operations.poll(r.params["name"])
+        )
+
+    def route(self, method: str, template: str) -> Callable[[Handler], Handler]:
+        """Decorator: answer `method` requests whose decoded path matches `template`."""
+
+        def register(handler: Handler) -> Handler:
+            # Later registrations win, so a test or an extension can override a default route.
+            self._routes.insert(0, (method, compile_template(template), handler))
+            return handler
+
+        return register
+
+    def fail_next(self, method: str, path: str, error: ApiError) -> None:
+        """Answer the next `method` request whose path matches the regex `path` with `error` (once)."""
+        self._faults.append((method, re.compile(path), error))
+
+    @property
+    def url(self) -> str:
+        assert self._server is not None, "start() the stand-in first"
+        host, port = self._server.server_address[:2]
+        return f"http://{host}:{port}"
+
+    def start(self) -> StandIn:
+        handler = type("BoundHandler", (_HttpHandler,), {"standin": self})
+        self._server = ThreadingHTTPServer(("127.0.0.1", 0), handler)
+        self._server.daemon_threads = True
+        self._thread = threading.Thread(
+            target=self._server.serve_forever, args=(0.05,), name=f"standin-{self.service}"
+        )
+        self._thread.daemon = True
+        self._thread.start()
+        return self
+
+    def stop(self) -> None:
+        if self._server is not None:
+            self._server.shutdown()
+            self._server.server_close()
+            self._server = None
+
+    def __enter__(self) -> StandIn:
+        return self.start()
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
+
+    def dispatch(self, request: Request) -> tuple[int, Any]:
+        """Route a request; the status and JSON body to send back."""
+        alt = request.query.get("$alt")
+        if alt is not None and alt != ALT_JSON:
+            return 400, ApiError(400, f"Unsupported $alt={alt!r}").body()
+        for fault in list(self._faults):
+            method, pattern, error = fault
+            if method == request.method and pattern.search(request.path):
+                self._faults.remove(fault)
+                return error.http_status, error.body()
+        matched_path = False
+        for method, pattern, handler in self._routes:
+            match = pattern.match(request.path)
+            if not match:
+                continue
+            matched_path = True
+            if method != request.method:
+                continue
+            request.params = {k: unquote(v) for k, v in match.groupdict().items()}
+            try:
+                result = handler(request)
+            except ApiError as exc:
+                return exc.http_status, exc.body()
+            if isinstance(result, Reply):
+                return result.status, result.body
+            return 200, result
+        if matched_path:
+            return 405, ApiError(
+                405, f"Method {request.method} not allowed on {request.path}", "UNIMPLEMENTED"
+            ).body()
+        return 404, ApiError(404, f"The stand-in for {self.service} has no route for {request.path}").body()
+
+
+class _HttpHandler(BaseHTTPRequestHandler):
+    standin: StandIn
+    protocol_version = "HTTP/1.1"
+
+    def log_message(self, format: str, *args: Any) -> None:
+        """Quiet: the request log is the record."""
+
+    def _handle(self) -> None:
+        parts = urlsplit(self.path)
+        length = int(self.headers.get("content-length") or 0)
+        raw = self.rfile.read(length) if length else b""
+        try:
+            body = json.loads(raw) if raw else None
+        except json.JSONDecodeError:
+            body = None
+        request = Request(
+            service=self.standin.service,
+            method=self.command,
+            # Clients percent-encode paths (`models/1%402`); routes see them decoded.
+            path=unquote(parts.path),
+            query=dict(parse_qsl(parts.query, keep_blank_values=True)),
+            headers={k.lower(): v for k, v in self.headers.items()},
+            body=body,
+            raw_body=raw,
+        )
+        if raw and body is None:
+            status, answer = 400, ApiError(400, "Invalid JSON payload received.").body()
+        else:
+            try:
+                status, answer = self.standin.dispatch(request)
+            except Exception as exc:  # a bug in a handler: answer 500 and say what it was
+                status, answer = 500, ApiError(500, f"stand-in error: {exc!r}").body()
+        request.status = status
+        self.standin.log.append(request)
+        data = json.dumps(answer).encode()
+        self.send_response(
+            status, HTTPStatus(status).phrase if status in HTTPStatus._value2member_map_ else None
+        )
+        self.send_header("content-type", "application/json; charset=UTF-8")
+        self.send_header("content-length", str(len(data)))
+        self.end_headers()
+        self.wfile.write(data)
+
+    do_GET = do_POST = do_PATCH = do_PUT = do_DELETE = _handle  # noqa: N815 (http.server's names)

@@ -1,0 +1,397 @@
+"""The monitoring pieces without a model: summaries, settings, the prediction log, drift, the report."""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import signal
+import subprocess
+import sys
+import threading
+import time
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+
+import numpy as np
+import pytest
+from prometheus_client import CollectorRegistry
+
+from edge.data import CLASS_NAMES
+from edge.monitoring import drift
+from edge.monitoring.log import Predicted, PredictionLog, build_records, list_log_files, read_records
+from edge.monitoring.profile import ReferenceProfile, build_profile, load_profile, save_profile
+from edge.monitoring.report import write_report
+from edge.monitoring.settings import load_settings
+from edge.monitoring.summaries import HISTOGRAM_BINS, summarize
+from tests.conftest import REPO_ROOT
+
+
+def garments(count: int, seed: int = 0) -> np.ndarray:
+    """Fashion-MNIST-like images: a bright blob of random size on a black background."""
+    rng = np.random.default_rng(seed)
+    images = np.zeros((count, 28, 28), dtype=np.float32)
+    for image in images:
+        top, left = rng.integers(2, 8, size=2)
+        height, width = rng.integers(12, 22, size=2)
+        image[top : top + height, left : left + width] = rng.uniform(80, 255, size=(height, width))
+    return images
+
+
+def predicted(images: np.ndarray, seed: int = 0, request_id: str = "r") -> Predicted:
+    rng = np.random.default_rng(seed)
+    class_ids = rng.integers(0, len(CLASS_NAMES), size=len(images)).tolist()
+    return Predicted(
+        request_id=request_id,
+        model="fashion-mnist-cnn",
+        version="abc",
+        latency_ms=2.5,
+        images=images,
+        class_ids=class_ids,
+        labels=[CLASS_NAMES[i] for i in class_ids],
+        confidences=rng.uniform(0.6, 1.0, size=len(images)).tolist(),
+    )
+
+
+def fake_embed(images: np.ndarray) -> np.ndarray:
+    """A stand-in feature extractor: coarse 4x4 averages of the image (16 numbers)."""
+    return (
+        np.asarray(images, dtype=np.float32)
+        .reshape(len(images), 4, 7, 4, 7)
+        .mean(axis=(2, 4))
+        .reshape(-1, 16)
+        / 255
+    )
+
+
+@pytest.fixture(scope="module")
+def profile() -> ReferenceProfile:
+    images = garments(3000, seed=1)
+    rng = np.random.default_rng(1)
+    logits = rng.normal(size=(len(images), len(CLASS_NAMES))) * 3
+    probabilities = np.exp(logits) / np.exp(logits).sum(axis=1, keepdims=True)
+    return build_profile(images, probabilities, fake_embed(images), list(CLASS_NAMES))
+
+
+def test_summaries_of_known_images() -> None:
+    black = np.zeros((1, 28, 28))
+    white = np.full((1, 28, 28), 255.0)
+    half = np.zeros((1, 28, 28))
+    half[:, :14] = 255
+    summary = summarize(np.concatenate([black, white, half]))
+    assert summary["mean"].tolist() == pytest.approx([0.0, 1.0, 0.5])
+    assert summary["std"].tolist() == pytest.approx([0.0, 0.0, 0.5])
+    assert summary["ink"].tolist() == pytest.approx([0.0, 1.0, 0.5])
+    assert summary["histogram"][0].tolist() == [1.0] + [0.0] * (HISTOGRAM_BINS - 1)
+    assert summary["histogram"][1].tolist() == [0.0] * (HISTOGRAM_BINS - 1) + [1.0]
+    assert summary["histogram"].sum(axis=1) == pytest.approx([1, 1, 1])
+
+
+def test_settings_from_environment_and_clear_errors() -> None:
+    settings = load_settings(
+        {"EDGE_MONITOR_LOG": "gs://b/p", "EDGE_MONITOR_SAMPLE_RATE": "0.25", "HOME": "/x"}
+    )
+    assert settings.log == "gs://b/p"
+    assert settings.sample_rate == 0.25
+    assert load_settings({}).log is None
+    with pytest.raises(ValueError, match="EDGE_MONITOR_SAMPLE_RATE"):
+        load_settings({"EDGE_MONITOR_SAMPLE_RATE": "2"})
+    with pytest.raises(ValueError, match="EDGE_MONITOR_SAMPEL_RATE"):
+        load_settings({"EDGE_MONITOR_SAMPEL_RATE": "0.5"})
+
+
+def test_log_writes_whole_files_rotated_by_count(tmp_path: Path) -> None:
+    registry = CollectorRegistry()
+    log = PredictionLog(str(tmp_path), file_records=10, registry=registry, embed=fake_embed).start()
+    for i in range(7):
+        log.submit(predicted(garments(4, seed=i), seed=i, request_id=f"req-{i}"))
+    assert log.close()
+    files = list_log_files(str(tmp_path))
+    # 28 records in files of at least 10 records: rotated twice, then the rest at close.
+    assert len(files) == 3
+    records = list(read_records(str(tmp_path)))
+    assert len(records) == 28
+    assert [r["request_id"] for r in records[:4]] == ["req-0"] * 4
+    first = records[0]
+    assert set(first) == set(
+        [
+            "time",
+            "model",
+            "version",
+            "request_id",
+            "latency_ms",
+            "class_id",
+            "label",
+            "confidence",
+            "input",
+            "embedding",
+        ]
+    )
+    assert len(first["input"]["histogram"]) == HISTOGRAM_BINS
+    assert len(first["embedding"]) == 16
+    assert registry.get_sample_value("edge_prediction_log_records_total") == 28
+    assert registry.get_sample_value("edge_prediction_log_files_total") == 3
+
+
+def test_log_rotates_by_time_and_records_pixels_when_asked(tmp_path: Path) -> None:
+    log = PredictionLog(str(tmp_path), file_seconds=0.2, log_inputs=True).start()
+    log.submit(predicted(garments(2)))
+    deadline = time.monotonic() + 10
+    while not list_log_files(str(tmp_path)) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    # Written by the timer, before close.
+    assert len(list_log_files(str(tmp_path))) == 1
+    log.close()
+    record = next(read_records(str(tmp_path)))
+    assert len(record["pixels"]) == 784
+    assert max(record["pixels"]) <= 255
+
+
+def test_sampling_keeps_about_the_rate(tmp_path: Path) -> None:
+    log = PredictionLog(str(tmp_path), sample_rate=0.2, seed=7).start()
+    for i in range(100):
+        log.submit(predicted(garments(10, seed=i), seed=i))
+    log.close()
+    kept = len(list(read_records(str(tmp_path))))
+    # 1000 instances at 20%: 200 expected, the binomial's sd is about 13.
+    assert 150 <= kept <= 250
+    nothing = PredictionLog(str(tmp_path / "none"), sample_rate=0.0).start()
+    nothing.submit(predicted(garments(10)))
+    nothing.close()
+    assert not (tmp_path / "none").exists()
+
+
+def test_a_stalled_sink_never_blocks_a_request(tmp_path: Path) -> None:
+    release = threading.Event()
+
+    def stalled(uri: str, text: str) -> None:
+        release.wait()  # a store that hangs: a dead network mount, a GCS call without a timeout
+
+    registry = CollectorRegistry()
+    log = PredictionLog(
+        str(tmp_path), queue_size=5, file_records=1, registry=registry, writer=stalled
+    ).start()
+    images = garments(1)
+    slowest = 0.0
+    for i in range(200):
+        started = time.perf_counter()
+        log.submit(predicted(images, seed=i))
+        slowest = max(slowest, time.perf_counter() - started)
+    # Each submit returns at once (a generous bound for a loaded machine; the writer is blocked forever).
+    assert slowest < 0.05
+    dropped = registry.get_sample_value("edge_prediction_log_dropped_total", {"reason": "queue_full"})
+    # One record is stuck in the writer, five wait in the queue, the rest were dropped and counted.
+    assert dropped is not None and 190 <= dropped <= 194
+    assert not log.close(timeout=0.3)
+    release.set()
+
+
+def test_a_failing_sink_drops_and_counts(tmp_path: Path) -> None:
+    def broken(uri: str, text: str) -> None:
+        raise OSError("bucket not found")
+
+    registry = CollectorRegistry()
+    log = PredictionLog(str(tmp_path), file_records=2, registry=registry, writer=broken).start()
+    for i in range(3):
+        log.submit(predicted(garments(2), seed=i))
+    assert log.close()
+    assert registry.get_sample_value("edge_prediction_log_dropped_total", {"reason": "write_error"}) == 6
+
+
+KILL_SCRIPT = """
+import sys, numpy as np
+from edge.monitoring.log import PredictionLog, Predicted
+log = PredictionLog(sys.argv[1], file_records=50, log_inputs=True).start()
+images = np.random.default_rng(0).uniform(0, 255, size=(5, 28, 28))
+print("ready", flush=True)
+i = 0
+while True:
+    i += 1
+    log.submit(Predicted(str(i), "m", "v", 1.0, images, [1] * 5, ["Trouser"] * 5, [0.9] * 5))
+"""
+
+
+def test_files_are_whole_after_kill_9(tmp_path: Path) -> None:
+    env = {**os.environ, "PYTHONPATH": str(REPO_ROOT / "src")}
+    for attempt in range(3):
+        folder = tmp_path / f"log-{attempt}"
+        process = subprocess.Popen(
+            [sys.executable, "-c", KILL_SCRIPT, str(folder)], stdout=subprocess.PIPE, env=env, text=True
+        )
+        assert process.stdout is not None and process.stdout.readline().strip() == "ready"
+        deadline = time.monotonic() + 30
+        # Kill while files are being written: after several have landed, at a varying moment.
+        while len(list(folder.rglob("predictions-*.jsonl"))) < 3 + attempt and time.monotonic() < deadline:
+            time.sleep(0.01)
+        process.send_signal(signal.SIGKILL)
+        process.wait()
+        files = list_log_files(str(folder))
+        assert len(files) >= 3 + attempt
+        for name in files:
+            lines = Path(name).read_text().splitlines()
+            assert len(lines) == 50, f"{name} is not whole"
+            assert all(len(json.loads(line)["pixels"]) == 784 for line in lines)
+
+
+def test_read_records_since(tmp_path: Path) -> None:
+    log = PredictionLog(str(tmp_path), file_records=1).start()
+    old = predicted(garments(1), request_id="old")
+    log.submit(Predicted(**{**old.__dict__, "time": time.time() - 7200}))
+    log.submit(predicted(garments(1), request_id="new"))
+    log.close()
+    since = datetime.now(UTC) - timedelta(hours=1)
+    assert [r["request_id"] for r in read_records(str(tmp_path), since)] == ["new"]
+    assert len(list(read_records(str(tmp_path)))) == 2
+    with pytest.raises(FileNotFoundError, match="no prediction log"):
+        list(read_records(str(tmp_path / "missing")))
+
+
+def test_profile_round_trip(tmp_path: Path, profile: ReferenceProfile) -> None:
+    save_profile(profile, str(tmp_path))
+    loaded = load_profile(str(tmp_path))
+    assert loaded.class_names == list(CLASS_NAMES)
+    assert sum(loaded.class_mix) == pytest.approx(1.0, abs=1e-4)
+    assert len(loaded.embedding_sample[0]) == len(loaded.embedding_components) == 16
+    assert (tmp_path / "profile.json").stat().st_size < 300_000
+    with pytest.raises(FileNotFoundError, match="retrain"):
+        load_profile(str(tmp_path / "older-model"))
+
+
+def test_psi_and_mmd() -> None:
+    assert drift.psi([0.5, 0.5], [0.5, 0.5]) == 0.0
+    assert drift.psi([0.5, 0.5], [0.9, 0.1]) > 0.2
+    rng = np.random.default_rng(0)
+    same, p_same = drift.mmd_permutation_test(rng.normal(size=(300, 4)), rng.normal(size=(300, 4)), 200, rng)
+    moved, p_moved = drift.mmd_permutation_test(
+        rng.normal(size=(300, 4)), rng.normal(0.5, size=(300, 4)), 200, rng
+    )
+    assert p_same > 0.01
+    assert p_moved < 0.01 and moved > same
+
+
+def records_of(
+    images: np.ndarray, profile: ReferenceProfile, start: float, seed: int
+) -> list[dict[str, object]]:
+    # Predictions drawn like the profile's, so only the inputs and embeddings can differ.
+    rng = np.random.default_rng(seed)
+    base = predicted(images, seed=seed)
+    item = Predicted(
+        **{
+            **base.__dict__,
+            "confidences": rng.choice(profile.confidence, size=len(images)).tolist(),
+            "class_ids": rng.choice(
+                10, size=len(images), p=np.asarray(profile.class_mix) / sum(profile.class_mix)
+            ).tolist(),
+            "time": start,
+        }
+    )
+    return build_records(item, lambda x: profile.project(fake_embed(x)))
+
+
+def test_drift_clean_versus_darkened(profile: ReferenceProfile) -> None:
+    settings = load_settings({})
+    clean = records_of(garments(600, seed=5), profile, time.time(), seed=5)
+    result = drift.compare(profile, clean, settings)
+    assert not result.alert, result.to_dict()
+    assert {s.signal for s in result.scores} == set(drift.SIGNALS)
+    dark = records_of(garments(600, seed=6) * 0.4, profile, time.time(), seed=6)
+    result = drift.compare(profile, dark, settings)
+    assert result.alert
+    assert {"input.mean", "input.intensity", "embedding"} <= set(result.alerting)
+    few = drift.compare(profile, dark[:50], settings)
+    assert not few.enough and not few.alert
+
+
+def test_report_html_and_summary(tmp_path: Path, profile: ReferenceProfile) -> None:
+    settings = load_settings({})
+    now = time.time()
+    records = records_of(garments(400, seed=8), profile, now - 600, 8) + records_of(
+        255 - garments(400, seed=9), profile, now, 9
+    )
+    result = drift.compare(profile, records, settings)
+    windows = drift.over_time(profile, records, settings)
+    summary = write_report(str(tmp_path), result, windows, profile, records, settings, {"source": "test"})
+    assert summary["status"] == "alert"
+    assert [w["alert"] for w in summary["over_time"]] == [False, True]
+    assert json.loads((tmp_path / "summary.json").read_text())["alerting"] == summary["alerting"]
+    page = (tmp_path / "report.html").read_text()
+    assert page.count("<svg") == 3
+    assert "ALERT" in page and "input.mean" in page
+    # Self-contained: no reference leaves the page (SVG's own "#id" links stay inside it).
+    assert re.search(r'(src|href)="(?!#)', page) is None
+
+
+def model_folder(tmp_path: Path, profile: ReferenceProfile, version: str = "abc") -> Path:
+    folder = tmp_path / "model"
+    save_profile(profile, str(folder))
+    (folder / "metadata.json").write_text(
+        json.dumps({"name": "fashion-mnist-cnn", "version": version, "class_names": list(CLASS_NAMES)})
+    )
+    return folder
+
+
+def write_log(folder: Path, records: list[dict[str, object]]) -> None:
+    folder.mkdir(parents=True, exist_ok=True)
+    (folder / f"predictions-{datetime.now(UTC):%Y%m%dT%H%M%S%fZ}-h-1-000001.jsonl").write_text(
+        "".join(json.dumps(r) + "\n" for r in records)
+    )
+
+
+def test_cli_report_exits_3_on_drift_and_0_when_clean(tmp_path: Path, profile: ReferenceProfile) -> None:
+    from typer.testing import CliRunner
+
+    from edge.cli import app
+
+    model = model_folder(tmp_path, profile)
+    runner = CliRunner()
+    write_log(tmp_path / "clean", records_of(garments(300, seed=11), profile, time.time(), seed=11))
+    args = ["monitor", "report", "--model-dir", str(model), "--out-dir", str(tmp_path / "out")]
+    clean = runner.invoke(app, [*args, "--source", str(tmp_path / "clean")])
+    assert clean.exit_code == 0, clean.output
+    assert json.loads((tmp_path / "out" / "summary.json").read_text())["status"] == "ok"
+    write_log(tmp_path / "dark", records_of(garments(300, seed=12) * 0.3, profile, time.time(), seed=12))
+    dark = runner.invoke(app, [*args, "--source", str(tmp_path / "dark")])
+    assert dark.exit_code == 3
+    assert "drift alert" in dark.output
+    assert (tmp_path / "out" / "report.html").is_file()
+    # Predictions of another model version are not judged against this model's profile.
+    other = runner.invoke(app, [*args, "--source", str(tmp_path / "dark"), "--since", "2h"])
+    assert other.exit_code == 3
+    model_folder(tmp_path, profile, version="other")
+    skipped = runner.invoke(app, [*args, "--source", str(tmp_path / "dark")])
+    assert skipped.exit_code == 0 and "other model versions" in skipped.output
+    missing = runner.invoke(app, [*args, "--source", str(tmp_path / "nowhere")])
+    assert missing.exit_code == 1 and "no prediction log" in missing.output
+    bad = runner.invoke(app, [*args, "--source", str(tmp_path / "dark"), "--since", "yesterday"])
+    assert bad.exit_code == 1 and "neither a duration" in bad.output
+
+
+def test_parse_since() -> None:
+    from edge.cli.monitor import parse_since
+
+    now = datetime(2026, 1, 2, 12, tzinfo=UTC)
+    assert parse_since("90m", now) == now - timedelta(minutes=90)
+    assert parse_since("7d", now) == now - timedelta(days=7)
+    assert parse_since("2026-01-01T06:00", now) == datetime(2026, 1, 1, 6, tzinfo=UTC)
+    assert parse_since(None) is None
+
+
+def test_serving_monitor_publishes_gauges_and_summary(tmp_path: Path, profile: ReferenceProfile) -> None:
+    from edge.monitoring.live import ServingMonitor
+
+    registry = CollectorRegistry()
+    settings = load_settings(
+        {"EDGE_MONITOR_LOG": str(tmp_path / "log"), "EDGE_MONITOR_GAUGE_SECONDS": "1000"}
+    )
+    monitor = ServingMonitor(settings, registry, list(CLASS_NAMES), profile, fake_embed).start()
+    for i in range(30):
+        monitor.observe(predicted(255 - garments(10, seed=i), seed=i))
+    monitor.close()
+    monitor.refresh()
+    summary = monitor.summary()
+    assert summary["status"] == "alert" and summary["count"] == 300
+    assert registry.get_sample_value("edge_drift_alert", {"signal": "input.mean"}) == 1
+    assert registry.get_sample_value("edge_drift_window_predictions") == 300
+    shares = [registry.get_sample_value("edge_recent_class_share", {"class_name": n}) for n in CLASS_NAMES]
+    assert sum(s or 0 for s in shares) == pytest.approx(1.0, abs=0.01)
+    assert len(list(read_records(str(tmp_path / "log")))) == 300
