@@ -54,11 +54,17 @@ def _track(raw_dir: Path) -> None:
     if not Path(".dvc").is_dir():
         console.print("Not in a DVC repository: the data is not tracked (fine in a container).")
         return
+    dvc_file = _dvc_file(raw_dir)
+    before = dvc_file.read_text() if dvc_file.is_file() else None
     # The interpreter running us has DVC installed, whether or not `dvc` is on the PATH.
     done = subprocess.run([sys.executable, "-m", "dvc", "add", str(raw_dir)], capture_output=True, text=True)
     if done.returncode != 0:
         raise data.DataError(f"dvc add {raw_dir} failed: {done.stderr.strip() or done.stdout.strip()}")
-    console.print(f"Tracked by DVC in {raw_dir}.dvc (commit it with git).")
+    if dvc_file.is_file() and dvc_file.read_text() == before:
+        # The same content as committed (a fresh clone's files seeded again): nothing to commit.
+        console.print(f"Tracked by DVC in {dvc_file}, unchanged: the data version is the committed one.")
+    else:
+        console.print(f"Tracked by DVC in {dvc_file} (commit it with git).")
 
 
 @app.command()

@@ -250,7 +250,7 @@ def sync(runs_dir: RunsDirOpt = Path(observers.DEFAULT_RUNS_DIR)) -> None:
     with friendly_errors():
         url = observers.tracking_url()
         if url is None:
-            fail(f"set {observers.TRACKING_URL_ENV} to the MongoDB to copy the runs of {runs_dir} into")
+            fail(f"set {observers.TRACKING_URL_ENV} to the MongoDB URL to copy the runs in {runs_dir} into")
             return
         try:
             store = observers.connect(url)
