@@ -198,8 +198,13 @@ def embedding_model(model: keras.Model) -> keras.Model:
     """Cut the network before its output layer: the features the classifier sees of an image."""
     import keras
 
-    # With flip TTA the trained network is nested inside the wrapper; the unflipped pass is enough.
-    base = next((layer for layer in model.layers if isinstance(layer, keras.Model)), model)
+    # With flip TTA and a temperature the trained network is nested inside the wrappers (the mirror
+    # is a Dense layer of the outer one): look in the innermost model; the unflipped pass is enough.
+    def network(outer: keras.Model) -> keras.Model:
+        inner = next((layer for layer in outer.layers if isinstance(layer, keras.Model)), None)
+        return network(inner) if inner is not None else outer
+
+    base = network(model)
     output_layer = [layer for layer in base.layers if isinstance(layer, keras.layers.Dense)][-1]
     return keras.Model(base.inputs, output_layer.input, name="embedding")
 

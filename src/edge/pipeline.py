@@ -14,7 +14,7 @@ from typing import Any
 import numpy as np
 import yaml
 
-from edge import behaviour, calibration, storage
+from edge import behaviour, calibration, modelcard, storage
 from edge.behaviour import SuiteParams, SuiteResult
 from edge.data import Split, check_split, load_split, split_train_validation, subsample
 from edge.evaluate import (
@@ -26,7 +26,7 @@ from edge.evaluate import (
     serving_predictor,
 )
 from edge.gate import GateParams
-from edge.model import SERVING_DIR, save_model
+from edge.model import SERVING_DIR, read_metadata, save_model
 from edge.monitoring.profile import compute_profile, save_profile
 from edge.train import (
     EpochCallback,
@@ -121,16 +121,26 @@ def train_stage(
     params: TrainParams,
     lineage: dict[str, Any],
     *,
+    suite: SuiteParams | None = None,
     on_epoch_end: EpochCallback | None = None,
 ) -> tuple[TrainResult, dict[str, Any]]:
-    """Train on the prepared splits; write the model, its metadata and reference profile, history, metrics."""
+    """Train on the prepared splits; write the model, its metadata, reference profile and model card,
+    history and metrics. The card measures the model with the test suite's perturbations (`suite`)."""
     validation = load_prepared(prepared_dir, "validation")
     result = train(load_prepared(prepared_dir, "train"), validation, params, on_epoch_end=on_epoch_end)
     metadata = model_metadata(result, params, lineage)
     # Monitoring judges live traffic against the validation data as this model sees it.
     profile = compute_profile(result.model, validation.images, metadata["class_names"])
+    card_files: dict[str, str] = {}
+    if suite is not None:
+        measured = behaviour.run_suite(
+            modelcard.keras_predictor(result.model), load_prepared(prepared_dir, "test"), suite
+        )
+        card_files = modelcard.render(modelcard.Card(metadata, measured, result.history))
     save_model(result.model, model_dir, metadata)
     save_profile(profile, model_dir)
+    for name, text in card_files.items():
+        storage.write_text(storage.join(model_dir, name), text)
     storage.write_text(storage.join(reports_dir, "history.csv"), history_csv(result.history))
     _write_json(
         storage.join(reports_dir, "metrics.json"),
@@ -162,6 +172,9 @@ def evaluate_stage(prepared_dir: str, model_dir: str, reports_dir: str, params: 
     with storage.local_dir_for_reading(storage.join(model_dir, SERVING_DIR)) as serving:
         result = behaviour.run_suite(serving_predictor(serving), test, params)
     write_reports(reports_dir, test, result)
+    card = modelcard.Card(read_metadata(model_dir), result, with_checks=True)
+    for name, text in modelcard.render(card).items():
+        storage.write_text(storage.join(reports_dir, name), text)
     behaviour.check_gate(result)
     return result
 

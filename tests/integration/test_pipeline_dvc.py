@@ -27,6 +27,8 @@ TINY_PARAMS = {
     "train": {"seed": 1, "epochs": 1, "batch_size": 64, "model": {"filters": [8], "dense_units": 16}},
     "evaluate": {
         "min_accuracy": 0.0,
+        "seed": 0,
+        "clear_examples": None,
         "invariance": {"shift_1px": {"shift": 1, "floor": 0.0}, "darker": {"brightness": 0.7, "floor": 0.0}},
     },
 }

@@ -149,6 +149,9 @@ def test_file_run_records_the_full_lineage(project: Path, file_run: Path) -> Non
         "dirty": False,
     }
     assert run["experiment"]["repositories"][0]["commit"] == git(project, "rev-parse", "HEAD")
+    # The code that built and trained the model is recorded with the run.
+    sources = {name for name, _copy in run["experiment"]["sources"]}
+    assert {"model.py", "train.py", "pipeline.py", "calibration.py"} <= {Path(s).name for s in sources}
 
     raw_md5 = yaml.safe_load((project / "data/raw/fashion-mnist.dvc").read_text())["outs"][0]["md5"]
     lock = yaml.safe_load((project / "dvc.lock").read_text())
