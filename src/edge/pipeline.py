@@ -26,8 +26,8 @@ from edge.evaluate import (
     serving_predictor,
 )
 from edge.gate import GateParams
-from edge.model import SERVING_DIR, read_metadata, save_model
-from edge.monitoring.profile import compute_profile, save_profile
+from edge.model import SERVING_DIR, read_metadata, save_model, verify_model_dir
+from edge.monitoring.profile import PROFILE_FILE, compute_profile
 from edge.train import (
     EpochCallback,
     TrainParams,
@@ -131,16 +131,16 @@ def train_stage(
     metadata = model_metadata(result, params, lineage)
     # Monitoring judges live traffic against the validation data as this model sees it.
     profile = compute_profile(result.model, validation.images, metadata["class_names"])
-    card_files: dict[str, str] = {}
+    extra_files = {PROFILE_FILE: profile.to_json().encode()}
     if suite is not None:
         measured = behaviour.run_suite(
             modelcard.keras_predictor(result.model), load_prepared(prepared_dir, "test"), suite
         )
-        card_files = modelcard.render(modelcard.Card(metadata, measured, result.history))
-    save_model(result.model, model_dir, metadata)
-    save_profile(profile, model_dir)
-    for name, text in card_files.items():
-        storage.write_text(storage.join(model_dir, name), text)
+        card = modelcard.render(modelcard.Card(metadata, measured, result.history))
+        extra_files.update({name: text.encode() for name, text in card.items()})
+    # The profile and the model card are part of the model folder: published with it in one step,
+    # covered by its hash.
+    metadata = save_model(result.model, model_dir, metadata, extra_files=extra_files)
     storage.write_text(storage.join(reports_dir, "history.csv"), history_csv(result.history))
     _write_json(
         storage.join(reports_dir, "metrics.json"),
@@ -158,8 +158,9 @@ def train_stage(
 def score_on_test(prepared_dir: str, model_dir: str) -> tuple[Split, Evaluation]:
     """Run the exported serving function (what the model server runs) over the test split."""
     test = load_prepared(prepared_dir, "test")
-    with storage.local_dir_for_reading(storage.join(model_dir, SERVING_DIR)) as serving:
-        probabilities = predict_probabilities(serving, test.images)
+    with storage.local_dir_for_reading(model_dir) as local:
+        verify_model_dir(local)
+        probabilities = predict_probabilities(str(Path(local, SERVING_DIR)), test.images)
     return test, evaluate(probabilities, test.labels)
 
 

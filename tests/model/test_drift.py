@@ -44,7 +44,7 @@ def served_records(model_dir: Path, images: np.ndarray) -> list[Record]:
         confidences=probabilities.max(axis=1).tolist(),
         time=time.time(),
     )
-    return build_records(predicted, lambda x: profile.project(loaded.embed(x).numpy()))
+    return build_records(predicted, lambda p: profile.project(loaded.embed(p.images).numpy()))
 
 
 @pytest.fixture(scope="module")

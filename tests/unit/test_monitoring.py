@@ -102,7 +102,9 @@ def test_settings_from_environment_and_clear_errors() -> None:
 
 def test_log_writes_whole_files_rotated_by_count(tmp_path: Path) -> None:
     registry = CollectorRegistry()
-    log = PredictionLog(str(tmp_path), file_records=10, registry=registry, embed=fake_embed).start()
+    log = PredictionLog(
+        str(tmp_path), file_records=10, registry=registry, embed=lambda p: fake_embed(p.images)
+    ).start()
     for i in range(7):
         log.submit(predicted(garments(4, seed=i), seed=i, request_id=f"req-{i}"))
     assert log.close()
@@ -285,7 +287,7 @@ def records_of(
             "time": start,
         }
     )
-    return build_records(item, lambda x: profile.project(fake_embed(x)))
+    return build_records(item, lambda p: profile.project(fake_embed(p.images)))
 
 
 def test_drift_clean_versus_darkened(profile: ReferenceProfile) -> None:
@@ -383,7 +385,7 @@ def test_serving_monitor_publishes_gauges_and_summary(tmp_path: Path, profile: R
     settings = load_settings(
         {"EDGE_MONITOR_LOG": str(tmp_path / "log"), "EDGE_MONITOR_GAUGE_SECONDS": "1000"}
     )
-    monitor = ServingMonitor(settings, registry, list(CLASS_NAMES), profile, fake_embed).start()
+    monitor = ServingMonitor(settings, registry, lambda version: (profile, fake_embed)).start()
     for i in range(30):
         monitor.observe(predicted(255 - garments(10, seed=i), seed=i))
     monitor.close()

@@ -4,6 +4,9 @@ The server calls `observe` after each prediction; everything else happens on the
 records join a window of recent predictions, and every `gauge_seconds` the window is scored against
 the reference profile. The gauges and the JSON summary (what the webapp's status page shows) are
 therefore at most that old, and a request never waits for them.
+
+The served model may change (a hot reload): when records of a new version arrive, the writer asks
+`resolve` for that version's profile and feature extractor, and starts a fresh window.
 """
 
 from __future__ import annotations
@@ -12,13 +15,15 @@ import logging
 import threading
 import time
 from collections import deque
+from collections.abc import Callable
 from datetime import UTC, datetime
 from typing import Any
 
+import numpy as np
 from prometheus_client import CollectorRegistry, Gauge
 
 from edge.monitoring import drift
-from edge.monitoring.log import Embedder, Predicted, PredictionLog, Record
+from edge.monitoring.log import Predicted, PredictionLog, Record
 from edge.monitoring.profile import ReferenceProfile
 from edge.monitoring.settings import MonitoringSettings
 
@@ -27,28 +32,24 @@ log = logging.getLogger(__name__)
 # 15 seconds at a few tens of milliseconds.
 LIVE_PERMUTATIONS = 200
 
+FeatureExtractor = Callable[[np.ndarray], np.ndarray]
+# For a model version: its reference profile and its penultimate-layer feature extractor, if any.
+Resolver = Callable[[str], tuple[ReferenceProfile | None, FeatureExtractor | None]]
+
 
 class ServingMonitor:
     """The log of one server process and the drift gauges computed from its recent predictions."""
 
-    def __init__(
-        self,
-        settings: MonitoringSettings,
-        registry: CollectorRegistry,
-        class_names: list[str],
-        profile: ReferenceProfile | None,
-        embed: Embedder | None = None,
-    ) -> None:
+    def __init__(self, settings: MonitoringSettings, registry: CollectorRegistry, resolve: Resolver) -> None:
         self.settings = settings.model_copy(update={"mmd_permutations": LIVE_PERMUTATIONS})
-        self.class_names = class_names
-        self.profile = profile
+        self._resolve = resolve
+        self.version: str | None = None
+        self.profile: ReferenceProfile | None = None
+        self._features: FeatureExtractor | None = None
         self._recent: deque[Record] = deque(maxlen=settings.window)
         self._lock = threading.Lock()
         self._last_scored = 0.0
-        self._summary: dict[str, Any] = {
-            "status": "no predictions yet" if profile else "no reference profile"
-        }
-        project = profile.project if profile is not None else None
+        self._summary: dict[str, Any] = {"status": "no predictions yet"}
         self.log = PredictionLog(
             settings.log,
             sample_rate=settings.sample_rate,
@@ -58,9 +59,7 @@ class ServingMonitor:
             file_seconds=settings.file_seconds,
             log_inputs=settings.log_inputs,
             registry=registry,
-            embed=(lambda images: project(embed(images)))
-            if embed is not None and project is not None
-            else None,
+            embed=self._embed,
             on_records=self._on_records,
         )
         self.drift_statistic = Gauge(
@@ -105,6 +104,26 @@ class ServingMonitor:
         with self._lock:
             return dict(self._summary)
 
+    def _embed(self, predicted: Predicted) -> np.ndarray | None:
+        # Runs on the writer thread, before the records are built: switch models here.
+        if predicted.version != self.version:
+            self._switch(predicted.version)
+        if self.profile is None or self._features is None:
+            return None
+        return self.profile.project(self._features(predicted.images))
+
+    def _switch(self, version: str) -> None:
+        try:
+            profile, features = self._resolve(version)
+        except Exception as exc:  # a model without a usable profile still serves, unmonitored
+            log.warning("monitoring: no reference profile for model version %s: %s", version, exc)
+            profile, features = None, None
+        self.version, self.profile, self._features = version, profile, features
+        self._recent.clear()
+        self._last_scored = 0.0
+        with self._lock:
+            self._summary = {"status": "no predictions yet" if profile else "no reference profile"}
+
     def _on_records(self, records: list[Record]) -> None:
         self._recent.extend(records)
         if self.profile is None or time.monotonic() - self._last_scored < self.settings.gauge_seconds:
@@ -114,11 +133,12 @@ class ServingMonitor:
 
     def refresh(self) -> None:
         """Score the recent window now and publish the gauges and the summary."""
-        if self.profile is None:
+        profile = self.profile
+        if profile is None:
             return
         recent = list(self._recent)
-        result = drift.compare(self.profile, recent, self.settings)
-        for name, share in zip(self.class_names, result.recent_class_mix, strict=False):
+        result = drift.compare(profile, recent, self.settings)
+        for name, share in zip(profile.class_names, result.recent_class_mix, strict=False):
             self.class_share.labels(name).set(share)
         self.window_size.set(len(recent))
         for score in result.scores:
@@ -128,9 +148,10 @@ class ServingMonitor:
         with self._lock:
             self._summary = {
                 "status": status,
+                "model_version": self.version,
                 "updated": datetime.now(UTC).isoformat(timespec="seconds"),
-                "class_names": self.class_names,
-                "reference_class_mix": self.profile.class_mix,
+                "class_names": profile.class_names,
+                "reference_class_mix": profile.class_mix,
                 "window": self.settings.window,
                 **result.to_dict(),
             }

@@ -36,7 +36,8 @@ log = logging.getLogger(__name__)
 
 Record = dict[str, Any]
 FileWriter = Callable[[str, str], None]
-Embedder = Callable[[np.ndarray], np.ndarray]
+# Returns the (projected) embeddings of a request's images, or None when there are none to give.
+Embedder = Callable[["Predicted"], np.ndarray | None]
 FILE_PREFIX = "predictions-"
 FILE_SUFFIX = ".jsonl"
 
@@ -254,7 +255,8 @@ def build_records(
     """Turn one request's predictions into log records, one per instance."""
     stamp = datetime.fromtimestamp(predicted.time or time.time(), UTC).isoformat(timespec="milliseconds")
     summaries = summary_records(predicted.images)
-    embeddings = np.asarray(embed(predicted.images), dtype=np.float32) if embed is not None else None
+    embedded = embed(predicted) if embed is not None else None
+    embeddings = np.asarray(embedded, dtype=np.float32) if embedded is not None else None
     records: list[Record] = []
     for i, summary in enumerate(summaries):
         record: Record = {

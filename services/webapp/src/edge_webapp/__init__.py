@@ -33,6 +33,8 @@ def default_config(environ: Mapping[str, str]) -> dict[str, Any]:
         "VERTEX_ENDPOINT": environ.get("VERTEX_ENDPOINT", ""),
         "VERTEX_API_ENDPOINT": environ.get("VERTEX_API_ENDPOINT", ""),
         "VERTEX_CREDENTIALS": environ.get("VERTEX_CREDENTIALS", "default"),
+        # The /monitoring page's summary: a URL or a summary.json file [default: MODEL_URL/monitoring].
+        "MONITORING_SUMMARY": environ.get("MONITORING_SUMMARY", ""),
     }
 
 
@@ -59,8 +61,10 @@ def create_app(test_config: Mapping[str, Any] | None = None) -> Flask:
         raise ValueError(f"MODEL_BACKEND={app.config['MODEL_BACKEND']!r}: use server or vertex")
 
     from edge_webapp import views
+    from edge_webapp.monitoring import monitoring
 
     app.register_blueprint(views.pages)
+    app.register_blueprint(monitoring)
     app.register_blueprint(views.api)
     views.register_error_handlers(app)
     return app
