@@ -322,15 +322,18 @@ def test_edge_serve_exits_non_zero_with_one_line(which: str, tmp_path: Path, cor
 # --- The model card ----------------------------------------------------------------------------------
 
 
-def test_model_card_is_served_when_saved_with_the_model(tmp_path: Path, tiny_model_dir: Path) -> None:
-    import shutil
-
+def test_model_card_is_served_when_saved_with_the_model(tmp_path: Path) -> None:
     from edge import modelcard
+    from edge.model import ModelParams, build_model, save_model
+    from tests.conftest import TINY_MODEL_METADATA
 
     with_card = tmp_path / "models"
-    shutil.copytree(tiny_model_dir, with_card)
-    (with_card / modelcard.HTML_FILE).write_text("<!DOCTYPE html><title>card</title><h1>Model card</h1>")
-    (with_card / modelcard.MARKDOWN_FILE).write_text("# Model card\n")
+    card = {
+        modelcard.HTML_FILE: b"<!DOCTYPE html><title>card</title><h1>Model card</h1>",
+        modelcard.MARKDOWN_FILE: b"# Model card\n",
+    }
+    model = build_model(ModelParams(filters=(8,), dense_units=16))
+    save_model(model, str(with_card), dict(TINY_MODEL_METADATA), extra_files=card)
     with serving(create_app(ServerSettings(reload_interval=0), predictor=load_from_uri(str(with_card)))) as c:
         page = c.get("/model-card")
         assert page.status_code == 200 and page.headers["Content-Type"].startswith("text/html")

@@ -238,17 +238,18 @@ def test_slow_model_server_times_out_with_504() -> None:
 # --- The model card ----------------------------------------------------------------------------------
 
 
-def test_result_links_to_the_model_card_which_the_webapp_shows(tmp_path: Path, tiny_model_dir: Path) -> None:
-    import shutil
-
+def test_result_links_to_the_model_card_which_the_webapp_shows(tmp_path: Path) -> None:
+    from edge.model import ModelParams, build_model, save_model
     from edge.serving.app import create_app as create_server
     from edge.serving.predictor import load_from_uri
     from edge.serving.settings import ServerSettings
+    from tests.conftest import TINY_MODEL_METADATA
     from tests.serving_helpers import serving
 
     with_card = tmp_path / "models"
-    shutil.copytree(tiny_model_dir, with_card)
-    (with_card / "model-card.html").write_text("<!DOCTYPE html><h1>Model card: tiny</h1><table></table>")
+    card = {"model-card.html": b"<!DOCTYPE html><h1>Model card: tiny</h1><table></table>"}
+    model = build_model(ModelParams(filters=(8,), dense_units=16))
+    save_model(model, str(with_card), dict(TINY_MODEL_METADATA), extra_files=card)
     server = create_server(ServerSettings(reload_interval=0), predictor=load_from_uri(str(with_card)))
     with serving(server) as model:
         webapp = create_app({"MODEL_URL": model.url}).test_client()
