@@ -435,7 +435,8 @@ def check_gate(result: SuiteResult) -> None:
     from edge.evaluate import QualityGateError
 
     if result.failed:
-        names = ", ".join(c.name + (f" ({c.note.split(':')[0]})" if c.note else "") for c in result.failed)
+        # Class checks name their class; other notes (the wrong examples) are in the table.
+        names = "; ".join(c.name + (f" ({c.note})" if "class" in c.name else "") for c in result.failed)
         raise QualityGateError(
             f"quality gate failed: {len(result.failed)} check(s) under their floor ({names}); the model "
             f"must not ship. Floors are in the evaluate block of params.yaml.\n{result.table()}"
