@@ -9,6 +9,7 @@ import typer
 from rich.console import Console
 from rich.markup import escape
 
+from edge.cloud.errors import CloudError
 from edge.data import DataError
 from edge.evaluate import QualityGateError
 
@@ -16,7 +17,13 @@ console = Console(stderr=True)
 out = Console()
 
 # Errors whose message already says what went wrong and how to fix it.
-EXPECTED_ERRORS: tuple[type[Exception], ...] = (DataError, QualityGateError, ValueError, FileNotFoundError)
+EXPECTED_ERRORS: tuple[type[Exception], ...] = (
+    DataError,
+    QualityGateError,
+    ValueError,
+    FileNotFoundError,
+    CloudError,
+)
 
 
 @contextmanager
