@@ -18,6 +18,27 @@ log = logging.getLogger(__name__)
 SHUTDOWN_SECONDS = 10.0
 
 
+class QuietBadRequests(logging.Filter):
+    """Log a malformed request as one line, not a traceback: it is the client's fault, and an
+    attacker must not be able to fill the log at a few hundred bytes a request."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        from aiohttp.http_exceptions import HttpProcessingError
+
+        exc = record.exc_info[1] if record.exc_info else None
+        if isinstance(exc, HttpProcessingError):
+            record.msg = "%s: %s"
+            record.args = (
+                record.getMessage(),
+                str(exc.message).strip().splitlines()[0] if exc.message else exc.code,
+            )
+            record.exc_info = None
+            record.exc_text = None
+            record.levelno, record.levelname = logging.DEBUG, "DEBUG"
+            return logging.getLogger(record.name).isEnabledFor(logging.DEBUG)
+        return True
+
+
 def run(
     settings: ServerSettings,
     predictor: Predictor,
@@ -31,6 +52,7 @@ def run(
 
 
 async def _serve(app: web.Application, host: str, port: int, access_log: bool) -> None:
+    logging.getLogger("aiohttp.server").addFilter(QuietBadRequests())
     runner = web.AppRunner(
         app,
         handle_signals=False,
