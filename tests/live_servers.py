@@ -104,7 +104,7 @@ def model_server(
 def webapp(
     model_url: str, log: Path, extra_env: Mapping[str, str] | None = None, extra_args: Sequence[str] = ()
 ) -> Iterator[LiveServer]:
-    """Run the webapp as its image does (waitress) on a free port of 127.0.0.1."""
+    """Run the webapp as its image does (`python -m edge_webapp`) on a free port of 127.0.0.1."""
     port = free_port()
     argv = [sys.executable, "-m", "edge_webapp", "--host", "127.0.0.1", "--port", str(port), *extra_args]
     env = {"MODEL_URL": model_url, "MODEL_RETRIES": "1", **(extra_env or {})}
