@@ -38,11 +38,10 @@ class QuietBadRequests(logging.Filter):
 
         exc = record.exc_info[1] if record.exc_info else None
         if isinstance(exc, HttpProcessingError):
-            record.msg = "%s: %s"
-            record.args = (
-                record.getMessage(),
-                str(exc.message).strip().splitlines()[0] if exc.message else exc.code,
-            )
+            # Read the message before replacing what it is made of.
+            message = record.getMessage()
+            lines = str(exc.message).strip().splitlines()
+            record.msg, record.args = "%s: %s", (message, lines[0] if lines else exc.code)
             record.exc_info = None
             record.exc_text = None
             record.levelno, record.levelname = logging.DEBUG, "DEBUG"
