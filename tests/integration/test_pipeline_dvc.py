@@ -76,6 +76,7 @@ def test_repro_builds_every_output(project: Path) -> None:
         "models/model.keras",
         "models/serving/saved_model.pb",
         "models/metadata.json",
+        "models/profile.json",
         "reports/train/history.csv",
         "reports/evaluate/confusion.csv",
         "reports/evaluate/confusion_matrix.png",

@@ -187,6 +187,8 @@ def test_services_start_in_order(compose: dict[str, Any]) -> None:
         "trainer": {"mongo": "service_healthy"},
         "model": {"trainer": "service_completed_successfully"},
         "webapp": {"model": "service_healthy"},
+        "prometheus": {"model": "service_healthy"},
+        "grafana": {"prometheus": "service_healthy"},
     }
     # A service_healthy condition can only be met by a service with a healthcheck.
     for deps in conditions.values():
@@ -197,7 +199,7 @@ def test_services_start_in_order(compose: dict[str, Any]) -> None:
 
 def test_state_lives_in_named_volumes(compose: dict[str, Any]) -> None:
     named = set(compose["volumes"])
-    assert named == {"mongo-data", "edge-data", "edge-models", "edge-runs"}
+    assert named == {"mongo-data", "edge-data", "edge-models", "edge-runs", "edge-predictions"}
     mounts = {
         mount.split(":")[1]: mount.split(":")[0]
         for service in compose["services"].values()
@@ -207,6 +209,7 @@ def test_state_lives_in_named_volumes(compose: dict[str, Any]) -> None:
     assert mounts["/app/data"] == "edge-data"
     assert mounts["/app/models"] == "edge-models"
     assert mounts["/app/runs"] == "edge-runs"
+    assert mounts["/app/predictions"] == "edge-predictions"
 
 
 def test_mongo_initialises_from_services_tracking(compose: dict[str, Any]) -> None:

@@ -102,7 +102,9 @@ def test_settings_from_environment_and_clear_errors() -> None:
 
 def test_log_writes_whole_files_rotated_by_count(tmp_path: Path) -> None:
     registry = CollectorRegistry()
-    log = PredictionLog(str(tmp_path), file_records=10, registry=registry, embed=fake_embed).start()
+    log = PredictionLog(
+        str(tmp_path), file_records=10, registry=registry, embed=lambda p: fake_embed(p.images)
+    ).start()
     for i in range(7):
         log.submit(predicted(garments(4, seed=i), seed=i, request_id=f"req-{i}"))
     assert log.close()
@@ -285,7 +287,7 @@ def records_of(
             "time": start,
         }
     )
-    return build_records(item, lambda x: profile.project(fake_embed(x)))
+    return build_records(item, lambda p: profile.project(fake_embed(p.images)))
 
 
 def test_drift_clean_versus_darkened(profile: ReferenceProfile) -> None:
@@ -319,3 +321,79 @@ def test_report_html_and_summary(tmp_path: Path, profile: ReferenceProfile) -> N
     assert "ALERT" in page and "input.mean" in page
     # Self-contained: no reference leaves the page (SVG's own "#id" links stay inside it).
     assert re.search(r'(src|href)="(?!#)', page) is None
+
+
+def model_folder(tmp_path: Path, profile: ReferenceProfile, version: str = "abc") -> Path:
+    folder = tmp_path / "model"
+    save_profile(profile, str(folder))
+    (folder / "metadata.json").write_text(
+        json.dumps({"name": "fashion-mnist-cnn", "version": version, "class_names": list(CLASS_NAMES)})
+    )
+    return folder
+
+
+def write_log(folder: Path, records: list[dict[str, object]]) -> None:
+    folder.mkdir(parents=True, exist_ok=True)
+    (folder / f"predictions-{datetime.now(UTC):%Y%m%dT%H%M%S%fZ}-h-1-000001.jsonl").write_text(
+        "".join(json.dumps(r) + "\n" for r in records)
+    )
+
+
+def test_cli_report_exits_3_on_drift_and_0_when_clean(tmp_path: Path, profile: ReferenceProfile) -> None:
+    from typer.testing import CliRunner
+
+    from edge.cli import app
+
+    model = model_folder(tmp_path, profile)
+    runner = CliRunner()
+    write_log(tmp_path / "clean", records_of(garments(300, seed=11), profile, time.time(), seed=11))
+    args = ["monitor", "report", "--model-dir", str(model), "--out-dir", str(tmp_path / "out")]
+    clean = runner.invoke(app, [*args, "--source", str(tmp_path / "clean")])
+    assert clean.exit_code == 0, clean.output
+    assert json.loads((tmp_path / "out" / "summary.json").read_text())["status"] == "ok"
+    write_log(tmp_path / "dark", records_of(garments(300, seed=12) * 0.3, profile, time.time(), seed=12))
+    dark = runner.invoke(app, [*args, "--source", str(tmp_path / "dark")])
+    assert dark.exit_code == 3
+    assert "drift alert" in dark.output
+    assert (tmp_path / "out" / "report.html").is_file()
+    # Predictions of another model version are not judged against this model's profile.
+    other = runner.invoke(app, [*args, "--source", str(tmp_path / "dark"), "--since", "2h"])
+    assert other.exit_code == 3
+    model_folder(tmp_path, profile, version="other")
+    skipped = runner.invoke(app, [*args, "--source", str(tmp_path / "dark")])
+    assert skipped.exit_code == 0 and "other model versions" in skipped.output
+    missing = runner.invoke(app, [*args, "--source", str(tmp_path / "nowhere")])
+    assert missing.exit_code == 1 and "no prediction log" in missing.output
+    bad = runner.invoke(app, [*args, "--source", str(tmp_path / "dark"), "--since", "yesterday"])
+    assert bad.exit_code == 1 and "neither a duration" in bad.output
+
+
+def test_parse_since() -> None:
+    from edge.cli.monitor import parse_since
+
+    now = datetime(2026, 1, 2, 12, tzinfo=UTC)
+    assert parse_since("90m", now) == now - timedelta(minutes=90)
+    assert parse_since("7d", now) == now - timedelta(days=7)
+    assert parse_since("2026-01-01T06:00", now) == datetime(2026, 1, 1, 6, tzinfo=UTC)
+    assert parse_since(None) is None
+
+
+def test_serving_monitor_publishes_gauges_and_summary(tmp_path: Path, profile: ReferenceProfile) -> None:
+    from edge.monitoring.live import ServingMonitor
+
+    registry = CollectorRegistry()
+    settings = load_settings(
+        {"EDGE_MONITOR_LOG": str(tmp_path / "log"), "EDGE_MONITOR_GAUGE_SECONDS": "1000"}
+    )
+    monitor = ServingMonitor(settings, registry, lambda version: (profile, fake_embed)).start()
+    for i in range(30):
+        monitor.observe(predicted(255 - garments(10, seed=i), seed=i))
+    monitor.close()
+    monitor.refresh()
+    summary = monitor.summary()
+    assert summary["status"] == "alert" and summary["count"] == 300
+    assert registry.get_sample_value("edge_drift_alert", {"signal": "input.mean"}) == 1
+    assert registry.get_sample_value("edge_drift_window_predictions") == 300
+    shares = [registry.get_sample_value("edge_recent_class_share", {"class_name": n}) for n in CLASS_NAMES]
+    assert sum(s or 0 for s in shares) == pytest.approx(1.0, abs=0.01)
+    assert len(list(read_records(str(tmp_path / "log")))) == 300

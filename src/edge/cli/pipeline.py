@@ -13,7 +13,7 @@ from rich.table import Table
 from edge import lineage, storage, tracking
 from edge.cli.common import console, friendly_errors, out
 from edge.data import DEFAULT_RAW_DIR
-from edge.model import METADATA_FILE
+from edge.model import ModelIntegrityError, verify_model_uri
 from edge.pipeline import evaluate_stage, load_params, prepare_stage
 
 app = typer.Typer(help="Run the training pipeline's stages: prepare, train, evaluate.", no_args_is_help=True)
@@ -94,7 +94,7 @@ def run(
     ] = False,
 ) -> None:
     """Run prepare, train and evaluate in one process, without DVC (containers, Vertex AI)."""
-    if skip_if_trained and storage.exists(storage.join(model_dir, METADATA_FILE)):
+    if skip_if_trained and _holds_complete_model(model_dir):
         console.print(
             f"{model_dir} already holds a model: nothing to do (omit --skip-if-trained to retrain)."
         )
@@ -103,10 +103,23 @@ def run(
         from edge.cli.data import seed_data
 
         with friendly_errors():
-            seed_data(Path(raw_dir), source=None, track=False)
+            # A string, not a Path: Path("gs://b/raw") would be the local folder "gs:/b/raw".
+            seed_data(raw_dir, source=None, track=False)
     prepare(params, raw_dir, prepared_dir)
     train(params, prepared_dir, model_dir, f"{reports_dir}/train")
     evaluate(params, prepared_dir, model_dir, f"{reports_dir}/evaluate")
+
+
+def _holds_complete_model(model_dir: str) -> bool:
+    """Tell whether `model_dir` holds a complete, unmixed model; say why an existing one is not."""
+    if not storage.exists(model_dir):
+        return False
+    try:
+        verify_model_uri(model_dir)
+    except (ModelIntegrityError, FileNotFoundError) as exc:
+        console.print(f"[yellow]warning:[/] not reusing the model in {model_dir}: {exc}", highlight=False)
+        return False
+    return True
 
 
 def _lineage(params: dict[str, object]) -> dict[str, object]:

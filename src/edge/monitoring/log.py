@@ -36,7 +36,8 @@ log = logging.getLogger(__name__)
 
 Record = dict[str, Any]
 FileWriter = Callable[[str, str], None]
-Embedder = Callable[[np.ndarray], np.ndarray]
+# Returns the (projected) embeddings of a request's images, or None when there are none to give.
+Embedder = Callable[["Predicted"], np.ndarray | None]
 FILE_PREFIX = "predictions-"
 FILE_SUFFIX = ".jsonl"
 
@@ -80,11 +81,15 @@ class LogMetrics:
 
 
 class PredictionLog:
-    """Record sampled predictions asynchronously into batched JSONL files under `location`."""
+    """Record sampled predictions asynchronously into batched JSONL files under `location`.
+
+    With no location the records are still built and handed to `on_records` (the server's drift
+    gauges), only no file is written.
+    """
 
     def __init__(
         self,
-        location: str,
+        location: str | None,
         *,
         sample_rate: float = 1.0,
         queue_size: int = 10_000,
@@ -190,6 +195,8 @@ class PredictionLog:
                 for line in self._lines(item):
                     lines.append(line)
                     size += len(line) + 1
+            if self.location is None:
+                lines, size = [], 0
             due = len(lines) >= self.file_records or size >= self.file_bytes
             if lines and (due or stopping or time.monotonic() - opened >= self.file_seconds):
                 self._write(lines)
@@ -210,6 +217,7 @@ class PredictionLog:
         return [json.dumps(record, separators=(",", ":")) for record in records]
 
     def _write(self, lines: list[str]) -> None:
+        assert self.location is not None
         now = datetime.now(UTC)
         self._sequence += 1
         name = f"{FILE_PREFIX}{now:%Y%m%dT%H%M%S%fZ}-{self._name_stem}-{self._sequence:06d}{FILE_SUFFIX}"
@@ -247,7 +255,8 @@ def build_records(
     """Turn one request's predictions into log records, one per instance."""
     stamp = datetime.fromtimestamp(predicted.time or time.time(), UTC).isoformat(timespec="milliseconds")
     summaries = summary_records(predicted.images)
-    embeddings = np.asarray(embed(predicted.images), dtype=np.float32) if embed is not None else None
+    embedded = embed(predicted) if embed is not None else None
+    embeddings = np.asarray(embedded, dtype=np.float32) if embedded is not None else None
     records: list[Record] = []
     for i, summary in enumerate(summaries):
         record: Record = {

@@ -119,13 +119,14 @@ def compute_profile(model: keras.Model, images: np.ndarray, class_names: list[st
 
 
 def save_profile(profile: ReferenceProfile, model_dir: str) -> None:
-    """Write the profile beside the model."""
+    """Write the profile into a folder (training instead publishes it with the model: `save_model`'s
+    `extra_files`, since a file added to a published model folder would fail its content check)."""
     storage.write_text(storage.join(model_dir, PROFILE_FILE), profile.to_json())
 
 
 def load_profile(model_dir: str) -> ReferenceProfile:
     """Read the profile saved beside a model; a clear error when the model has none."""
-    uri = storage.join(model_dir, PROFILE_FILE)
+    uri = storage.join(storage.resolve_dir(model_dir), PROFILE_FILE)
     try:
         text = storage.read_text(uri)
     except FileNotFoundError:

@@ -94,7 +94,8 @@ def _plots(profile: ReferenceProfile, records: Sequence[Record], summary: dict[s
             label="reference",
             color=REFERENCE_COLOUR,
         )
-        ax.hist(recent, bins=bins, density=True, alpha=0.6, label="recent", color=RECENT_COLOUR)
+        if recent:
+            ax.hist(recent, bins=bins, density=True, alpha=0.6, label="recent", color=RECENT_COLOUR)
         ax.set_title(f"input {name}")
     edges = np.arange(HISTOGRAM_BINS)
     pooled = (
@@ -119,7 +120,9 @@ def _plots(profile: ReferenceProfile, records: Sequence[Record], summary: dict[s
     conf_ax.hist(
         profile.confidence, bins=bins, density=True, alpha=0.6, color=REFERENCE_COLOUR, label="reference"
     )
-    conf_ax.hist([r["confidence"] for r in records], bins=bins, density=True, alpha=0.6, color=RECENT_COLOUR)
+    if records:
+        recent = [r["confidence"] for r in records]
+        conf_ax.hist(recent, bins=bins, density=True, alpha=0.6, color=RECENT_COLOUR)
     conf_ax.set_title("confidence of the predicted class")
     plots["outputs"] = _svg(figure)
 

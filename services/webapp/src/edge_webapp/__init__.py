@@ -29,6 +29,13 @@ def default_config(environ: Mapping[str, str]) -> dict[str, Any]:
         "MODEL_RETRIES": int(environ.get("MODEL_RETRIES", "2")),
         "MAX_CONTENT_LENGTH": int(environ.get("MAX_CONTENT_LENGTH", DEFAULT_MAX_UPLOAD_BYTES)),
         "MAX_IMAGE_PIXELS": int(environ.get("MAX_IMAGE_PIXELS", DEFAULT_MAX_IMAGE_PIXELS)),
+        # `server` (the model server at MODEL_URL) or `vertex` (a Vertex AI endpoint: edge_webapp.vertex).
+        "MODEL_BACKEND": environ.get("MODEL_BACKEND", "server"),
+        "VERTEX_ENDPOINT": environ.get("VERTEX_ENDPOINT", ""),
+        "VERTEX_API_ENDPOINT": environ.get("VERTEX_API_ENDPOINT", ""),
+        "VERTEX_CREDENTIALS": environ.get("VERTEX_CREDENTIALS", "default"),
+        # The /monitoring page's summary: a URL or a summary.json file [default: MODEL_URL/monitoring].
+        "MONITORING_SUMMARY": environ.get("MONITORING_SUMMARY", ""),
     }
 
 
@@ -47,10 +54,18 @@ def create_app(test_config: Mapping[str, Any] | None = None) -> Flask:
         retries=app.config["MODEL_RETRIES"],
         predict_path=app.config["MODEL_PREDICT_ROUTE"],
     )
+    if app.config["MODEL_BACKEND"] == "vertex":
+        from edge_webapp.vertex import VertexClient
+
+        app.extensions["edge_model_client"] = VertexClient.from_config(app.config)
+    elif app.config["MODEL_BACKEND"] != "server":
+        raise ValueError(f"MODEL_BACKEND={app.config['MODEL_BACKEND']!r}: use server or vertex")
 
     from edge_webapp import views
+    from edge_webapp.monitoring import monitoring
 
     app.register_blueprint(views.pages)
+    app.register_blueprint(monitoring)
     app.register_blueprint(views.api)
     views.register_error_handlers(app)
     return app

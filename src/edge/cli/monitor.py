@@ -1,0 +1,207 @@
+"""`edge monitor`: judge logged predictions against the model's reference profile, or simulate drift."""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import time
+import urllib.error
+import urllib.request
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import Annotated
+
+import numpy as np
+import typer
+from rich.table import Table
+
+from edge.cli.common import console, fail, friendly_errors, out
+
+app = typer.Typer(
+    help="Monitor the served model: drift reports and a drift simulation.", no_args_is_help=True
+)
+
+# 0 is no drift; 1 is an error (as everywhere in edge); drift gets its own code so cron and CI can
+# tell "the model's inputs changed" from "the report could not run".
+ALERT_EXIT_CODE = 3
+DURATION = re.compile(r"^(\d+)\s*([smhd])$")
+UNITS = {"s": "seconds", "m": "minutes", "h": "hours", "d": "days"}
+DEFAULT_SOURCE = "predictions"
+TEST_IMAGES = ("t10k-images-idx3-ubyte", "t10k-images-idx3-ubyte.gz")
+
+
+def parse_since(value: str | None, now: datetime | None = None) -> datetime | None:
+    """Read `--since`: a duration back from now (30m, 24h, 7d) or an ISO 8601 time (UTC if no zone)."""
+    if value is None:
+        return None
+    now = now or datetime.now(UTC)
+    match = DURATION.match(value.strip())
+    if match:
+        return now - timedelta(**{UNITS[match.group(2)]: int(match.group(1))})
+    try:
+        moment = datetime.fromisoformat(value)
+    except ValueError:
+        raise ValueError(
+            f"--since {value!r} is neither a duration (30m, 24h, 7d) nor an ISO time (2026-01-31T12:00)"
+        ) from None
+    return moment if moment.tzinfo else moment.replace(tzinfo=UTC)
+
+
+@app.command()
+def report(
+    source: Annotated[
+        str | None,
+        typer.Option(
+            help="Prediction log, a directory or gs:// prefix [default: $EDGE_MONITOR_LOG, else predictions]"
+        ),
+    ] = None,
+    since: Annotated[
+        str | None,
+        typer.Option(help="Only predictions since then: 30m, 24h, 7d or an ISO time [default: all]"),
+    ] = None,
+    model_dir: Annotated[
+        str | None,
+        typer.Option(
+            help="The model whose reference profile to compare with [default: $AIP_STORAGE_URI, else models]"
+        ),
+    ] = None,
+    out_dir: Annotated[
+        str,
+        typer.Option("--out-dir", help="Where report.html and summary.json go (a directory or gs:// prefix)"),
+    ] = "reports/monitoring",
+    all_versions: Annotated[
+        bool, typer.Option("--all-versions", help="Include predictions of other model versions")
+    ] = False,
+) -> None:
+    """Compare logged predictions with the model's reference profile; exit 3 when a signal drifted."""
+    from edge import model, storage
+    from edge.monitoring import drift
+    from edge.monitoring.log import read_records
+    from edge.monitoring.profile import load_profile
+    from edge.monitoring.report import REPORT_FILE, write_report
+    from edge.monitoring.settings import load_settings
+
+    with friendly_errors():
+        settings = load_settings()
+        log_source = source or settings.log or DEFAULT_SOURCE
+        model_uri = model_dir or os.environ.get("AIP_STORAGE_URI") or "models"
+        start = parse_since(since)
+        profile = load_profile(model_uri)
+        metadata = model.read_metadata(model_uri)
+        records = list(read_records(log_source, start))
+        others = [r for r in records if r.get("version") != metadata["version"]]
+        if not all_versions:
+            records = [r for r in records if r.get("version") == metadata["version"]]
+        if others and not all_versions:
+            console.print(
+                f"left out {len(others)} predictions of other model versions than {metadata['version']} "
+                "(--all-versions includes them)"
+            )
+        console.print(f"comparing {len(records)} predictions from {log_source} with the reference profile...")
+        result = drift.compare(profile, records, settings)
+        windows = drift.over_time(profile, records, settings)
+        context = {
+            "source": log_source,
+            "since": start.isoformat() if start else None,
+            "model": metadata["name"],
+            "version": metadata["version"],
+            "model_dir": model_uri,
+        }
+        summary = write_report(out_dir, result, windows, profile, records, settings, context)
+    table = Table("signal", "test", "statistic", "p-value", "threshold", "verdict", title="Drift")
+    for score in result.scores:
+        table.add_row(
+            score.signal,
+            score.test,
+            f"{score.statistic:.4g}",
+            "" if score.p_value is None else f"{score.p_value:.3g}",
+            f"{score.threshold:g}",
+            "[bold red]ALERT[/]" if score.alert else "ok",
+        )
+    out.print(table)
+    console.print(f"report: {storage.join(out_dir, REPORT_FILE)}")
+    if not result.enough:
+        console.print(
+            f"[yellow]not enough data:[/] {result.count} predictions, at least {settings.min_records} "
+            "are needed to judge drift"
+        )
+    if result.alert:
+        console.print(f"[bold red]drift alert:[/] {', '.join(summary['alerting'])}")
+        raise typer.Exit(ALERT_EXIT_CODE)
+
+
+def load_test_images(source: Path) -> np.ndarray:
+    """Read Fashion-MNIST's test images from a folder holding the IDX file, compressed or not."""
+    from edge.data import read_idx
+
+    for name in TEST_IMAGES:
+        if (source / name).is_file():
+            return read_idx(source / name)
+    raise FileNotFoundError(
+        f"no {TEST_IMAGES[0]}(.gz) in {source}: run `edge data seed` or pass --data-dir with the test files"
+    )
+
+
+def _post(url: str, images: np.ndarray, timeout: float) -> list[dict[str, object]]:
+    body = json.dumps({"instances": np.rint(images).astype(int).tolist()}).encode()
+    request = urllib.request.Request(url, data=body, headers={"Content-Type": "application/json"})
+    with urllib.request.urlopen(request, timeout=timeout) as response:
+        predictions: list[dict[str, object]] = json.loads(response.read())["predictions"]
+    return predictions
+
+
+@app.command()
+def simulate(
+    url: Annotated[str, typer.Option(help="The model server's base URL")] = "http://127.0.0.1:8080",
+    data_dir: Annotated[
+        Path, typer.Option(help="Folder with Fashion-MNIST's test images (IDX, .gz or not)")
+    ] = Path("data/raw/fashion-mnist"),
+    phases: Annotated[
+        str,
+        typer.Option(
+            help="Comma-separated phases, in order: clean, shifted, darkened, noisy, inverted, digits"
+        ),
+    ] = "clean,shifted,darkened,noisy,inverted,digits",
+    per_phase: Annotated[int, typer.Option(help="Images sent in each phase", min=1)] = 500,
+    batch: Annotated[int, typer.Option(help="Images per request", min=1, max=64)] = 16,
+    pause: Annotated[float, typer.Option(help="Seconds to wait between phases", min=0)] = 0.0,
+    seed: Annotated[int, typer.Option(help="Seed of the image choice and the shifts")] = 0,
+) -> None:
+    """Send clean test images, then shifted, darkened, noisy and out-of-domain ones, to a running server."""
+    from edge.monitoring.shifts import SHIFTS
+
+    chosen = [p.strip() for p in phases.split(",") if p.strip()]
+    unknown = [p for p in chosen if p not in SHIFTS]
+    if unknown or not chosen:
+        fail(f"unknown phase(s) {unknown}; choose from {', '.join(SHIFTS)}")
+    with friendly_errors():
+        images = load_test_images(data_dir)
+    predict_url = url.rstrip("/") + "/predict"
+    rng = np.random.default_rng(seed)
+    started = datetime.now(UTC)
+    table = Table("phase", "images", "from", "mean confidence", "top predicted classes", title="Simulation")
+    for phase in chosen:
+        phase_start = datetime.now(UTC)
+        picked = images[rng.choice(len(images), per_phase, replace=False)]
+        shifted = SHIFTS[phase](picked, rng)
+        confidences: list[float] = []
+        labels: list[str] = []
+        for offset in range(0, per_phase, batch):
+            try:
+                predictions = _post(predict_url, shifted[offset : offset + batch], timeout=30)
+            except (urllib.error.URLError, OSError) as exc:
+                fail(f"cannot reach the model server at {predict_url}: {exc}; is `edge serve` running?")
+            confidences += [float(str(p["confidence"])) for p in predictions]
+            labels += [str(p["label"]) for p in predictions]
+        names, counts = np.unique(labels, return_counts=True)
+        top = ", ".join(f"{names[i]} {counts[i] * 100 // len(labels)}%" for i in np.argsort(-counts)[:3])
+        table.add_row(phase, str(per_phase), f"{phase_start:%H:%M:%S}", f"{np.mean(confidences):.3f}", top)
+        console.print(f"{phase}: sent {per_phase} images, mean confidence {np.mean(confidences):.3f}")
+        if pause and phase != chosen[-1]:
+            time.sleep(pause)
+    out.print(table)
+    console.print(
+        "watch it in the report: edge monitor report --since "
+        f"{started:%Y-%m-%dT%H:%M:%S} (each phase also shows on the server's /metrics drift gauges)"
+    )

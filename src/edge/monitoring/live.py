@@ -1,0 +1,157 @@
+"""Monitoring inside the model server: the prediction log, plus drift and class-mix gauges on /metrics.
+
+The server calls `observe` after each prediction; everything else happens on the log's writer thread:
+records join a window of recent predictions, and every `gauge_seconds` the window is scored against
+the reference profile. The gauges and the JSON summary (what the webapp's status page shows) are
+therefore at most that old, and a request never waits for them.
+
+The served model may change (a hot reload): when records of a new version arrive, the writer asks
+`resolve` for that version's profile and feature extractor, and starts a fresh window.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from collections import deque
+from collections.abc import Callable
+from datetime import UTC, datetime
+from typing import Any
+
+import numpy as np
+from prometheus_client import CollectorRegistry, Gauge
+
+from edge.monitoring import drift
+from edge.monitoring.log import Predicted, PredictionLog, Record
+from edge.monitoring.profile import ReferenceProfile
+from edge.monitoring.settings import MonitoringSettings
+
+log = logging.getLogger(__name__)
+# The live gauges run MMD with fewer permutations than a report: enough to flag p < 0.01 every
+# 15 seconds at a few tens of milliseconds.
+LIVE_PERMUTATIONS = 200
+
+FeatureExtractor = Callable[[np.ndarray], np.ndarray]
+# For a model version: its reference profile and its penultimate-layer feature extractor, if any.
+Resolver = Callable[[str], tuple[ReferenceProfile | None, FeatureExtractor | None]]
+
+
+class ServingMonitor:
+    """The log of one server process and the drift gauges computed from its recent predictions."""
+
+    def __init__(self, settings: MonitoringSettings, registry: CollectorRegistry, resolve: Resolver) -> None:
+        self.settings = settings.model_copy(update={"mmd_permutations": LIVE_PERMUTATIONS})
+        self._resolve = resolve
+        self.version: str | None = None
+        self.profile: ReferenceProfile | None = None
+        self._features: FeatureExtractor | None = None
+        self._recent: deque[Record] = deque(maxlen=settings.window)
+        self._lock = threading.Lock()
+        self._last_scored = 0.0
+        self._summary: dict[str, Any] = {"status": "no predictions yet"}
+        self.log = PredictionLog(
+            settings.log,
+            sample_rate=settings.sample_rate,
+            queue_size=settings.queue_size,
+            file_records=settings.file_records,
+            file_bytes=settings.file_bytes,
+            file_seconds=settings.file_seconds,
+            log_inputs=settings.log_inputs,
+            registry=registry,
+            embed=self._embed,
+            on_records=self._on_records,
+        )
+        self.drift_statistic = Gauge(
+            "edge_drift_statistic",
+            "Drift statistic of recent predictions against the reference profile, by signal.",
+            ["signal"],
+            registry=registry,
+        )
+        self.drift_alert = Gauge(
+            "edge_drift_alert",
+            "1 when a signal has drifted beyond its threshold, else 0.",
+            ["signal"],
+            registry=registry,
+        )
+        self.class_share = Gauge(
+            "edge_recent_class_share",
+            "Share of each predicted class among the recent predictions.",
+            ["class_name"],
+            registry=registry,
+        )
+        self.window_size = Gauge(
+            "edge_drift_window_predictions",
+            "Recent predictions the drift gauges are computed on.",
+            registry=registry,
+        )
+
+    def start(self) -> ServingMonitor:
+        """Start the writer thread."""
+        self.log.start()
+        return self
+
+    def observe(self, predicted: Predicted) -> None:
+        """Hand one request's predictions to the log: sampled and queued, never blocking."""
+        self.log.submit(predicted)
+
+    def close(self, timeout: float = 10.0) -> None:
+        """Write what is pending; called when the server stops."""
+        self.log.close(timeout)
+
+    def summary(self) -> dict[str, Any]:
+        """The latest drift status and prediction mix, as JSON for the webapp."""
+        with self._lock:
+            return dict(self._summary)
+
+    def _embed(self, predicted: Predicted) -> np.ndarray | None:
+        # Runs on the writer thread, before the records are built: switch models here.
+        if predicted.version != self.version:
+            self._switch(predicted.version)
+        if self.profile is None or self._features is None:
+            return None
+        return self.profile.project(self._features(predicted.images))
+
+    def _switch(self, version: str) -> None:
+        try:
+            profile, features = self._resolve(version)
+        except Exception as exc:  # a model without a usable profile still serves, unmonitored
+            log.warning("monitoring: no reference profile for model version %s: %s", version, exc)
+            profile, features = None, None
+        self.version, self.profile, self._features = version, profile, features
+        self._recent.clear()
+        self._last_scored = 0.0
+        with self._lock:
+            self._summary = {"status": "no predictions yet" if profile else "no reference profile"}
+
+    def _on_records(self, records: list[Record]) -> None:
+        self._recent.extend(records)
+        if self.profile is None or time.monotonic() - self._last_scored < self.settings.gauge_seconds:
+            return
+        self._last_scored = time.monotonic()
+        self.refresh()
+
+    def refresh(self) -> None:
+        """Score the recent window now and publish the gauges and the summary."""
+        profile = self.profile
+        if profile is None:
+            return
+        recent = list(self._recent)
+        result = drift.compare(profile, recent, self.settings)
+        for name, share in zip(profile.class_names, result.recent_class_mix, strict=False):
+            self.class_share.labels(name).set(share)
+        self.window_size.set(len(recent))
+        for score in result.scores:
+            self.drift_statistic.labels(score.signal).set(score.statistic)
+            self.drift_alert.labels(score.signal).set(1 if score.alert else 0)
+        status = "alert" if result.alert else ("ok" if result.enough else "not enough data")
+        with self._lock:
+            self._summary = {
+                "status": status,
+                "model_version": self.version,
+                "updated": datetime.now(UTC).isoformat(timespec="seconds"),
+                "class_names": profile.class_names,
+                "reference_class_mix": profile.class_mix,
+                "window": self.settings.window,
+                **result.to_dict(),
+            }
