@@ -28,7 +28,8 @@ def publish(models: Path, source: Path, version: str, *, break_it: bool = False)
     """Publish `source` as a new version behind the `models` symlink, switched atomically."""
     target = models.parent / f"v-{version}"
     shutil.copytree(source, target)
-    metadata = {**TINY_MODEL_METADATA, "version": version}
+    # The saved metadata (with the folder's content hash), under a new version.
+    metadata = {**json.loads((source / "metadata.json").read_text()), "version": version}
     (target / "metadata.json").write_text(json.dumps(metadata))
     if break_it:
         (target / "serving" / "saved_model.pb").write_bytes(b"not a SavedModel")
