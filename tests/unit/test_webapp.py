@@ -267,3 +267,35 @@ def test_slow_model_server_times_out_with_504() -> None:
         )
     assert response.status_code == 504
     assert "too long" in response.json["error"]
+
+
+# --- The model card ----------------------------------------------------------------------------------
+
+
+def test_result_links_to_the_model_card_which_the_webapp_shows(tmp_path: Path) -> None:
+    from edge.model import ModelParams, build_model, save_model
+    from edge.serving.app import create_app as create_server
+    from edge.serving.predictor import load_from_uri
+    from edge.serving.settings import ServerSettings
+    from tests.conftest import TINY_MODEL_METADATA
+    from tests.serving_helpers import serving
+
+    with_card = tmp_path / "models"
+    card = {"model-card.html": b"<!DOCTYPE html><h1>Model card: tiny</h1><table></table>"}
+    model = build_model(ModelParams(filters=(8,), dense_units=16))
+    save_model(model, str(with_card), dict(TINY_MODEL_METADATA), extra_files=card)
+    server = create_server(ServerSettings(reload_interval=0), predictor=load_from_uri(str(with_card)))
+    with serving(server) as model:
+        webapp = create_app({"MODEL_URL": model.url}).test_client()
+        page = webapp.post("/", data={"sample": samples()[0].id})
+        assert page.status_code == 200
+        assert 'href="/model-card"' in page.get_data(as_text=True)
+        card = webapp.get("/model-card")
+        assert card.status_code == 200 and card.mimetype == "text/html"
+        assert "<h1>Model card: tiny</h1>" in card.get_data(as_text=True)
+
+
+def test_a_model_without_a_card_gets_a_friendly_page(client: FlaskClient) -> None:
+    response = client.get("/model-card")
+    assert response.status_code == 404
+    assert "has no model card" in response.get_data(as_text=True)

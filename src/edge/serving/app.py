@@ -46,6 +46,7 @@ log = logging.getLogger(__name__)
 # A model name never holds "/" or ":", so /v1/models/<name>:predict and /v1/models/<name> stay apart.
 NAMED_PREDICT_ROUTE = "/v1/models/{name:[^{}/:]+}:predict"
 METADATA_ROUTE = "/v1/models/{name:[^{}/:]+}"
+MODEL_CARD_ROUTE = "/model-card"
 # Seconds a shed client is asked to wait: about one full queue's worth of work.
 RETRY_AFTER_SECONDS = 1
 
@@ -141,6 +142,8 @@ def create_app(
     app.router.add_post(settings.predict_route, _predict, name="predict", expect_handler=_expect_continue)
     app.router.add_post(NAMED_PREDICT_ROUTE, _predict, name="predict_named", expect_handler=_expect_continue)
     app.router.add_get(METADATA_ROUTE, _metadata, name="metadata")
+    app.router.add_get(MODEL_CARD_ROUTE, _model_card, name="model_card")
+    app.router.add_get(MODEL_CARD_ROUTE + ".md", _model_card, name="model_card_markdown")
     app.router.add_get("/metrics", _metrics, name="metrics")
     app.router.add_get("/openapi.json", _openapi, name="openapi")
     app.on_startup.append(_start)
@@ -234,6 +237,24 @@ async def _metadata(request: web.Request) -> web.Response:
         raise RequestError("this server does not publish model metadata", 404)
     predictor = _model_for(request)
     return _json(predictor.metadata)
+
+
+async def _model_card(request: web.Request) -> web.Response:
+    """The served model's card: self-contained HTML at /model-card, Markdown at /model-card.md."""
+    from edge import modelcard
+
+    if not request.app[SETTINGS].expose_metadata:
+        # The card shows the lineage, as /v1/models/<name> does.
+        raise RequestError("this server does not publish model metadata", 404)
+    predictor = request.app[HOLDER].predictor
+    if predictor is None:
+        raise RequestError("no model is loaded yet; see /health", 503)
+    markdown = request.path.endswith(".md")
+    text = predictor.card.get(modelcard.MARKDOWN_FILE if markdown else modelcard.HTML_FILE)
+    if text is None:
+        raise RequestError("this model was saved without a model card (trained before cards existed)", 404)
+    content_type = "text/markdown" if markdown else "text/html"
+    return web.Response(text=text, content_type=content_type, charset="utf-8")
 
 
 async def _metrics(request: web.Request) -> web.Response:
