@@ -8,6 +8,7 @@ from typing import NoReturn
 
 import typer
 from rich.console import Console
+from rich.markup import escape
 
 from edge.cloud.errors import CloudError
 from edge.data import DataError
@@ -49,5 +50,6 @@ def cloud_errors() -> Iterator[None]:
 
 def fail(message: str, code: int = 1) -> NoReturn:
     """Print `message` as an error and exit with `code`."""
-    console.print(f"[bold red]error:[/] {message}", highlight=False, soft_wrap=True)
+    # Escaped: messages quote lists and tables whose brackets are not markup.
+    console.print(f"[bold red]error:[/] {escape(message)}", highlight=False, soft_wrap=True)
     raise typer.Exit(code)
