@@ -13,11 +13,11 @@ from pathlib import Path
 import pytest
 from flask import Flask
 from flask.testing import FlaskClient
-from PIL import Image, ImageDraw
+from PIL import Image, ImageChops, ImageDraw
 from werkzeug.serving import BaseWSGIServer, make_server
 
 from edge_webapp import create_app
-from edge_webapp.imaging import to_fashion_mnist
+from edge_webapp.imaging import open_image, to_fashion_mnist
 from edge_webapp.views import samples
 
 
@@ -155,6 +155,40 @@ def test_api_returns_the_same_as_json(client: FlaskClient) -> None:
     raw = client.post("/api/predict", data=data, content_type="image/png")
     assert raw.status_code == 200
     assert raw.json["prediction"] == body["prediction"]
+
+
+def test_a_16_bit_picture_converts_like_its_8_bit_version() -> None:
+    # A light background (60,000 of 65,535) and a dark garment: converting to 8 bits by clipping
+    # would turn all of it white; scaled, it must give the 8-bit picture's result.
+    photo = product_photo().convert("L")
+    wide = photo.convert("I").point(lambda p: p * 257)
+    sixteen_bit = Image.open(io.BytesIO(encoded(wide.convert("I;16"), "PNG")))
+    assert sixteen_bit.mode.startswith("I;16")
+    data = encoded(sixteen_bit, "PNG")
+    converted = to_fashion_mnist(open_image(data, 12_000_000))
+    expected = to_fashion_mnist(photo)
+    difference = ImageChops.difference(converted, expected)
+    assert max(difference.getextrema()) <= 2  # type: ignore[arg-type]
+
+
+def test_a_big_jpeg_is_decoded_at_a_fraction_of_its_size() -> None:
+    photo = Image.new("RGB", (4000, 3000), "white")
+    ImageDraw.Draw(photo).ellipse((1200, 400, 2600, 2700), fill=(40, 40, 90))
+    data = encoded(photo, "JPEG")
+    image = open_image(data, 12_000_000)
+    # Decoded at 1/4 scale straight from the JPEG, never at 12 MP.
+    assert max(image.size) <= 1000
+    full = to_fashion_mnist(Image.open(io.BytesIO(data)))
+    difference = ImageChops.difference(to_fashion_mnist(image), full)
+    # The same picture for the model: only a few edge pixels differ, and by little.
+    assert sum(difference.histogram()[32:]) <= 10, difference.histogram()
+
+
+def test_pictures_above_12_megapixels_are_refused_from_their_header(client: FlaskClient) -> None:
+    assert create_app().config["MAX_IMAGE_PIXELS"] == 12_000_000
+    refused = client.post("/api/predict", data={"image": (io.BytesIO(png_bomb(4000, 3001)), "b.png")})
+    assert refused.status_code == 413
+    assert "12,000,000" in refused.json["error"]
 
 
 # --- Every failure: a friendly message on the page, the right status in the API ---------------------

@@ -139,8 +139,8 @@ def create_app(
         _publish(app, predictor)
 
     app.router.add_get(settings.health_route, _health, name="health")
-    app.router.add_post(settings.predict_route, _predict, name="predict")
-    app.router.add_post(NAMED_PREDICT_ROUTE, _predict, name="predict_named")
+    app.router.add_post(settings.predict_route, _predict, name="predict", expect_handler=_expect_continue)
+    app.router.add_post(NAMED_PREDICT_ROUTE, _predict, name="predict_named", expect_handler=_expect_continue)
     app.router.add_get(METADATA_ROUTE, _metadata, name="metadata")
     app.router.add_get(MODEL_CARD_ROUTE, _model_card, name="model_card")
     app.router.add_get(MODEL_CARD_ROUTE + ".md", _model_card, name="model_card_markdown")
@@ -349,6 +349,21 @@ def _notify(
             observer(event)
         except Exception:
             log.exception("prediction observer %r failed", observer)
+
+
+async def _expect_continue(request: web.Request) -> web.StreamResponse | None:
+    """Answer `Expect: 100-continue` (curl sends it), refusing an oversized body before it is sent."""
+    limit = request.app[SETTINGS].max_request_bytes
+    if request.content_length is not None and request.content_length > limit:
+        response = _error(f"request body is larger than the limit of {limit} bytes", 413)
+        response.force_close()
+        return response
+    if request.headers.get("Expect", "").lower() != "100-continue":
+        return _error("the only Expect this server knows is 100-continue", 417)
+    if request.version >= (1, 1):
+        await request.writer.write(b"HTTP/1.1 100 Continue\r\n\r\n")
+        request.writer.output_size = 0
+    return None
 
 
 async def _read_body(request: web.Request, settings: ServerSettings) -> bytes:
