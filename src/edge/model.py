@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Literal
 
 from edge.data import CLASS_NAMES, IMAGE_SHAPE
 
@@ -16,9 +18,63 @@ KERAS_FILE = "model.keras"
 SERVING_DIR = "serving"
 METADATA_FILE = "metadata.json"
 HEADS = ("flatten", "gap")
+LOGITS_LAYER = "logits"
 # Keras' default of 0.99 averages over ~100 steps: a run of a few dozen steps (the tests' tiny data)
 # would evaluate with statistics that are still mostly the initial ones, at chance level.
 BN_MOMENTUM = 0.9
+CPUINFO = Path("/proc/cpuinfo")
+# CPU flags (as /proc/cpuinfo spells them) of units that compute in bfloat16 natively. Without them
+# oneDNN emulates bfloat16 and a training step costs about twice float32's (docs/benchmarks.md).
+BF16_CPU_FLAGS = ("avx512_bf16", "amx_bf16")
+Policy = Literal["float32", "mixed_bfloat16", "mixed_float16"]
+
+
+@dataclass(frozen=True)
+class Precision:
+    """The compute dtype policy a model is built with, and why it was chosen."""
+
+    setting: bool | str
+    policy: Policy
+    reason: str
+
+    def as_dict(self) -> dict[str, Any]:
+        return {"setting": self.setting, "policy": self.policy, "reason": self.reason}
+
+
+def cpu_flags(cpuinfo: str) -> set[str]:
+    """The feature flags of the first CPU in /proc/cpuinfo's text (empty when it has none)."""
+    for line in cpuinfo.splitlines():
+        key, _, value = line.partition(":")
+        if key.strip() in ("flags", "Features"):
+            return set(value.split())
+    return set()
+
+
+def resolve_precision(
+    setting: bool | str, *, cpuinfo: str | None = None, gpus: int | None = None
+) -> Precision:
+    """Choose the compute policy for `train.model.bfloat16` (true, false or "auto") on this machine.
+
+    "auto" is bfloat16 only where the CPU computes it natively, float16 with loss scaling on a GPU,
+    float32 otherwise (macOS, older x86, ARM without the flags), so a default never runs emulated.
+    `cpuinfo` and `gpus` stand in for /proc/cpuinfo and TensorFlow's GPU list (tests pass them).
+    """
+    if setting is True:
+        return Precision(setting, "mixed_bfloat16", "train.model.bfloat16 is true")
+    if setting is False:
+        return Precision(setting, "float32", "train.model.bfloat16 is false")
+    if gpus is None:
+        import tensorflow as tf
+
+        gpus = len(tf.config.list_physical_devices("GPU"))
+    if gpus:
+        return Precision(setting, "mixed_float16", f"auto: {gpus} GPU(s), float16 with loss scaling")
+    if cpuinfo is None:
+        cpuinfo = CPUINFO.read_text() if CPUINFO.is_file() else ""
+    found = sorted(cpu_flags(cpuinfo) & set(BF16_CPU_FLAGS))
+    if found:
+        return Precision(setting, "mixed_bfloat16", f"auto: the CPU reports {', '.join(found)}")
+    return Precision(setting, "float32", f"auto: the CPU reports none of {', '.join(BF16_CPU_FLAGS)}")
 
 
 @dataclass(frozen=True)
@@ -32,7 +88,8 @@ class ModelParams:
     dense_units: int = 256
     dropout: float = 0.15
     tta_flip: bool = True
-    bfloat16: bool = True
+    # true, false or "auto" (resolve_precision): the default must not depend on the CPU it runs on.
+    bfloat16: bool | str = "auto"
 
     @classmethod
     def from_dict(cls, raw: dict[str, Any]) -> ModelParams:
@@ -52,18 +109,25 @@ class ModelParams:
             raise ValueError(f"train.model.head is {params.head!r} in params.yaml, expected one of {HEADS}")
         if not 0 <= params.dropout < 1:
             raise ValueError("train.model.dropout must be in [0, 1) in params.yaml")
+        if params.bfloat16 not in (True, False, "auto"):
+            raise ValueError(
+                f"train.model.bfloat16 is {params.bfloat16!r} in params.yaml, expected true, false or auto"
+            )
         return params
 
 
-def build_model(params: ModelParams) -> keras.Model:
-    """Build the CNN; it takes raw 0-255 pixels of shape (28, 28) and returns class probabilities."""
+def build_model(params: ModelParams, precision: Precision | None = None) -> keras.Model:
+    """Build the CNN; it takes raw 0-255 pixels of shape (28, 28) and returns class probabilities.
+
+    Its last two layers are `logits` and their softmax, so calibration can rescale the logits.
+    """
     import keras
     from keras import layers
 
     inputs = keras.Input(shape=IMAGE_SHAPE, dtype="float32", name="image")
-    # bfloat16 compute with float32 weights: this CPU's AMX units run it ~2x faster. The output layer
-    # stays float32, so the softmax, the loss and the serving signature are float32 either way.
-    dtype = "mixed_bfloat16" if params.bfloat16 else "float32"
+    # Reduced-precision compute with float32 weights, where the hardware runs it natively. The output
+    # layers stay float32, so the softmax, the loss and the serving signature are float32 either way.
+    dtype = (precision or resolve_precision(params.bfloat16)).policy
     x = layers.Rescaling(1.0 / 255.0, dtype=dtype)(inputs)
     x = layers.Reshape((*IMAGE_SHAPE, 1), dtype=dtype)(x)
     for block, filters in enumerate(params.filters):
@@ -88,8 +152,32 @@ def build_model(params: ModelParams) -> keras.Model:
     x = layers.Dropout(params.dropout, dtype=dtype)(x)
     x = layers.Dense(params.dense_units, activation="relu", dtype=dtype)(x)
     x = layers.Dropout(params.dropout, dtype=dtype)(x)
-    outputs = layers.Dense(len(CLASS_NAMES), activation="softmax", name="probabilities", dtype="float32")(x)
+    logits = layers.Dense(len(CLASS_NAMES), name=LOGITS_LAYER, dtype="float32")(x)
+    outputs = layers.Activation("softmax", name="probabilities", dtype="float32")(logits)
     return keras.Model(inputs, outputs, name="fashion_mnist_cnn")
+
+
+def logits_model(base: keras.Model) -> keras.Model:
+    """The same network up to its logits (shared weights), for fitting a temperature."""
+    import keras
+
+    return keras.Model(base.input, base.get_layer(LOGITS_LAYER).output, name=f"{base.name}_logits")
+
+
+def with_temperature(base: keras.Model, temperature: float) -> keras.Model:
+    """Wrap `base` so that it returns softmax(logits / temperature): calibrated probabilities.
+
+    Built from Keras layers only (a Rescaling), so the `.keras` file needs no custom objects.
+    """
+    import keras
+    from keras import layers
+
+    inputs = keras.Input(shape=IMAGE_SHAPE, dtype="float32", name="image")
+    scaled = layers.Rescaling(1.0 / temperature, name="temperature", dtype="float32")(
+        logits_model(base)(inputs)
+    )
+    outputs = layers.Activation("softmax", name="probabilities", dtype="float32")(scaled)
+    return keras.Model(inputs, outputs, name=f"{base.name}_calibrated")
 
 
 def with_flip_tta(base: keras.Model) -> keras.Model:
@@ -112,8 +200,13 @@ def embedding_model(model: keras.Model) -> keras.Model:
     """Cut the network before its output layer: the features the classifier sees of an image."""
     import keras
 
-    # With flip TTA the trained network is nested inside the wrapper; the unflipped pass is enough.
-    base = next((layer for layer in model.layers if isinstance(layer, keras.Model)), model)
+    # With flip TTA and a temperature the trained network is nested inside the wrappers (the mirror
+    # is a Dense layer of the outer one): look in the innermost model; the unflipped pass is enough.
+    def network(outer: keras.Model) -> keras.Model:
+        inner = next((layer for layer in outer.layers if isinstance(layer, keras.Model)), None)
+        return network(inner) if inner is not None else outer
+
+    base = network(model)
     output_layer = [layer for layer in base.layers if isinstance(layer, keras.layers.Dense)][-1]
     return keras.Model(base.inputs, output_layer.input, name="embedding")
 
@@ -136,21 +229,120 @@ def export_serving(model: keras.Model, path: str) -> None:
     archive.write_out(path, verbose=False)
 
 
-def save_model(model: keras.Model, model_dir: str, metadata: dict[str, Any]) -> None:
-    """Write the `.keras` file, the serving export and the metadata into `model_dir`."""
+class ModelIntegrityError(ValueError):
+    """A model folder that is partial, mixed from several saves or altered; the message says which."""
+
+
+def content_manifest(folder: str | Path) -> dict[str, Any]:
+    """Hash every file of a local model folder but the metadata: per file and for the whole."""
+    root = Path(folder)
+    files = {
+        path.relative_to(root).as_posix(): _sha256(path)
+        for path in sorted(root.rglob("*"))
+        if path.is_file() and path.relative_to(root).as_posix() != METADATA_FILE
+    }
+    whole = hashlib.sha256("".join(f"{name}\0{digest}\n" for name, digest in files.items()).encode())
+    return {"algorithm": "sha256", "sha256": whole.hexdigest(), "files": files}
+
+
+def _sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with path.open("rb") as f:
+        while chunk := f.read(1 << 20):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def save_model(
+    model: keras.Model,
+    model_dir: str,
+    metadata: dict[str, Any],
+    *,
+    extra_files: Mapping[str, bytes] | None = None,
+    stage: Callable[[Path], None] | None = None,
+) -> dict[str, Any]:
+    """Publish the `.keras` file, the serving export and the metadata as one folder, atomically.
+
+    Everything is staged complete in a temporary folder and published in one step
+    (`storage.publish_dir`: one rename locally, a version prefix and a pointer on `gs://`), so
+    `model_dir` holds the previous model or this one, never a mix. `metadata.json` is written last
+    and names a content hash of every other file (`content`), which `verify_model_dir` checks.
+
+    Other parts of the model folder join the same publish: `extra_files` maps relative names (such as
+    `"model_card.md"` or `"reference/profile.json"`) to their bytes; `stage` is called with the
+    staging folder (a local `Path`) after the model and extra files are written, for parts that are
+    easier to write as files. Both end up covered by the content hash. Returns the metadata written.
+    """
     from edge import storage
 
-    storage.makedirs(model_dir)
-    with storage.local_copy_for_writing(storage.join(model_dir, KERAS_FILE)) as local:
-        model.save(local)
-    with storage.local_dir_for_writing(storage.join(model_dir, SERVING_DIR)) as local:
-        export_serving(model, local)
-    storage.write_text(storage.join(model_dir, METADATA_FILE), json.dumps(metadata, indent=2) + "\n")
+    with storage.publish_dir(model_dir) as staging_dir:
+        staging = Path(staging_dir)
+        model.save(staging / KERAS_FILE)
+        export_serving(model, str(staging / SERVING_DIR))
+        for name, content in (extra_files or {}).items():
+            relative = storage.relative_name(name, "extra_files")
+            if relative == METADATA_FILE or (staging / relative).exists():
+                raise ValueError(f"extra file {name!r} would overwrite a part of the model folder")
+            destination = staging / relative
+            destination.parent.mkdir(parents=True, exist_ok=True)
+            destination.write_bytes(content)
+        if stage is not None:
+            stage(staging)
+        written = {**metadata, "content": content_manifest(staging)}
+        # Last: the metadata is what says the folder is complete.
+        (staging / METADATA_FILE).write_text(json.dumps(written, indent=2) + "\n")
+    return written
 
 
 def read_metadata(model_dir: str | Path) -> dict[str, Any]:
-    """Read the metadata written beside a saved model."""
+    """Read the metadata written beside a saved model (on `gs://`, of the published version)."""
     from edge import storage
 
-    loaded: dict[str, Any] = json.loads(storage.read_text(storage.join(str(model_dir), METADATA_FILE)))
+    folder = storage.resolve_dir(str(model_dir))
+    loaded: dict[str, Any] = json.loads(storage.read_text(storage.join(folder, METADATA_FILE)))
     return loaded
+
+
+def verify_model_dir(model_dir: str | Path) -> dict[str, Any]:
+    """Check that a local model folder is complete and from one save; return its metadata.
+
+    Raises `ModelIntegrityError` naming what is wrong when the metadata is missing, names no content
+    hash, or when any file is missing, extra or different from what the metadata was written with.
+    """
+    root = Path(model_dir)
+    fix = f"retrain (`edge pipeline train`) or restore a saved version (`dvc checkout {root}`)"
+    if not root.is_dir():
+        raise ModelIntegrityError(f"model folder {root} does not exist")
+    try:
+        metadata = json.loads((root / METADATA_FILE).read_text())
+    except FileNotFoundError:
+        raise ModelIntegrityError(
+            f"{root} has no {METADATA_FILE}: the save was interrupted or this is not a model; {fix}"
+        ) from None
+    except (ValueError, UnicodeDecodeError) as exc:
+        raise ModelIntegrityError(f"{root / METADATA_FILE} is not valid JSON ({exc}); {fix}") from exc
+    expected = metadata.get("content") if isinstance(metadata, dict) else None
+    if not isinstance(expected, dict) or not isinstance(expected.get("files"), dict):
+        raise ModelIntegrityError(
+            f"{root / METADATA_FILE} names no content hash of the model's files (saved by an older "
+            f"version, or not by edge), so the folder cannot be checked; {fix}"
+        )
+    actual = content_manifest(root)
+    if actual["sha256"] != expected.get("sha256") or actual["files"] != expected["files"]:
+        names = set(actual["files"]) | set(expected["files"])
+        differing = sorted(n for n in names if actual["files"].get(n) != expected["files"].get(n))
+        shown = ", ".join(differing[:5]) + (f" and {len(differing) - 5} more" if len(differing) > 5 else "")
+        raise ModelIntegrityError(
+            f"{root} is partial or mixed from several saves: {shown or 'the content hash'} "
+            f"differ(s) from what {METADATA_FILE} (version {metadata.get('version')}) was written with; {fix}"
+        )
+    loaded: dict[str, Any] = metadata
+    return loaded
+
+
+def verify_model_uri(model_dir: str) -> dict[str, Any]:
+    """Check a local or `gs://` model folder as `verify_model_dir` does; return its metadata."""
+    from edge import storage
+
+    with storage.local_dir_for_reading(model_dir) as local:
+        return verify_model_dir(local)

@@ -20,6 +20,7 @@ from typer.testing import CliRunner
 from edge.cli import app as cli_app
 from edge.cli.serve import resolve_bind, resolve_model_uri
 from edge.data import CLASS_NAMES as FASHION_CLASSES
+from edge.model import content_manifest
 from edge.serving.app import HOLDER, create_app
 from edge.serving.predictor import ModelLoadError, Predictor, load_from_uri
 from edge.serving.settings import ServerSettings
@@ -292,6 +293,10 @@ def corrupt_model_dir(tiny_model_dir: Path, tmp_path: Path) -> Iterator[Path]:
     shutil.copytree(tiny_model_dir, broken)
     variables = next((broken / "serving" / "variables").glob("variables.data-*"))
     variables.write_bytes(b"\0" * 16)
+    # Corrupt as saved: the metadata's content hash matches, so TensorFlow itself must notice.
+    metadata = json.loads((broken / "metadata.json").read_text())
+    metadata["content"] = content_manifest(broken)
+    (broken / "metadata.json").write_text(json.dumps(metadata))
     yield broken
 
 
@@ -299,7 +304,7 @@ def test_load_errors_say_what_is_wrong(tmp_path: Path, corrupt_model_dir: Path) 
     with pytest.raises(ModelLoadError, match="does not exist"):
         load_from_uri(str(tmp_path / "missing"))
     (tmp_path / "empty").mkdir()
-    with pytest.raises(ModelLoadError, match=r"metadata\.json is missing"):
+    with pytest.raises(ModelLoadError, match=r"has no metadata\.json"):
         load_from_uri(str(tmp_path / "empty"))
     with pytest.raises(ModelLoadError, match="not a usable serving export"):
         load_from_uri(str(corrupt_model_dir))
@@ -312,3 +317,37 @@ def test_edge_serve_exits_non_zero_with_one_line(which: str, tmp_path: Path, cor
     assert result.exit_code == 1
     lines = result.stderr.strip().splitlines()
     assert len(lines) == 1 and lines[0].startswith("error: ")
+
+
+# --- The model card ----------------------------------------------------------------------------------
+
+
+def test_model_card_is_served_when_saved_with_the_model(tmp_path: Path) -> None:
+    from edge import modelcard
+    from edge.model import ModelParams, build_model, save_model
+    from tests.conftest import TINY_MODEL_METADATA
+
+    with_card = tmp_path / "models"
+    card = {
+        modelcard.HTML_FILE: b"<!DOCTYPE html><title>card</title><h1>Model card</h1>",
+        modelcard.MARKDOWN_FILE: b"# Model card\n",
+    }
+    model = build_model(ModelParams(filters=(8,), dense_units=16))
+    save_model(model, str(with_card), dict(TINY_MODEL_METADATA), extra_files=card)
+    with serving(create_app(ServerSettings(reload_interval=0), predictor=load_from_uri(str(with_card)))) as c:
+        page = c.get("/model-card")
+        assert page.status_code == 200 and page.headers["Content-Type"].startswith("text/html")
+        assert "<h1>Model card</h1>" in page.text
+        markdown = c.get("/model-card.md")
+        assert markdown.headers["Content-Type"].startswith("text/markdown")
+        assert markdown.text == "# Model card\n"
+        assert "/model-card" in c.get("/openapi.json").json()["paths"]
+    hidden = ServerSettings(reload_interval=0, expose_metadata=False)
+    with serving(create_app(hidden, predictor=load_from_uri(str(with_card)))) as c:
+        assert c.get("/model-card").status_code == 404
+
+
+def test_a_model_without_a_card_says_so(client: Client) -> None:
+    response = client.get("/model-card")
+    assert response.status_code == 404
+    assert "without a model card" in response.json()["error"]

@@ -87,7 +87,7 @@ def push(
         str | None,
         typer.Option(
             help="Where to: 127.0.0.1:5000/edge locally, REGION-docker.pkg.dev/PROJECT/REPO on Google "
-            "Cloud [default: edge.yaml's Artifact Registry repository]",
+            "Cloud [default: edge.yaml's Artifact Registry repository, or its endpoints.registry]",
             show_default=False,
         ),
     ] = None,

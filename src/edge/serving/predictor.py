@@ -217,10 +217,17 @@ class Prediction:
 class Predictor:
     """The exported serving function of one model, with its metadata."""
 
-    def __init__(self, serve: Callable[[np.ndarray], np.ndarray], metadata: dict[str, Any]) -> None:
+    def __init__(
+        self,
+        serve: Callable[[np.ndarray], np.ndarray],
+        metadata: dict[str, Any],
+        card: dict[str, str] | None = None,
+    ) -> None:
         self._serve = serve
         self.metadata = metadata
         self.class_names: tuple[str, ...] = tuple(metadata["class_names"])
+        # The model card saved with the model, by file name (edge.modelcard); empty for older models.
+        self.card: dict[str, str] = card or {}
 
     @property
     def name(self) -> str:
@@ -240,12 +247,12 @@ class Predictor:
         root = Path(model_dir)
         if not root.is_dir():
             raise ModelLoadError(f"model directory {model_dir} does not exist")
+        # A partial or mixed folder (an interrupted save, files copied over by hand) is refused here,
+        # before TensorFlow reads any of it.
         try:
-            metadata = edge_model.read_metadata(model_dir)
-        except FileNotFoundError as exc:
-            raise ModelLoadError(f"{root / edge_model.METADATA_FILE} is missing") from exc
-        except (ValueError, UnicodeDecodeError) as exc:
-            raise ModelLoadError(f"{root / edge_model.METADATA_FILE} is not valid JSON: {exc}") from exc
+            metadata = edge_model.verify_model_dir(model_dir)
+        except edge_model.ModelIntegrityError as exc:
+            raise ModelLoadError(str(exc)) from exc
         _check_metadata(metadata, root / edge_model.METADATA_FILE)
         serving = root / edge_model.SERVING_DIR
         if not (serving / "saved_model.pb").is_file():
@@ -266,7 +273,17 @@ class Predictor:
                 f"{serving} returns shape {probe.shape[1:]} per image but metadata lists "
                 f"{len(metadata['class_names'])} classes"
             )
-        return cls(_ServingFunction(serve, loaded, tf.constant), metadata)
+        from edge import modelcard
+
+        card = {
+            name: (root / name).read_text(encoding="utf-8")
+            for name in (modelcard.HTML_FILE, modelcard.MARKDOWN_FILE)
+            if (root / name).is_file()
+        }
+        # A save published while we were reading would have swapped the folder under us.
+        if edge_model.read_metadata(model_dir).get("content") != metadata["content"]:
+            raise ModelLoadError(f"{model_dir} was replaced by a new save while loading; load it again")
+        return cls(_ServingFunction(serve, loaded, tf.constant), metadata, card)
 
     @property
     def fingerprint(self) -> str:
@@ -335,6 +352,8 @@ def load_from_uri(uri: str) -> Predictor:
             return Predictor.load(local)
     except FileNotFoundError as exc:
         raise ModelLoadError(f"model directory {uri} does not exist") from exc
+    except storage.StorageError as exc:
+        raise ModelLoadError(str(exc)) from exc
 
 
 class ModelHolder:

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import json
 import logging
 import time
 from collections.abc import Callable
@@ -32,10 +31,10 @@ class _ReloadMetrics(Protocol):
 def read_fingerprint(uri: str) -> str | None:
     """Return the fingerprint of the metadata.json at `uri`, or None while it is unreadable."""
     from edge import model as edge_model
-    from edge import storage
 
     try:
-        metadata: Any = json.loads(storage.read_text(storage.join(uri, edge_model.METADATA_FILE)))
+        # Through the model module: on gs:// the published version is behind a pointer.
+        metadata: Any = edge_model.read_metadata(uri)
     except (OSError, ValueError):
         return None
     if not isinstance(metadata, dict):
@@ -65,13 +64,16 @@ class ModelWatcher:
         self._refused: dict[str, float] = {}
         self._wake = asyncio.Event()
         self._lock = asyncio.Lock()
+        self._loop: asyncio.AbstractEventLoop | None = None
 
     def check(self) -> None:
-        """Ask for a check now (from the event loop's thread, e.g. a signal handler)."""
-        self._wake.set()
+        """Ask for a check now; safe from any thread and from a signal handler."""
+        if self._loop is not None:
+            self._loop.call_soon_threadsafe(self._wake.set)
 
     async def run(self) -> None:
         """Check periodically (if an interval is set) and whenever asked, until cancelled."""
+        self._loop = asyncio.get_running_loop()
         while True:
             timeout = self.interval if self.interval > 0 else None
             with contextlib.suppress(TimeoutError):
