@@ -16,7 +16,7 @@ UV_VERSION := 0.13.9
 UV := $(or $(shell command -v uv 2>/dev/null),.tools/bin/uv)
 BIN := .venv/bin
 
-.PHONY: help setup up repro test test-containers lint bench clean
+.PHONY: help setup up repro test test-containers lint bench clean emulate
 
 help: ## List the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk 'BEGIN {FS = ":.*## "}; {printf "  \033[36m%-16s\033[0m %s\n", $$1, $$2}'
@@ -49,6 +49,9 @@ lint: setup ## Check style and types: ruff and mypy
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
 	$(BIN)/mypy
+
+emulate: setup ## Rehearse the cloud path locally: GCS emulator, registry, Google API stand-ins
+	$(BIN)/python -m tests.standin
 
 bench: setup ## Measure accuracy, pipeline time and serving speed on the real data
 	$(BIN)/python benchmarks/bench_pipeline.py

@@ -72,7 +72,8 @@ class Params:
 def load_params(path: str | Path = "params.yaml") -> Params:
     """Read and check params.yaml; unknown or missing blocks are errors that name the key."""
     try:
-        raw = yaml.safe_load(Path(path).read_text()) or {}
+        text = storage.read_text(str(path)) if storage.is_remote(str(path)) else Path(path).read_text()
+        raw = yaml.safe_load(text) or {}
     except FileNotFoundError:
         raise ValueError(f"{path} not found; run from the repository root or pass --params") from None
     except yaml.YAMLError as exc:

@@ -6,7 +6,7 @@ import os
 
 import typer
 
-from edge.cli import config, data, experiments, image, model, monitor, pipeline, serve, up
+from edge.cli import config, data, experiments, image, model, monitor, pipeline, serve, setup, up
 
 app = typer.Typer(
     help="Edge: version data, train, track, test and serve a Fashion-MNIST model.",
@@ -22,6 +22,7 @@ app.add_typer(model.app, name="model")
 app.add_typer(monitor.app, name="monitor")
 app.command("serve")(serve.serve)
 app.command("up")(up.up)
+app.command("setup")(setup.setup)
 
 
 def main() -> None:

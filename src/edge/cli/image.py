@@ -78,16 +78,25 @@ def build_images(
 @app.command()
 def push(
     registry: Annotated[
-        str,
+        str | None,
         typer.Option(
-            help="Where to: 127.0.0.1:5000/edge locally, REGION-docker.pkg.dev/PROJECT/REPO on Google Cloud.",
+            help="Where to: 127.0.0.1:5000/edge locally, REGION-docker.pkg.dev/PROJECT/REPO on Google Cloud; "
+            "default: edge.yaml's Artifact Registry repository (or its endpoints.registry).",
             show_default=False,
         ),
-    ],
+    ] = None,
     services: ServicesArg = None,
     tag: TagOpt = None,
 ) -> None:
     """Push the images built for this commit; print each one by digest, as later steps use it."""
+    if registry is None:
+        from edge.cloud import settings as cfg
+
+        try:
+            registry = cfg.load().image_registry
+        except cfg.SettingsError as exc:
+            fail(f"{exc}\n(or pass --registry HOST/PATH)")
+            return
     push_images(registry, services or [], tag)
 
 
