@@ -210,14 +210,11 @@ def _artifact_prefix(store: MongoStore, run_id: Any) -> str:
 
 
 def _metrics(run_dir: Path, store: MongoStore, run_id: Any) -> list[dict[str, str]]:
-    import pymongo
-
     local = read_json(run_dir / "metrics.json", {})
     refs = []
     for name, metric in local.items():
-        # An upsert keyed by (run, name): a second copy replaces the first instead of adding to it.
-        stored: Any = store.metrics.find_one_and_replace(
-            {"run_id": run_id, "name": name},
+        stored = _upsert_metric(
+            store,
             {
                 "run_id": run_id,
                 "name": name,
@@ -225,12 +222,26 @@ def _metrics(run_dir: Path, store: MongoStore, run_id: Any) -> list[dict[str, st
                 "values": metric["values"],
                 "timestamps": [_time(t) for t in metric["timestamps"]],
             },
-            upsert=True,
-            return_document=pymongo.ReturnDocument.AFTER,
         )
         refs.append({"name": name, "id": str(stored["_id"])})
     store.metrics.delete_many({"run_id": run_id, "name": {"$nin": list(local)}})
     return refs
+
+
+def _upsert_metric(store: MongoStore, metric: dict[str, Any]) -> Any:
+    """Write one metric keyed by (run, name): a second copy replaces the first instead of adding to it."""
+    import pymongo
+    import pymongo.errors
+
+    key = {"run_id": metric["run_id"], "name": metric["name"]}
+    try:
+        return store.metrics.find_one_and_replace(
+            key, metric, upsert=True, return_document=pymongo.ReturnDocument.AFTER
+        )
+    except pymongo.errors.DuplicateKeyError:
+        # Two upserts at once both found nothing and both inserted: the unique key let one through
+        # (MongoDB documents this race); the document is there now, so this replace matches it.
+        return store.metrics.find_one_and_replace(key, metric, return_document=pymongo.ReturnDocument.AFTER)
 
 
 def _artifacts(run_dir: Path, run: dict[str, Any], store: MongoStore, run_id: Any) -> list[dict[str, Any]]:
