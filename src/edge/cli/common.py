@@ -4,9 +4,11 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 from contextlib import contextmanager
+from typing import NoReturn
 
 import typer
 from rich.console import Console
+from rich.markup import escape
 
 from edge.cloud.errors import CloudError
 from edge.data import DataError
@@ -34,7 +36,20 @@ def friendly_errors() -> Iterator[None]:
         fail(str(exc))
 
 
-def fail(message: str, code: int = 1) -> None:
+@contextmanager
+def cloud_errors() -> Iterator[None]:
+    """`friendly_errors`, plus the cloud path's own (CloudError); imports no Google SDK."""
+    from edge.cloud.errors import CloudError
+
+    try:
+        with friendly_errors():
+            yield
+    except CloudError as exc:
+        fail(str(exc))
+
+
+def fail(message: str, code: int = 1) -> NoReturn:
     """Print `message` as an error and exit with `code`."""
-    console.print(f"[bold red]error:[/] {message}", highlight=False, soft_wrap=True)
+    # Escaped: messages quote lists and tables whose brackets are not markup.
+    console.print(f"[bold red]error:[/] {escape(message)}", highlight=False, soft_wrap=True)
     raise typer.Exit(code)

@@ -21,6 +21,8 @@ from edge.monitoring.summaries import SCALARS, summarize
 if TYPE_CHECKING:
     import keras
 
+# Saved in the model folder by `save_model(..., extra_files={PROFILE_FILE: profile.to_json().encode()})`,
+# so it is published with the model and covered by its content hash.
 PROFILE_FILE = "profile.json"
 FORMAT = 1
 # Sixteen principal components keep most of a 256-unit layer's variance at 16 numbers per record.
@@ -116,12 +118,6 @@ def compute_profile(model: keras.Model, images: np.ndarray, class_names: list[st
         embedding_model(model).predict(batch, batch_size=512, verbose=0), dtype=np.float32
     )
     return build_profile(batch, probabilities, embeddings, class_names)
-
-
-def save_profile(profile: ReferenceProfile, model_dir: str) -> None:
-    """Write the profile into a folder (training instead publishes it with the model: `save_model`'s
-    `extra_files`, since a file added to a published model folder would fail its content check)."""
-    storage.write_text(storage.join(model_dir, PROFILE_FILE), profile.to_json())
 
 
 def load_profile(model_dir: str) -> ReferenceProfile:

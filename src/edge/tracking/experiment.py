@@ -29,7 +29,9 @@ from typing import Any, Generic, TypeVar
 from rich.console import Console
 
 import edge
-from edge import data, evaluate, pipeline, storage, train  # noqa: F401  (data: recorded as a source)
+
+# Sacred records the source of every module imported here: data and model are listed for that alone.
+from edge import behaviour, calibration, data, evaluate, model, pipeline, storage, train  # noqa: F401
 from edge.tracking import observers
 
 T = TypeVar("T")
@@ -200,7 +202,13 @@ def run_training(
         # point at each other. The uuid is the run's key in the journal and in MongoDB alike.
         run_lineage = {**lineage, "tracking_run_id": recorder.info["run_uuid"]}
         result, metadata = pipeline.train_stage(
-            prepared_dir, model_dir, reports_dir, settings.train, run_lineage, on_epoch_end=epoch_end
+            prepared_dir,
+            model_dir,
+            reports_dir,
+            settings.train,
+            run_lineage,
+            suite=settings.evaluate,
+            on_epoch_end=epoch_end,
         )
         _test, scores = pipeline.score_on_test(prepared_dir, model_dir)
         summary = {
