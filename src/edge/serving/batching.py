@@ -173,13 +173,8 @@ class Batcher(Generic[M]):
         stacked = batch[0].instances if len(batch) == 1 else np.concatenate([i.instances for i in batch])
         started = time.perf_counter()
         try:
-            if len(batch) == 1 and not self._items and self._arriving == 0:
-                # A lone request with nothing else waiting: computing right here saves two thread
-                # switches, most of its overhead (far more on a busy machine). Under load, batches
-                # run in the inference thread so the loop keeps reading the next requests.
-                rows = self._run(model, stacked)
-            else:
-                rows = await loop.run_in_executor(self._executor, self._run, model, stacked)
+            # Never on the loop: a slow call (the first after a reload, say) must not hold /health.
+            rows = await loop.run_in_executor(self._executor, self._run, model, stacked)
         except Exception as exc:
             # Inputs are validated before they are queued, so this is the model's fault: every caller
             # of this batch gets the error, the next batch starts afresh.
