@@ -74,11 +74,19 @@ REAL_DATA_DIRS = (
 
 @pytest.fixture(scope="session")
 def real_fashion_source() -> Path:
-    """A local folder with the real Fashion-MNIST files (the shared offline copy or Debian's)."""
-    for folder in REAL_DATA_DIRS:
+    """A local folder with the real Fashion-MNIST files: $EDGE_DATA_SOURCE (as `edge data seed` reads
+    it), else the shared offline copy or Debian's."""
+    configured = os.environ.get("EDGE_DATA_SOURCE")
+    candidates = (Path(configured),) if configured else ()
+    for folder in (*candidates, *REAL_DATA_DIRS):
         if (folder / "t10k-labels-idx1-ubyte.gz").is_file():
             return folder
-    pytest.skip("no offline copy of Fashion-MNIST: apt-get install dataset-fashion-mnist")
+    if configured:
+        pytest.fail(f"EDGE_DATA_SOURCE={configured} holds no t10k-labels-idx1-ubyte.gz (the four .gz files)")
+    pytest.skip(
+        "no offline copy of Fashion-MNIST: set EDGE_DATA_SOURCE to a folder of the four .gz files "
+        "or apt-get install dataset-fashion-mnist"
+    )
 
 
 TINY_MODEL_METADATA = {

@@ -7,7 +7,7 @@ import socket
 import subprocess
 import sys
 import time
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -55,7 +55,7 @@ def _wait_healthy(server: LiveServer, health_path: str) -> None:
 
 def _stop(process: subprocess.Popen[bytes]) -> None:
     if process.poll() is None:
-        process.terminate()  # gunicorn's master stops its workers on SIGTERM
+        process.terminate()  # both servers finish their requests and exit on SIGTERM
         try:
             process.wait(30)
         except subprocess.TimeoutExpired:
@@ -101,22 +101,12 @@ def model_server(
 
 
 @contextmanager
-def webapp(model_url: str, log: Path, extra_env: Mapping[str, str] | None = None) -> Iterator[LiveServer]:
-    """Run the webapp under gunicorn on a free port of 127.0.0.1."""
+def webapp(
+    model_url: str, log: Path, extra_env: Mapping[str, str] | None = None, extra_args: Sequence[str] = ()
+) -> Iterator[LiveServer]:
+    """Run the webapp as its image does (`python -m edge_webapp`) on a free port of 127.0.0.1."""
     port = free_port()
-    argv = [
-        sys.executable,
-        "-m",
-        "gunicorn",
-        "--bind",
-        f"127.0.0.1:{port}",
-        "--workers",
-        "1",
-        "--threads",
-        "4",
-        "--no-control-socket",
-        "edge_webapp:create_app()",
-    ]
+    argv = [sys.executable, "-m", "edge_webapp", "--host", "127.0.0.1", "--port", str(port), *extra_args]
     env = {"MODEL_URL": model_url, "MODEL_RETRIES": "1", **(extra_env or {})}
     with running(argv, f"http://127.0.0.1:{port}", log, env) as server:
         yield server

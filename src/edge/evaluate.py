@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import csv
 import io
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -109,15 +110,23 @@ def confusion_png(evaluation: Evaluation) -> bytes:
     return buffer.getvalue()
 
 
-def predict_probabilities(serving_dir: str, images: np.ndarray, batch_size: int = 1000) -> np.ndarray:
-    """Run the exported serving function (what the model server runs) over `images`."""
+def serving_predictor(serving_dir: str, batch_size: int = 1000) -> Callable[[np.ndarray], np.ndarray]:
+    """Load the exported serving function (what the model server runs) as images -> probabilities."""
     import tensorflow as tf
 
-    # Keep the loaded object alive: its variables die with it, even while `serve` is referenced.
+    # The closure keeps the loaded object alive: its variables die with it, even while `serve` lives.
     loaded = tf.saved_model.load(serving_dir)
-    serve = loaded.serve
-    batches = [
-        serve(tf.constant(images[i : i + batch_size], dtype=tf.float32)).numpy()
-        for i in range(0, len(images), batch_size)
-    ]
-    return np.concatenate(batches) if batches else np.zeros((0, len(CLASS_NAMES)), np.float32)
+
+    def predict(images: np.ndarray) -> np.ndarray:
+        batches = [
+            loaded.serve(tf.constant(images[i : i + batch_size], dtype=tf.float32)).numpy()
+            for i in range(0, len(images), batch_size)
+        ]
+        return np.concatenate(batches) if batches else np.zeros((0, len(CLASS_NAMES)), np.float32)
+
+    return predict
+
+
+def predict_probabilities(serving_dir: str, images: np.ndarray, batch_size: int = 1000) -> np.ndarray:
+    """Run the exported serving function (what the model server runs) over `images`."""
+    return serving_predictor(serving_dir, batch_size)(images)

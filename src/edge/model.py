@@ -7,7 +7,7 @@ import json
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Literal
 
 from edge.data import CLASS_NAMES, IMAGE_SHAPE
 
@@ -18,9 +18,63 @@ KERAS_FILE = "model.keras"
 SERVING_DIR = "serving"
 METADATA_FILE = "metadata.json"
 HEADS = ("flatten", "gap")
+LOGITS_LAYER = "logits"
 # Keras' default of 0.99 averages over ~100 steps: a run of a few dozen steps (the tests' tiny data)
 # would evaluate with statistics that are still mostly the initial ones, at chance level.
 BN_MOMENTUM = 0.9
+CPUINFO = Path("/proc/cpuinfo")
+# CPU flags (as /proc/cpuinfo spells them) of units that compute in bfloat16 natively. Without them
+# oneDNN emulates bfloat16 and a training step costs about twice float32's (docs/benchmarks.md).
+BF16_CPU_FLAGS = ("avx512_bf16", "amx_bf16")
+Policy = Literal["float32", "mixed_bfloat16", "mixed_float16"]
+
+
+@dataclass(frozen=True)
+class Precision:
+    """The compute dtype policy a model is built with, and why it was chosen."""
+
+    setting: bool | str
+    policy: Policy
+    reason: str
+
+    def as_dict(self) -> dict[str, Any]:
+        return {"setting": self.setting, "policy": self.policy, "reason": self.reason}
+
+
+def cpu_flags(cpuinfo: str) -> set[str]:
+    """The feature flags of the first CPU in /proc/cpuinfo's text (empty when it has none)."""
+    for line in cpuinfo.splitlines():
+        key, _, value = line.partition(":")
+        if key.strip() in ("flags", "Features"):
+            return set(value.split())
+    return set()
+
+
+def resolve_precision(
+    setting: bool | str, *, cpuinfo: str | None = None, gpus: int | None = None
+) -> Precision:
+    """Choose the compute policy for `train.model.bfloat16` (true, false or "auto") on this machine.
+
+    "auto" is bfloat16 only where the CPU computes it natively, float16 with loss scaling on a GPU,
+    float32 otherwise (macOS, older x86, ARM without the flags), so a default never runs emulated.
+    `cpuinfo` and `gpus` stand in for /proc/cpuinfo and TensorFlow's GPU list (tests pass them).
+    """
+    if setting is True:
+        return Precision(setting, "mixed_bfloat16", "train.model.bfloat16 is true")
+    if setting is False:
+        return Precision(setting, "float32", "train.model.bfloat16 is false")
+    if gpus is None:
+        import tensorflow as tf
+
+        gpus = len(tf.config.list_physical_devices("GPU"))
+    if gpus:
+        return Precision(setting, "mixed_float16", f"auto: {gpus} GPU(s), float16 with loss scaling")
+    if cpuinfo is None:
+        cpuinfo = CPUINFO.read_text() if CPUINFO.is_file() else ""
+    found = sorted(cpu_flags(cpuinfo) & set(BF16_CPU_FLAGS))
+    if found:
+        return Precision(setting, "mixed_bfloat16", f"auto: the CPU reports {', '.join(found)}")
+    return Precision(setting, "float32", f"auto: the CPU reports none of {', '.join(BF16_CPU_FLAGS)}")
 
 
 @dataclass(frozen=True)
@@ -34,7 +88,8 @@ class ModelParams:
     dense_units: int = 256
     dropout: float = 0.15
     tta_flip: bool = True
-    bfloat16: bool = True
+    # true, false or "auto" (resolve_precision): the default must not depend on the CPU it runs on.
+    bfloat16: bool | str = "auto"
 
     @classmethod
     def from_dict(cls, raw: dict[str, Any]) -> ModelParams:
@@ -54,18 +109,25 @@ class ModelParams:
             raise ValueError(f"train.model.head is {params.head!r} in params.yaml, expected one of {HEADS}")
         if not 0 <= params.dropout < 1:
             raise ValueError("train.model.dropout must be in [0, 1) in params.yaml")
+        if params.bfloat16 not in (True, False, "auto"):
+            raise ValueError(
+                f"train.model.bfloat16 is {params.bfloat16!r} in params.yaml, expected true, false or auto"
+            )
         return params
 
 
-def build_model(params: ModelParams) -> keras.Model:
-    """Build the CNN; it takes raw 0-255 pixels of shape (28, 28) and returns class probabilities."""
+def build_model(params: ModelParams, precision: Precision | None = None) -> keras.Model:
+    """Build the CNN; it takes raw 0-255 pixels of shape (28, 28) and returns class probabilities.
+
+    Its last two layers are `logits` and their softmax, so calibration can rescale the logits.
+    """
     import keras
     from keras import layers
 
     inputs = keras.Input(shape=IMAGE_SHAPE, dtype="float32", name="image")
-    # bfloat16 compute with float32 weights: this CPU's AMX units run it ~2x faster. The output layer
-    # stays float32, so the softmax, the loss and the serving signature are float32 either way.
-    dtype = "mixed_bfloat16" if params.bfloat16 else "float32"
+    # Reduced-precision compute with float32 weights, where the hardware runs it natively. The output
+    # layers stay float32, so the softmax, the loss and the serving signature are float32 either way.
+    dtype = (precision or resolve_precision(params.bfloat16)).policy
     x = layers.Rescaling(1.0 / 255.0, dtype=dtype)(inputs)
     x = layers.Reshape((*IMAGE_SHAPE, 1), dtype=dtype)(x)
     for block, filters in enumerate(params.filters):
@@ -90,8 +152,32 @@ def build_model(params: ModelParams) -> keras.Model:
     x = layers.Dropout(params.dropout, dtype=dtype)(x)
     x = layers.Dense(params.dense_units, activation="relu", dtype=dtype)(x)
     x = layers.Dropout(params.dropout, dtype=dtype)(x)
-    outputs = layers.Dense(len(CLASS_NAMES), activation="softmax", name="probabilities", dtype="float32")(x)
+    logits = layers.Dense(len(CLASS_NAMES), name=LOGITS_LAYER, dtype="float32")(x)
+    outputs = layers.Activation("softmax", name="probabilities", dtype="float32")(logits)
     return keras.Model(inputs, outputs, name="fashion_mnist_cnn")
+
+
+def logits_model(base: keras.Model) -> keras.Model:
+    """The same network up to its logits (shared weights), for fitting a temperature."""
+    import keras
+
+    return keras.Model(base.input, base.get_layer(LOGITS_LAYER).output, name=f"{base.name}_logits")
+
+
+def with_temperature(base: keras.Model, temperature: float) -> keras.Model:
+    """Wrap `base` so that it returns softmax(logits / temperature): calibrated probabilities.
+
+    Built from Keras layers only (a Rescaling), so the `.keras` file needs no custom objects.
+    """
+    import keras
+    from keras import layers
+
+    inputs = keras.Input(shape=IMAGE_SHAPE, dtype="float32", name="image")
+    scaled = layers.Rescaling(1.0 / temperature, name="temperature", dtype="float32")(
+        logits_model(base)(inputs)
+    )
+    outputs = layers.Activation("softmax", name="probabilities", dtype="float32")(scaled)
+    return keras.Model(inputs, outputs, name=f"{base.name}_calibrated")
 
 
 def with_flip_tta(base: keras.Model) -> keras.Model:
@@ -114,8 +200,13 @@ def embedding_model(model: keras.Model) -> keras.Model:
     """Cut the network before its output layer: the features the classifier sees of an image."""
     import keras
 
-    # With flip TTA the trained network is nested inside the wrapper; the unflipped pass is enough.
-    base = next((layer for layer in model.layers if isinstance(layer, keras.Model)), model)
+    # With flip TTA and a temperature the trained network is nested inside the wrappers (the mirror
+    # is a Dense layer of the outer one): look in the innermost model; the unflipped pass is enough.
+    def network(outer: keras.Model) -> keras.Model:
+        inner = next((layer for layer in outer.layers if isinstance(layer, keras.Model)), None)
+        return network(inner) if inner is not None else outer
+
+    base = network(model)
     output_layer = [layer for layer in base.layers if isinstance(layer, keras.layers.Dense)][-1]
     return keras.Model(base.inputs, output_layer.input, name="embedding")
 

@@ -14,18 +14,19 @@ from typing import Any
 import numpy as np
 import yaml
 
-from edge import storage
+from edge import behaviour, calibration, modelcard, storage
+from edge.behaviour import SuiteParams, SuiteResult
 from edge.data import Split, check_split, load_split, split_train_validation, subsample
 from edge.evaluate import (
     Evaluation,
-    check_gate,
     confusion_csv,
     confusion_png,
     evaluate,
     predict_probabilities,
+    serving_predictor,
 )
 from edge.gate import GateParams
-from edge.model import SERVING_DIR, save_model, verify_model_dir
+from edge.model import SERVING_DIR, read_metadata, save_model, verify_model_dir
 from edge.monitoring.profile import PROFILE_FILE, compute_profile
 from edge.train import (
     EpochCallback,
@@ -48,11 +49,8 @@ class PrepareParams:
     max_test_images: int | None = None
 
 
-@dataclass(frozen=True)
-class EvaluateParams:
-    """The `evaluate` block of params.yaml."""
-
-    min_accuracy: float = 0.9
+EvaluateParams = SuiteParams
+"""The `evaluate` block of params.yaml: the model test suite's floors."""
 
 
 @dataclass(frozen=True)
@@ -85,7 +83,7 @@ def load_params(path: str | Path = "params.yaml") -> Params:
         return Params(
             prepare=PrepareParams(**(raw.get("prepare") or {})),
             train=TrainParams.from_dict(raw.get("train") or {}),
-            evaluate=EvaluateParams(**(raw.get("evaluate") or {})),
+            evaluate=SuiteParams.from_dict(raw.get("evaluate") or {}),
             gate=GateParams.from_dict(raw.get("gate") or {}),
         )
     except TypeError as exc:
@@ -124,18 +122,26 @@ def train_stage(
     params: TrainParams,
     lineage: dict[str, Any],
     *,
+    suite: SuiteParams | None = None,
     on_epoch_end: EpochCallback | None = None,
 ) -> tuple[TrainResult, dict[str, Any]]:
-    """Train on the prepared splits; write the model, its metadata and reference profile, history, metrics."""
+    """Train on the prepared splits; write the model, its metadata, reference profile and model card,
+    history and metrics. The card measures the model with the test suite's perturbations (`suite`)."""
     validation = load_prepared(prepared_dir, "validation")
     result = train(load_prepared(prepared_dir, "train"), validation, params, on_epoch_end=on_epoch_end)
     metadata = model_metadata(result, params, lineage)
     # Monitoring judges live traffic against the validation data as this model sees it.
     profile = compute_profile(result.model, validation.images, metadata["class_names"])
-    # The profile is part of the model folder: published with it in one step, covered by its hash.
-    metadata = save_model(
-        result.model, model_dir, metadata, extra_files={PROFILE_FILE: profile.to_json().encode()}
-    )
+    extra_files = {PROFILE_FILE: profile.to_json().encode()}
+    if suite is not None:
+        measured = behaviour.run_suite(
+            modelcard.keras_predictor(result.model), load_prepared(prepared_dir, "test"), suite
+        )
+        card = modelcard.render(modelcard.Card(metadata, measured, result.history))
+        extra_files.update({name: text.encode() for name, text in card.items()})
+    # The profile and the model card are part of the model folder: published with it in one step,
+    # covered by its hash.
+    metadata = save_model(result.model, model_dir, metadata, extra_files=extra_files)
     storage.write_text(storage.join(reports_dir, "history.csv"), history_csv(result.history))
     _write_json(
         storage.join(reports_dir, "metrics.json"),
@@ -144,6 +150,7 @@ def train_stage(
             "val_loss": round(result.final["val_loss"], 4),
             "epochs": len(result.history),
             "train_seconds": round(result.seconds, 1),
+            **{k: round(v, 4) for k, v in result.calibration.items()},
         },
     )
     return result, metadata
@@ -158,16 +165,37 @@ def score_on_test(prepared_dir: str, model_dir: str) -> tuple[Split, Evaluation]
     return test, evaluate(probabilities, test.labels)
 
 
-def evaluate_stage(prepared_dir: str, model_dir: str, reports_dir: str, params: EvaluateParams) -> Evaluation:
-    """Score the exported model on the test split, write metrics and plots, then apply the gate.
+def evaluate_stage(prepared_dir: str, model_dir: str, reports_dir: str, params: SuiteParams) -> SuiteResult:
+    """Run the model test suite on the exported model, write metrics and plots, then apply the gate.
 
-    The metrics are written before the gate is checked, so a failing model leaves its evidence.
+    The reports are written before the gate is checked, so a failing model leaves its evidence.
     """
-    test, evaluation = score_on_test(prepared_dir, model_dir)
-    _write_json(storage.join(reports_dir, "metrics.json"), evaluation.metrics())
-    storage.write_text(
-        storage.join(reports_dir, "confusion.csv"), confusion_csv(test.labels, evaluation.predicted)
-    )
+    test = load_prepared(prepared_dir, "test")
+    with storage.local_dir_for_reading(storage.join(model_dir, SERVING_DIR)) as serving:
+        result = behaviour.run_suite(serving_predictor(serving), test, params)
+    write_reports(reports_dir, test, result)
+    card = modelcard.Card(read_metadata(model_dir), result, with_checks=True)
+    for name, text in modelcard.render(card).items():
+        storage.write_text(storage.join(reports_dir, name), text)
+    behaviour.check_gate(result)
+    return result
+
+
+def write_reports(reports_dir: str, test: Split, result: SuiteResult) -> None:
+    """The evaluate stage's files: a flat summary for `dvc metrics`, the detail, the plots' data."""
+    evaluation = result.evaluation
+    _write_json(storage.join(reports_dir, "metrics.json"), result.summary())
+    _write_json(storage.join(reports_dir, "details.json"), result.details())
+    files = {
+        "per_class.csv": behaviour.per_class_csv(result),
+        "robustness.csv": behaviour.robustness_csv(result),
+        "reliability.csv": calibration.reliability_csv(result.reliability),
+        "confusion.csv": confusion_csv(test.labels, evaluation.predicted),
+    }
+    for name, text in files.items():
+        storage.write_text(storage.join(reports_dir, name), text)
     storage.write_bytes(storage.join(reports_dir, "confusion_matrix.png"), confusion_png(evaluation))
-    check_gate(evaluation, params.min_accuracy)
-    return evaluation
+    storage.write_bytes(
+        storage.join(reports_dir, "reliability.png"),
+        calibration.reliability_png(result.reliability, result.ece),
+    )

@@ -15,8 +15,17 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+from edge import calibration
 from edge.data import CLASS_NAMES, IMAGE_SHAPE, Split
-from edge.model import ModelParams, build_model, with_flip_tta
+from edge.model import (
+    ModelParams,
+    Precision,
+    build_model,
+    logits_model,
+    resolve_precision,
+    with_flip_tta,
+    with_temperature,
+)
 
 if TYPE_CHECKING:
     import keras
@@ -41,6 +50,8 @@ class TrainParams:
     label_smoothing: float = 0.1
     flip: bool = True
     shift: int = 0
+    # Fit a temperature on the validation split and ship it: confidences that mean what they say.
+    calibrate: bool = True
     model: ModelParams = field(default_factory=ModelParams)
 
     @classmethod
@@ -54,6 +65,8 @@ class TrainParams:
         params = cls(model=model, **values)
         if params.epochs < 1 or params.batch_size < 1:
             raise ValueError("train.epochs and train.batch_size must be at least 1 in params.yaml")
+        if params.shift < 0:
+            raise ValueError("train.shift must be 0 or more pixels in params.yaml")
         return params
 
 
@@ -64,8 +77,11 @@ class TrainResult:
     model: keras.Model
     history: list[dict[str, float]]
     seconds: float
-    # Validation scores of the shipped model when it differs from the one trained (flip TTA).
+    precision: Precision
+    # Validation scores of the shipped model (flip TTA, temperature), which differs from the one trained.
     shipped_validation: dict[str, float] = field(default_factory=dict)
+    # The fitted temperature and the validation ECE before and after it; empty without calibration.
+    calibration: dict[str, float] = field(default_factory=dict)
 
     @property
     def final(self) -> dict[str, float]:
@@ -117,7 +133,8 @@ def train(
     import keras
 
     keras.utils.set_random_seed(params.seed)
-    model = build_model(params.model)
+    precision = resolve_precision(params.model.bfloat16)
+    model = build_model(params.model, precision)
     steps = int(np.ceil(len(train_split.labels) / params.batch_size))
     warmup = min(params.warmup_epochs, params.epochs - 1) * steps
     schedule = keras.optimizers.schedules.CosineDecay(
@@ -127,6 +144,9 @@ def train(
         warmup_steps=warmup,
     )
     optimizer = keras.optimizers.AdamW(learning_rate=schedule, weight_decay=params.weight_decay)
+    if precision.policy == "mixed_float16":
+        # float16 gradients underflow without loss scaling (bfloat16 has float32's exponent range).
+        optimizer = keras.optimizers.LossScaleOptimizer(optimizer)
     model.compile(
         optimizer=optimizer,
         loss=keras.losses.CategoricalCrossentropy(label_smoothing=params.label_smoothing),
@@ -155,14 +175,35 @@ def train(
         verbose=verbose if verbose is not None else (1 if sys.stdout.isatty() else 2),
     )
     seconds = time.perf_counter() - start
-    if not params.model.tta_flip:
-        return TrainResult(model, history, seconds)
-    # Train the plain network (flips are already in its data); ship and score it wrapped.
-    shipped = with_flip_tta(model)
-    shipped.compile(loss=model.loss, metrics=["accuracy"])
-    scores = shipped.evaluate(_dataset(validation, params, training=False), return_dict=True, verbose=0)
-    shipped_validation = {"val_accuracy": float(scores["accuracy"]), "val_loss": float(scores["loss"])}
-    return TrainResult(shipped, history, seconds, shipped_validation)
+    return _ship(model, validation, params, TrainResult(model, history, seconds, precision))
+
+
+def _ship(model: keras.Model, validation: Split, params: TrainParams, result: TrainResult) -> TrainResult:
+    """Wrap the trained network as it ships (temperature, flip TTA) and score that on validation."""
+    # The views the shipped model averages: the image, and its mirror with flip TTA.
+    images = validation.images.astype(np.float32)
+    views = [images, images[:, :, ::-1]] if params.model.tta_flip else [images]
+    network = logits_model(model)
+    logits = [np.asarray(network.predict(v, batch_size=1000, verbose=0), np.float64) for v in views]
+    labels = validation.labels
+    uncalibrated = calibration.scaled_probabilities(logits, 1.0)
+    temperature = calibration.fit_temperature(logits, labels) if params.calibrate else 1.0
+    shipped_probabilities = calibration.scaled_probabilities(logits, temperature)
+    shipped = with_temperature(model, temperature) if params.calibrate else model
+    if params.model.tta_flip:
+        shipped = with_flip_tta(shipped)
+    result.model = shipped
+    result.shipped_validation = {
+        "val_accuracy": float(np.mean(shipped_probabilities.argmax(axis=1) == labels)),
+        "val_loss": calibration.negative_log_likelihood(shipped_probabilities, labels),
+    }
+    if params.calibrate:
+        result.calibration = {
+            "temperature": temperature,
+            "val_ece_uncalibrated": calibration.expected_calibration_error(uncalibrated, labels),
+            "val_ece": calibration.expected_calibration_error(shipped_probabilities, labels),
+        }
+    return result
 
 
 def weights_digest(model: keras.Model) -> str:
@@ -182,6 +223,8 @@ def model_metadata(result: TrainResult, params: TrainParams, lineage: dict[str, 
         "class_names": list(CLASS_NAMES),
         "input": {"shape": list(IMAGE_SHAPE), "dtype": "float32", "range": [0, 255]},
         "validation": {k: result.final[k] for k in ("val_accuracy", "val_loss") if k in result.final},
+        "precision": result.precision.as_dict(),
+        "calibration": result.calibration or None,
         "lineage": lineage,
     }
 

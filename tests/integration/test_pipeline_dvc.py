@@ -25,7 +25,12 @@ pytestmark = pytest.mark.slow
 TINY_PARAMS = {
     "prepare": {"seed": 1, "validation_size": 200, "max_train_images": None, "max_test_images": None},
     "train": {"seed": 1, "epochs": 1, "batch_size": 64, "model": {"filters": [8], "dense_units": 16}},
-    "evaluate": {"min_accuracy": 0.0},
+    "evaluate": {
+        "min_accuracy": 0.0,
+        "seed": 0,
+        "clear_examples": None,
+        "invariance": {"shift_1px": {"shift": 1, "floor": 0.0}, "darker": {"brightness": 0.7, "floor": 0.0}},
+    },
 }
 
 
@@ -80,11 +85,19 @@ def test_repro_builds_every_output(project: Path) -> None:
         "reports/train/history.csv",
         "reports/evaluate/confusion.csv",
         "reports/evaluate/confusion_matrix.png",
+        "reports/evaluate/reliability.png",
+        "reports/evaluate/per_class.csv",
+        "reports/evaluate/robustness.csv",
     ):
         assert (project / output).is_file(), output
     metrics = json.loads((project / "reports/evaluate/metrics.json").read_text())
-    assert 0.0 <= metrics["test"]["accuracy"] <= 1.0
-    assert set(metrics["per_class"]["Sneaker"]) == {"precision", "recall", "f1"}
+    assert 0.0 <= metrics["accuracy"] <= 1.0
+    # Flat: one number per key, so `dvc metrics show` stays a readable table.
+    assert all(isinstance(v, int | float) for v in metrics.values())
+    assert {"ece", "accuracy_shift_1px", "unchanged_darker", "worst_class_recall"} <= set(metrics)
+    details = json.loads((project / "reports/evaluate/details.json").read_text())
+    assert set(details["per_class"]["Sneaker"]) == {"precision", "recall", "f1"}
+    assert sorted(row["perturbation"] for row in details["robustness"]) == ["darker", "shift_1px"]
     assert len((project / "reports/evaluate/confusion.csv").read_text().splitlines()) == 501
     metadata = json.loads((project / "models/metadata.json").read_text())
     assert metadata["lineage"]["data_version"]["data/raw/fashion-mnist"].endswith(".dir")
@@ -112,7 +125,7 @@ def test_quality_gate_fails_the_stage(project: Path) -> None:
     params = yaml.safe_load(original)
     params["evaluate"]["min_accuracy"] = 1.0
     metrics = json.loads((project / "reports/evaluate/metrics.json").read_text())
-    if metrics["test"]["accuracy"] >= 1.0:
+    if metrics["accuracy"] >= 1.0:
         pytest.skip("the tiny model happened to be perfect; the gate cannot fail")
     (project / "params.yaml").write_text(yaml.safe_dump(params))
     try:
@@ -120,8 +133,84 @@ def test_quality_gate_fails_the_stage(project: Path) -> None:
     finally:
         (project / "params.yaml").write_text(original)
     assert done.returncode != 0
-    assert "quality gate failed: test accuracy" in done.stdout + done.stderr
-    assert "evaluate.min_accuracy in params.yaml" in done.stdout + done.stderr
+    output = done.stdout + done.stderr
+    assert "quality gate failed: 1 check(s) under their floor (accuracy)" in output
+    assert "evaluate block of params.yaml" in output
+    failing = next(line for line in output.splitlines() if line.startswith("accuracy "))
+    assert failing.split()[-1] == "FAIL" and ">= 1.0000" in failing
+
+
+def git(project: Path, *args: str) -> str:
+    return run(["git", "-c", "user.name=t", "-c", "user.email=t@example.com", *args], project).stdout
+
+
+def experiment_metrics(shown: list[dict[str, object]]) -> dict[str, dict[str, float]]:
+    """Name (or "workspace"/baseline revision) -> evaluate metrics, from `dvc exp show --json`."""
+    found: dict[str, dict[str, float]] = {}
+
+    def visit(entry: dict[str, object]) -> None:
+        data = entry.get("data") or {}
+        metrics = (data.get("metrics") or {}).get("reports/evaluate/metrics.json", {})  # type: ignore[union-attr]
+        if metrics.get("data"):
+            found[str(entry.get("name") or entry.get("rev"))] = metrics["data"]
+        for experiment in entry.get("experiments") or []:  # type: ignore[union-attr]
+            for revision in experiment.get("revs") or []:
+                visit(revision)
+
+    for entry in shown:
+        visit(entry)
+    return found
+
+
+def test_experiments_compare_apply_and_travel(project: Path, tmp_path: Path) -> None:
+    """`dvc exp run -S`, then exp show / metrics diff carry both; apply, drop; push and pull to a clone."""
+    run(["dvc", "repro"], project)
+    store, remote = tmp_path / "dvc-store", tmp_path / "remote.git"
+    run(["dvc", "remote", "add", "-f", "-d", "store", str(store)], project)
+    git(project, "add", "-A")
+    git(project, "commit", "-qm", "baseline: tiny pipeline reproduced")
+    baseline = json.loads((project / "reports/evaluate/metrics.json").read_text())
+
+    run(["dvc", "exp", "run", "-S", "train.epochs=2", "-S", "train.seed=7", "-n", "two-epochs"], project)
+    shown = experiment_metrics(json.loads(run(["dvc", "exp", "show", "--json"], project).stdout))
+    assert (
+        shown["two-epochs"]["accuracy"]
+        == json.loads((project / "reports/evaluate/metrics.json").read_text())["accuracy"]
+    )
+    assert any(name != "two-epochs" and m == baseline for name, m in shown.items()), shown
+
+    # The workspace holds the experiment's results after `exp run`: diff against the commit.
+    diff = json.loads(run(["dvc", "metrics", "diff", "--json", "--all"], project).stdout)
+    accuracy = diff["reports/evaluate/metrics.json"]["accuracy"]
+    assert accuracy["old"] == baseline["accuracy"]
+    assert accuracy["new"] == shown["two-epochs"]["accuracy"]
+    between = json.loads(
+        run(["dvc", "metrics", "diff", "HEAD", "two-epochs", "--json", "--all"], project).stdout
+    )
+    assert between["reports/evaluate/metrics.json"]["ece"]["new"] == shown["two-epochs"]["ece"]
+
+    # Drop it (as the README says): git restore the small files, dvc checkout the model.
+    git(project, "restore", ".")
+    run(["dvc", "checkout"], project)
+    assert json.loads((project / "reports/evaluate/metrics.json").read_text()) == baseline
+    assert "up to date" in run(["dvc", "status"], project).stdout.lower()
+
+    # Share it: the git refs through a git remote, the model through the DVC remote.
+    run(["git", "init", "-q", "--bare", str(remote)], tmp_path)
+    git(project, "remote", "add", "origin", str(remote))
+    git(project, "push", "-q", "origin", "HEAD:refs/heads/main")
+    run(["dvc", "push"], project)
+    run(["dvc", "exp", "push", "origin", "two-epochs"], project)
+    clone = tmp_path / "clone"
+    run(["git", "clone", "-q", "-b", "main", str(remote), str(clone)], tmp_path)
+    run(["dvc", "exp", "pull", "origin", "two-epochs"], clone)
+    pulled = experiment_metrics(json.loads(run(["dvc", "exp", "show", "--json"], clone).stdout))
+    assert pulled["two-epochs"] == shown["two-epochs"]
+    run(["dvc", "exp", "apply", "two-epochs"], clone)
+    run(["dvc", "checkout"], clone)
+    assert (clone / "models/model.keras").is_file()
+    applied = json.loads((clone / "reports/evaluate/metrics.json").read_text())
+    assert applied["accuracy"] == shown["two-epochs"]["accuracy"]
 
 
 def free_port() -> int:

@@ -6,7 +6,14 @@ import numpy as np
 import pytest
 
 from edge.data import CLASS_NAMES
-from edge.model import ModelParams, build_model, with_flip_tta
+from edge.model import (
+    ModelParams,
+    build_model,
+    logits_model,
+    resolve_precision,
+    with_flip_tta,
+    with_temperature,
+)
 from edge.train import TrainParams
 
 
@@ -19,12 +26,50 @@ def test_model_outputs_probabilities_per_class() -> None:
     assert (probabilities >= 0).all()
 
 
-def test_bfloat16_model_keeps_float32_probabilities() -> None:
-    model = build_model(ModelParams(filters=(8,), dense_units=16, bfloat16=True))
+EPYC_FLAGS = "processor\t: 0\nvendor_id\t: AuthenticAMD\nflags\t\t: fpu sse2 avx2 avx512f avx512_bf16 fma\n"
+OLD_XEON_FLAGS = "processor\t: 0\nflags\t\t: fpu sse2 avx2 avx512f avx512bw fma\n"
+SAPPHIRE_FLAGS = "flags\t\t: avx512f amx_tile amx_bf16 amx_int8\n"
+
+
+def test_auto_precision_follows_the_cpu_and_the_gpu() -> None:
+    assert resolve_precision("auto", cpuinfo=EPYC_FLAGS, gpus=0).policy == "mixed_bfloat16"
+    assert "avx512_bf16" in resolve_precision("auto", cpuinfo=EPYC_FLAGS, gpus=0).reason
+    assert resolve_precision("auto", cpuinfo=SAPPHIRE_FLAGS, gpus=0).policy == "mixed_bfloat16"
+    # AVX-512 without bf16 emulates it at twice float32's cost; macOS has no /proc/cpuinfo at all.
+    assert resolve_precision("auto", cpuinfo=OLD_XEON_FLAGS, gpus=0).policy == "float32"
+    assert resolve_precision("auto", cpuinfo="", gpus=0).policy == "float32"
+    assert resolve_precision("auto", cpuinfo=OLD_XEON_FLAGS, gpus=1).policy == "mixed_float16"
+    # An explicit setting wins over the hardware.
+    assert resolve_precision(True, cpuinfo=OLD_XEON_FLAGS, gpus=0).policy == "mixed_bfloat16"
+    assert resolve_precision(False, cpuinfo=EPYC_FLAGS, gpus=1).policy == "float32"
+
+
+@pytest.mark.parametrize(("setting", "compute"), [(True, "bfloat16"), (False, "float32")])
+def test_bfloat16_setting_changes_the_compute_dtype_not_the_output(setting: bool, compute: str) -> None:
+    model = build_model(ModelParams(filters=(8,), dense_units=16, bfloat16=setting))
+    conv = model.get_layer("block0_conv0")
+    assert conv.compute_dtype == compute
+    assert conv.kernel.dtype == "float32"  # weights stay float32 (mixed precision)
     images = np.random.default_rng(0).integers(0, 256, size=(3, 28, 28)).astype(np.float32)
+    assert conv(np.zeros((1, 28, 28, 1), np.float32)).dtype == compute
     probabilities = model(images, training=False)
     assert probabilities.dtype == "float32"
     np.testing.assert_allclose(np.asarray(probabilities).sum(axis=1), 1.0, rtol=1e-5)
+
+
+def test_bfloat16_rejects_other_values() -> None:
+    with pytest.raises(ValueError, match="expected true, false or auto"):
+        TrainParams.from_dict({"model": {"bfloat16": "yes"}})
+
+
+def test_temperature_rescales_the_logits() -> None:
+    base = build_model(ModelParams(filters=(8,), dense_units=16, bfloat16=False))
+    images = np.random.default_rng(0).integers(0, 256, size=(4, 28, 28)).astype(np.float32)
+    logits = np.asarray(logits_model(base)(images, training=False), np.float64)
+    calibrated = np.asarray(with_temperature(base, 0.5)(images, training=False))
+    expected = np.exp(logits / 0.5) / np.exp(logits / 0.5).sum(axis=1, keepdims=True)
+    np.testing.assert_allclose(calibrated, expected, rtol=1e-4, atol=1e-6)
+    np.testing.assert_array_equal(calibrated.argmax(1), logits.argmax(1))
 
 
 def test_flip_tta_averages_an_image_and_its_mirror() -> None:

@@ -317,3 +317,37 @@ def test_edge_serve_exits_non_zero_with_one_line(which: str, tmp_path: Path, cor
     assert result.exit_code == 1
     lines = result.stderr.strip().splitlines()
     assert len(lines) == 1 and lines[0].startswith("error: ")
+
+
+# --- The model card ----------------------------------------------------------------------------------
+
+
+def test_model_card_is_served_when_saved_with_the_model(tmp_path: Path) -> None:
+    from edge import modelcard
+    from edge.model import ModelParams, build_model, save_model
+    from tests.conftest import TINY_MODEL_METADATA
+
+    with_card = tmp_path / "models"
+    card = {
+        modelcard.HTML_FILE: b"<!DOCTYPE html><title>card</title><h1>Model card</h1>",
+        modelcard.MARKDOWN_FILE: b"# Model card\n",
+    }
+    model = build_model(ModelParams(filters=(8,), dense_units=16))
+    save_model(model, str(with_card), dict(TINY_MODEL_METADATA), extra_files=card)
+    with serving(create_app(ServerSettings(reload_interval=0), predictor=load_from_uri(str(with_card)))) as c:
+        page = c.get("/model-card")
+        assert page.status_code == 200 and page.headers["Content-Type"].startswith("text/html")
+        assert "<h1>Model card</h1>" in page.text
+        markdown = c.get("/model-card.md")
+        assert markdown.headers["Content-Type"].startswith("text/markdown")
+        assert markdown.text == "# Model card\n"
+        assert "/model-card" in c.get("/openapi.json").json()["paths"]
+    hidden = ServerSettings(reload_interval=0, expose_metadata=False)
+    with serving(create_app(hidden, predictor=load_from_uri(str(with_card)))) as c:
+        assert c.get("/model-card").status_code == 404
+
+
+def test_a_model_without_a_card_says_so(client: Client) -> None:
+    response = client.get("/model-card")
+    assert response.status_code == 404
+    assert "without a model card" in response.json()["error"]

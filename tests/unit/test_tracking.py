@@ -117,6 +117,26 @@ def test_list_shows_known_runs(known_runs: tuple[Path, list[str]]) -> None:
         assert expected in table
 
 
+@pytest.mark.parametrize("width", [80, 120, 250])
+def test_list_fits_the_terminal_width(
+    known_runs: tuple[Path, list[str]], monkeypatch: pytest.MonkeyPatch, width: int
+) -> None:
+    from edge.cli import common
+
+    runs, (first, second) = known_runs
+    monkeypatch.setattr(common.out, "width", width)
+    table = edge("experiments", "list", "--runs-dir", str(runs)).stdout
+    lines = table.splitlines()
+    assert max(len(line) for line in lines) <= width, table
+    # The most useful columns always fit; the rest go when there is no room, and the caption says so.
+    for expected in (first[:8], second[:8], "COMPLETED", "0.9000"):
+        assert expected in table
+    if width == 80:
+        assert "hidden at 80 columns:" in table and "host" in table.split("hidden at 80 columns:")[1]
+    if width == 250:
+        assert "hidden" not in table and "01234567" in table
+
+
 def test_show_prints_everything_with_curves(known_runs: tuple[Path, list[str]], tmp_path: Path) -> None:
     runs, (first, _) = known_runs
     png = tmp_path / "curves.png"

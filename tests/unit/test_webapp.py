@@ -13,11 +13,11 @@ from pathlib import Path
 import pytest
 from flask import Flask
 from flask.testing import FlaskClient
-from PIL import Image, ImageDraw
+from PIL import Image, ImageChops, ImageDraw
 from werkzeug.serving import BaseWSGIServer, make_server
 
 from edge_webapp import create_app
-from edge_webapp.imaging import to_fashion_mnist
+from edge_webapp.imaging import open_image, to_fashion_mnist
 from edge_webapp.views import samples
 
 
@@ -157,6 +157,40 @@ def test_api_returns_the_same_as_json(client: FlaskClient) -> None:
     assert raw.json["prediction"] == body["prediction"]
 
 
+def test_a_16_bit_picture_converts_like_its_8_bit_version() -> None:
+    # A light background (60,000 of 65,535) and a dark garment: converting to 8 bits by clipping
+    # would turn all of it white; scaled, it must give the 8-bit picture's result.
+    photo = product_photo().convert("L")
+    wide = photo.convert("I").point(lambda p: p * 257)
+    sixteen_bit = Image.open(io.BytesIO(encoded(wide.convert("I;16"), "PNG")))
+    assert sixteen_bit.mode.startswith("I;16")
+    data = encoded(sixteen_bit, "PNG")
+    converted = to_fashion_mnist(open_image(data, 12_000_000))
+    expected = to_fashion_mnist(photo)
+    difference = ImageChops.difference(converted, expected)
+    assert max(difference.getextrema()) <= 2  # type: ignore[arg-type]
+
+
+def test_a_big_jpeg_is_decoded_at_a_fraction_of_its_size() -> None:
+    photo = Image.new("RGB", (4000, 3000), "white")
+    ImageDraw.Draw(photo).ellipse((1200, 400, 2600, 2700), fill=(40, 40, 90))
+    data = encoded(photo, "JPEG")
+    image = open_image(data, 12_000_000)
+    # Decoded at 1/4 scale straight from the JPEG, never at 12 MP.
+    assert max(image.size) <= 1000
+    full = to_fashion_mnist(Image.open(io.BytesIO(data)))
+    difference = ImageChops.difference(to_fashion_mnist(image), full)
+    # The same picture for the model: only a few edge pixels differ, and by little.
+    assert sum(difference.histogram()[32:]) <= 10, difference.histogram()
+
+
+def test_pictures_above_12_megapixels_are_refused_from_their_header(client: FlaskClient) -> None:
+    assert create_app().config["MAX_IMAGE_PIXELS"] == 12_000_000
+    refused = client.post("/api/predict", data={"image": (io.BytesIO(png_bomb(4000, 3001)), "b.png")})
+    assert refused.status_code == 413
+    assert "12,000,000" in refused.json["error"]
+
+
 # --- Every failure: a friendly message on the page, the right status in the API ---------------------
 
 
@@ -233,3 +267,35 @@ def test_slow_model_server_times_out_with_504() -> None:
         )
     assert response.status_code == 504
     assert "too long" in response.json["error"]
+
+
+# --- The model card ----------------------------------------------------------------------------------
+
+
+def test_result_links_to_the_model_card_which_the_webapp_shows(tmp_path: Path) -> None:
+    from edge.model import ModelParams, build_model, save_model
+    from edge.serving.app import create_app as create_server
+    from edge.serving.predictor import load_from_uri
+    from edge.serving.settings import ServerSettings
+    from tests.conftest import TINY_MODEL_METADATA
+    from tests.serving_helpers import serving
+
+    with_card = tmp_path / "models"
+    card = {"model-card.html": b"<!DOCTYPE html><h1>Model card: tiny</h1><table></table>"}
+    model = build_model(ModelParams(filters=(8,), dense_units=16))
+    save_model(model, str(with_card), dict(TINY_MODEL_METADATA), extra_files=card)
+    server = create_server(ServerSettings(reload_interval=0), predictor=load_from_uri(str(with_card)))
+    with serving(server) as model:
+        webapp = create_app({"MODEL_URL": model.url}).test_client()
+        page = webapp.post("/", data={"sample": samples()[0].id})
+        assert page.status_code == 200
+        assert 'href="/model-card"' in page.get_data(as_text=True)
+        card = webapp.get("/model-card")
+        assert card.status_code == 200 and card.mimetype == "text/html"
+        assert "<h1>Model card: tiny</h1>" in card.get_data(as_text=True)
+
+
+def test_a_model_without_a_card_gets_a_friendly_page(client: FlaskClient) -> None:
+    response = client.get("/model-card")
+    assert response.status_code == 404
+    assert "has no model card" in response.get_data(as_text=True)

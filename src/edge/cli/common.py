@@ -7,6 +7,7 @@ from contextlib import contextmanager
 
 import typer
 from rich.console import Console
+from rich.markup import escape
 
 from edge.cloud.errors import CloudError
 from edge.data import DataError
@@ -36,5 +37,6 @@ def friendly_errors() -> Iterator[None]:
 
 def fail(message: str, code: int = 1) -> None:
     """Print `message` as an error and exit with `code`."""
-    console.print(f"[bold red]error:[/] {message}", highlight=False, soft_wrap=True)
+    # Escaped: messages quote lists and tables whose brackets are not markup.
+    console.print(f"[bold red]error:[/] {escape(message)}", highlight=False, soft_wrap=True)
     raise typer.Exit(code)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import subprocess
 import sys
 from pathlib import Path
@@ -59,11 +60,17 @@ def _track(raw_dir: Path) -> None:
     if not Path(".dvc").is_dir():
         console.print("Not in a DVC repository: the data is not tracked (fine in a container).")
         return
+    dvc_file = _dvc_file(raw_dir)
+    before = dvc_file.read_text() if dvc_file.is_file() else None
     # The interpreter running us has DVC installed, whether or not `dvc` is on the PATH.
     done = subprocess.run([sys.executable, "-m", "dvc", "add", str(raw_dir)], capture_output=True, text=True)
     if done.returncode != 0:
         raise data.DataError(f"dvc add {raw_dir} failed: {done.stderr.strip() or done.stdout.strip()}")
-    console.print(f"Tracked by DVC in {raw_dir}.dvc (commit it with git).")
+    if dvc_file.is_file() and dvc_file.read_text() == before:
+        # The same content as committed (a fresh clone's files seeded again): nothing to commit.
+        console.print(f"Tracked by DVC in {dvc_file}, unchanged: the data version is the committed one.")
+    else:
+        console.print(f"Tracked by DVC in {dvc_file} (commit it with git).")
 
 
 @app.command()
@@ -83,3 +90,34 @@ def seed(
     """Download (or copy) the four Fashion-MNIST files, verify their checksums and track them with DVC."""
     with friendly_errors():
         seed_data(raw_dir, source, track)
+
+
+@app.command()
+def curate(
+    raw_dir: Annotated[Path, typer.Option(help="The raw Fashion-MNIST files.")] = data.DEFAULT_RAW_DIR,
+    output: Annotated[Path, typer.Option(help="The curated file to write (commit it with git).")] = Path(
+        "data/curated/clear-examples.json"
+    ),
+    per_class: Annotated[int, typer.Option(min=1, help="Examples per class.")] = 10,
+) -> None:
+    """Choose the test suite's clear examples: per class, test images all of whose neighbours agree."""
+    from edge.behaviour import CLEAR_EXAMPLES_FORMAT, select_clear_examples
+
+    with friendly_errors():
+        train = data.Split(*data.load_split(raw_dir, "train"))
+        test = data.Split(*data.load_split(raw_dir, "t10k"))
+        examples = select_clear_examples(train, test, per_class=per_class)
+    document = {
+        "format": CLEAR_EXAMPLES_FORMAT,
+        "description": "Clear examples the model must all get right (the test suite's minimum functionality)",
+        "selection": (
+            f"per class, the first {per_class} images of the Fashion-MNIST test set (t10k, by id) whose "
+            "10 nearest training images (raw pixels, Euclidean) all share its label; `edge data curate`"
+        ),
+    }
+    # One example a line: small diffs when the selection changes.
+    text = json.dumps(document, indent=1).removesuffix("\n}") + ","
+    lines = ",\n  ".join(json.dumps(e) for e in examples)
+    output.parent.mkdir(parents=True, exist_ok=True)
+    output.write_text(f'{text}\n "examples": [\n  {lines}\n ]\n}}\n')
+    console.print(f"Wrote {len(examples)} clear examples to {output}.")

@@ -55,6 +55,41 @@ def _find(source: RunSource, key: str) -> RunRecord:
         raise
 
 
+# Columns of `edge experiments list`, most important first: the first ones that fit are shown.
+LIST_PRIORITY = (
+    "id",
+    "status",
+    "test acc",
+    "start (UTC)",
+    "commit",
+    "params",
+    "data",
+    "duration",
+    "user",
+    "host",
+)
+# `params` wraps; below this width it would be unreadable, so it counts as this wide.
+PARAMS_MIN_WIDTH = 24
+
+
+def fit_columns(columns: dict[str, list[str]], width: int) -> list[str]:
+    """The columns (in their original order) that fit in `width` characters, by LIST_PRIORITY."""
+    from rich.text import Text
+
+    def needed(name: str) -> int:
+        cells = [Text.from_markup(cell).cell_len for cell in columns[name]]
+        content = max([len(name), *cells])
+        return min(content, PARAMS_MIN_WIDTH) if name == "params" else content
+
+    used, chosen = 1, set()  # the table's left border
+    for name in LIST_PRIORITY:
+        cost = needed(name) + 3  # padding either side and a border
+        if name in columns and used + cost <= width:
+            chosen.add(name)
+            used += cost
+    return [name for name in columns if name in chosen]
+
+
 def _status(status: str) -> str:
     return f"[{STATUS_STYLE.get(status, 'white')}]{status}[/]"
 
@@ -80,23 +115,26 @@ def list_runs(
     if not runs:
         console.print(f"No runs in {source.label} yet: `edge pipeline train` records one.")
         return
-    table = Table(title=f"Runs in {source.label}")
-    for column in ("id", "status", "start (UTC)", "duration", "user", "host", "commit", "data", "params"):
-        table.add_column(column, no_wrap=column != "params")
-    table.add_column("test acc", justify="right")
-    for run in runs:
-        table.add_row(
-            run.id,
-            _status(run.status),
-            run.start.strftime("%Y-%m-%d %H:%M") if run.start else "-",
-            report.duration(run.duration),
-            run.user or "-",
-            run.host.get("hostname", "-"),
-            report.commit(run),
-            run.data_fingerprint or "-",
-            report.key_params(run),
-            f"{run.test_accuracy:.4f}" if run.test_accuracy is not None else "-",
-        )
+    columns = {
+        "id": [run.id for run in runs],
+        "status": [_status(run.status) for run in runs],
+        "start (UTC)": [run.start.strftime("%Y-%m-%d %H:%M") if run.start else "-" for run in runs],
+        "duration": [report.duration(run.duration) for run in runs],
+        "user": [run.user or "-" for run in runs],
+        "host": [run.host.get("hostname", "-") for run in runs],
+        "commit": [report.commit(run) for run in runs],
+        "data": [run.data_fingerprint or "-" for run in runs],
+        "params": [report.key_params(run) for run in runs],
+        "test acc": [f"{run.test_accuracy:.4f}" if run.test_accuracy is not None else "-" for run in runs],
+    }
+    shown = fit_columns(columns, out.width)
+    hidden = [name for name in columns if name not in shown]
+    caption = f"hidden at {out.width} columns: {', '.join(hidden)} (widen the terminal, or --json)"
+    table = Table(title=f"Runs in {source.label}", caption=caption if hidden else None)
+    for name in shown:
+        table.add_column(name, no_wrap=name != "params", justify="right" if name == "test acc" else "left")
+    for index in range(len(runs)):
+        table.add_row(*(columns[name][index] for name in shown))
     out.print(table)
 
 
@@ -251,7 +289,7 @@ def sync(runs_dir: RunsDirOpt = Path(observers.DEFAULT_RUNS_DIR)) -> None:
     with friendly_errors():
         url = observers.tracking_url()
         if url is None:
-            fail(f"set {observers.TRACKING_URL_ENV} to the MongoDB to copy the runs of {runs_dir} into")
+            fail(f"set {observers.TRACKING_URL_ENV} to the MongoDB URL to copy the runs in {runs_dir} into")
             return
         try:
             store = observers.connect(url)

@@ -171,10 +171,14 @@ def evaluate(
     with friendly_errors():
         gate = load_params(params).evaluate
         try:
-            evaluation = evaluate_stage(prepared_dir, model_dir, reports_dir, gate)
+            result = evaluate_stage(prepared_dir, model_dir, reports_dir, gate)
         finally:
             _print_metrics(reports_dir)
-    console.print(f"Test accuracy {evaluation.accuracy:.4f} passes the gate of {gate.min_accuracy:.4f}.")
+    out.print(result.table(), highlight=False)
+    console.print(
+        f"Test accuracy {result.evaluation.accuracy:.4f}: all {len(result.checks)} checks of the model "
+        "test suite pass."
+    )
 
 
 @app.command()
@@ -245,15 +249,25 @@ def _vertex_job() -> str | None:
 
 
 def _print_metrics(reports_dir: str) -> None:
-    metrics_file = storage.join(reports_dir, "metrics.json")
-    if not storage.exists(metrics_file):
+    details_file = storage.join(reports_dir, "details.json")
+    if not storage.exists(details_file):
         return
-    metrics = json.loads(storage.read_text(metrics_file))
+    details = json.loads(storage.read_text(details_file))
+    summary = json.loads(storage.read_text(storage.join(reports_dir, "metrics.json")))
     table = Table(
-        title=f"Test accuracy {metrics['test']['accuracy']:.4f}, loss {metrics['test']['loss']:.4f}"
+        title=f"Test accuracy {summary['accuracy']:.4f}, loss {summary['loss']:.4f}, ECE {summary['ece']:.4f}"
     )
     for column in ("class", "precision", "recall", "f1"):
         table.add_column(column, justify="left" if column == "class" else "right")
-    for name, scores in metrics["per_class"].items():
+    for name, scores in details["per_class"].items():
         table.add_row(name, *(f"{scores[k]:.3f}" for k in ("precision", "recall", "f1")))
     out.print(table)
+    robustness = Table(title="Robustness: accuracy and unchanged predictions per perturbation")
+    for column in ("perturbation", "accuracy", "unchanged", "floor"):
+        robustness.add_column(column, justify="left" if column == "perturbation" else "right")
+    robustness.add_row("clean", f"{summary['accuracy']:.4f}", "", "")
+    for row in details["robustness"]:
+        robustness.add_row(
+            row["description"], f"{row['accuracy']:.4f}", f"{row['unchanged']:.4f}", f"{row['floor']:.2f}"
+        )
+    out.print(robustness)

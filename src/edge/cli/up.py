@@ -113,8 +113,9 @@ def up(
     signal.signal(signal.SIGTERM, request_stop)
     model_argv = [sys.executable, "-m", "edge", "serve", "--model-dir", "models"]
     model_argv += ["--host", host, "--port", str(model_port)]
-    webapp_argv = [sys.executable, "-m", "gunicorn", "--bind", f"{host}:{webapp_port}", "--threads", "4"]
-    webapp_argv += ["--no-control-socket", "--access-logfile", "-", "edge_webapp:create_app()"]
+    # As in the webapp's image: one process, 8 threads, slow clients held by the asyncio front.
+    webapp_argv = [sys.executable, "-m", "edge_webapp", "--host", host, "--port", str(webapp_port)]
+    webapp_argv += ["--threads", "8", "--header-timeout", "5", "--body-timeout", "30"]
     services = [_start("model server", model_argv, host, model_port)]
     services.append(
         _start("webapp", webapp_argv, host, webapp_port, dict(os.environ, MODEL_URL=services[0].url))

@@ -46,6 +46,7 @@ log = logging.getLogger(__name__)
 # A model name never holds "/" or ":", so /v1/models/<name>:predict and /v1/models/<name> stay apart.
 NAMED_PREDICT_ROUTE = "/v1/models/{name:[^{}/:]+}:predict"
 METADATA_ROUTE = "/v1/models/{name:[^{}/:]+}"
+MODEL_CARD_ROUTE = "/model-card"
 # Seconds a shed client is asked to wait: about one full queue's worth of work.
 RETRY_AFTER_SECONDS = 1
 
@@ -138,9 +139,11 @@ def create_app(
         _publish(app, predictor)
 
     app.router.add_get(settings.health_route, _health, name="health")
-    app.router.add_post(settings.predict_route, _predict, name="predict")
-    app.router.add_post(NAMED_PREDICT_ROUTE, _predict, name="predict_named")
+    app.router.add_post(settings.predict_route, _predict, name="predict", expect_handler=_expect_continue)
+    app.router.add_post(NAMED_PREDICT_ROUTE, _predict, name="predict_named", expect_handler=_expect_continue)
     app.router.add_get(METADATA_ROUTE, _metadata, name="metadata")
+    app.router.add_get(MODEL_CARD_ROUTE, _model_card, name="model_card")
+    app.router.add_get(MODEL_CARD_ROUTE + ".md", _model_card, name="model_card_markdown")
     app.router.add_get("/metrics", _metrics, name="metrics")
     app.router.add_get("/openapi.json", _openapi, name="openapi")
     app.on_startup.append(_start)
@@ -236,6 +239,24 @@ async def _metadata(request: web.Request) -> web.Response:
     return _json(predictor.metadata)
 
 
+async def _model_card(request: web.Request) -> web.Response:
+    """The served model's card: self-contained HTML at /model-card, Markdown at /model-card.md."""
+    from edge import modelcard
+
+    if not request.app[SETTINGS].expose_metadata:
+        # The card shows the lineage, as /v1/models/<name> does.
+        raise RequestError("this server does not publish model metadata", 404)
+    predictor = request.app[HOLDER].predictor
+    if predictor is None:
+        raise RequestError("no model is loaded yet; see /health", 503)
+    markdown = request.path.endswith(".md")
+    text = predictor.card.get(modelcard.MARKDOWN_FILE if markdown else modelcard.HTML_FILE)
+    if text is None:
+        raise RequestError("this model was saved without a model card (trained before cards existed)", 404)
+    content_type = "text/markdown" if markdown else "text/html"
+    return web.Response(text=text, content_type=content_type, charset="utf-8")
+
+
 async def _metrics(request: web.Request) -> web.Response:
     body, content_type = request.app[METRICS].render()
     response = web.Response(body=body)
@@ -328,6 +349,21 @@ def _notify(
             observer(event)
         except Exception:
             log.exception("prediction observer %r failed", observer)
+
+
+async def _expect_continue(request: web.Request) -> web.StreamResponse | None:
+    """Answer `Expect: 100-continue` (curl sends it), refusing an oversized body before it is sent."""
+    limit = request.app[SETTINGS].max_request_bytes
+    if request.content_length is not None and request.content_length > limit:
+        response = _error(f"request body is larger than the limit of {limit} bytes", 413)
+        response.force_close()
+        return response
+    if request.headers.get("Expect", "").lower() != "100-continue":
+        return _error("the only Expect this server knows is 100-continue", 417)
+    if request.version >= (1, 1):
+        await request.writer.write(b"HTTP/1.1 100 Continue\r\n\r\n")
+        request.writer.output_size = 0
+    return None
 
 
 async def _read_body(request: web.Request, settings: ServerSettings) -> bytes:

@@ -183,6 +183,24 @@ def _metadata_operation(model_name: str | None) -> dict[str, Any]:
     }
 
 
+def _model_card_operation(markdown: bool) -> dict[str, Any]:
+    content_type = "text/markdown" if markdown else "text/html"
+    return {
+        "get": {
+            "summary": f"The served model's card ({'Markdown' if markdown else 'self-contained HTML'})",
+            "operationId": "modelCardMarkdown" if markdown else "modelCard",
+            "responses": {
+                "200": {
+                    "description": "Lineage, metrics, per class, calibration, robustness, limits.",
+                    "content": {content_type: {"schema": {"type": "string"}}},
+                },
+                "404": _error("The model was saved without a card."),
+                "503": _error("The model is still loading."),
+            },
+        }
+    }
+
+
 def build_document(
     *,
     health_route: str,
@@ -222,6 +240,12 @@ def build_document(
             predict_route: {"post": _predict_operation(max_instances, max_bytes, False, None)},
             named_route: {"post": _predict_operation(max_instances, max_bytes, True, model_name)},
             **({metadata_route: _metadata_operation(model_name)} if metadata_route else {}),
+            # The card shows the lineage too: published exactly when the metadata is.
+            **(
+                {"/model-card": _model_card_operation(False), "/model-card.md": _model_card_operation(True)}
+                if metadata_route
+                else {}
+            ),
             "/metrics": {
                 "get": {
                     "summary": "Prometheus metrics",

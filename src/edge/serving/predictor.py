@@ -217,10 +217,17 @@ class Prediction:
 class Predictor:
     """The exported serving function of one model, with its metadata."""
 
-    def __init__(self, serve: Callable[[np.ndarray], np.ndarray], metadata: dict[str, Any]) -> None:
+    def __init__(
+        self,
+        serve: Callable[[np.ndarray], np.ndarray],
+        metadata: dict[str, Any],
+        card: dict[str, str] | None = None,
+    ) -> None:
         self._serve = serve
         self.metadata = metadata
         self.class_names: tuple[str, ...] = tuple(metadata["class_names"])
+        # The model card saved with the model, by file name (edge.modelcard); empty for older models.
+        self.card: dict[str, str] = card or {}
 
     @property
     def name(self) -> str:
@@ -266,10 +273,17 @@ class Predictor:
                 f"{serving} returns shape {probe.shape[1:]} per image but metadata lists "
                 f"{len(metadata['class_names'])} classes"
             )
+        from edge import modelcard
+
+        card = {
+            name: (root / name).read_text(encoding="utf-8")
+            for name in (modelcard.HTML_FILE, modelcard.MARKDOWN_FILE)
+            if (root / name).is_file()
+        }
         # A save published while we were reading would have swapped the folder under us.
         if edge_model.read_metadata(model_dir).get("content") != metadata["content"]:
             raise ModelLoadError(f"{model_dir} was replaced by a new save while loading; load it again")
-        return cls(_ServingFunction(serve, loaded, tf.constant), metadata)
+        return cls(_ServingFunction(serve, loaded, tf.constant), metadata, card)
 
     @property
     def fingerprint(self) -> str:

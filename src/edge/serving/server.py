@@ -18,6 +18,26 @@ log = logging.getLogger(__name__)
 SHUTDOWN_SECONDS = 10.0
 
 
+class QuietBadRequests(logging.Filter):
+    """Log a malformed request as one line, not a traceback: it is the client's fault, and an
+    attacker must not be able to fill the log at a few hundred bytes a request."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        from aiohttp.http_exceptions import HttpProcessingError
+
+        exc = record.exc_info[1] if record.exc_info else None
+        if isinstance(exc, HttpProcessingError):
+            # Read the message before replacing what it is made of.
+            message = record.getMessage()
+            lines = str(exc.message).strip().splitlines()
+            record.msg, record.args = "%s: %s", (message, lines[0] if lines else exc.code)
+            record.exc_info = None
+            record.exc_text = None
+            record.levelno, record.levelname = logging.DEBUG, "DEBUG"
+            return logging.getLogger(record.name).isEnabledFor(logging.DEBUG)
+        return True
+
+
 def run(
     settings: ServerSettings,
     predictor: Predictor,
@@ -31,6 +51,7 @@ def run(
 
 
 async def _serve(app: web.Application, host: str, port: int, access_log: bool) -> None:
+    logging.getLogger("aiohttp.server").addFilter(QuietBadRequests())
     runner = web.AppRunner(
         app,
         handle_signals=False,

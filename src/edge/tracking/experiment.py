@@ -29,7 +29,9 @@ from typing import Any, Generic, TypeVar
 from rich.console import Console
 
 import edge
-from edge import data, evaluate, pipeline, storage, train  # noqa: F401  (data: recorded as a source)
+
+# Sacred records the source of every module imported here: data and model are listed for that alone.
+from edge import behaviour, calibration, data, evaluate, model, pipeline, storage, train  # noqa: F401
 from edge.tracking import observers
 
 T = TypeVar("T")

@@ -34,7 +34,8 @@ class ModelClient:
         retries: int,
         predict_path: str = "/predict",
     ) -> None:
-        self.url = base_url.rstrip("/") + predict_path
+        self.base_url = base_url.rstrip("/")
+        self.url = self.base_url + predict_path
         self.timeout = (connect_timeout, read_timeout)
         # Prediction is idempotent, so POSTs may be retried: on connection failures and while the
         # server says it is starting (503) or a proxy in front of it fails (502, 504). A read
@@ -95,3 +96,21 @@ class ModelClient:
         except (ValueError, KeyError, IndexError, TypeError) as exc:
             raise ModelServerError("The model server sent an answer we could not understand.") from exc
         return result
+
+    def model_card(self) -> str:
+        """The served model's card (self-contained HTML); raise with a friendly message."""
+        try:
+            response = self.session.get(self.base_url + "/model-card", timeout=self.timeout)
+        except requests.RequestException as exc:
+            raise ModelServerError(
+                "The model server cannot be reached right now. Please try again in a moment.", 503
+            ) from exc
+        if response.status_code == 404:
+            raise ModelServerError("The model being served has no model card.", 404)
+        if response.status_code != 200 or not response.headers.get("Content-Type", "").startswith(
+            "text/html"
+        ):
+            raise ModelServerError(
+                f"The model server answered with an error (HTTP {response.status_code}).", 502
+            )
+        return response.text

@@ -92,6 +92,20 @@ def predict_page() -> ResponseReturnValue:
     return render_template("index.html", samples=samples(), result=result, chosen=chosen)
 
 
+@pages.get("/model-card")
+def model_card() -> ResponseReturnValue:
+    """Show the served model's card: lineage, metrics, per class, calibration, robustness, limits."""
+    client = current_app.extensions["edge_model_client"]
+    if not hasattr(client, "model_card"):
+        return render_template("index.html", samples=samples(), error="This backend has no model card."), 404
+    try:
+        page: str = client.model_card()
+    except ModelServerError as exc:
+        return render_template("index.html", samples=samples(), error=exc.message), exc.status
+    # The card is a whole self-contained page made by the model's own pipeline.
+    return page, 200, {"Content-Type": "text/html; charset=utf-8"}
+
+
 @pages.get("/health")
 def health() -> ResponseReturnValue:
     """Say that the webapp itself is up (the model server has its own health route)."""

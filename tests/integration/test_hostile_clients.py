@@ -1,0 +1,95 @@
+"""Both servers as real processes against hostile clients: slow headers never stall /health, and a
+bounded fuzz of 10,000 malformed requests each ends with zero 5xx and the server alive."""
+
+from __future__ import annotations
+
+import contextlib
+import socket
+import threading
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+import requests
+
+from tests.fuzz import fuzz, model_server_request, webapp_request
+from tests.live_servers import LiveServer, model_server, webapp
+
+pytestmark = pytest.mark.slow
+
+FUZZ_REQUESTS = 10_000
+SLOW_CLIENTS = 64
+
+
+@pytest.fixture(scope="module")
+def servers(
+    tiny_model_dir: Path, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[dict[str, LiveServer]]:
+    logs = tmp_path_factory.mktemp("hostile-logs")
+    # A short body timeout, so fuzzed requests that announce more body than they send end quickly.
+    env = {"EDGE_BODY_TIMEOUT": "2", "EDGE_RELOAD_INTERVAL": "0"}
+    with (
+        model_server(tiny_model_dir, logs / "model.log", env) as model,
+        webapp(model.url, logs / "webapp.log", extra_args=["--body-timeout", "2"]) as site,
+    ):
+        yield {"model server": model, "webapp": site}
+
+
+def _port(server: LiveServer) -> int:
+    return int(server.url.rsplit(":", 1)[1])
+
+
+@pytest.mark.parametrize("which", ["model server", "webapp"])
+def test_slow_header_clients_do_not_stall_health(servers: dict[str, LiveServer], which: str) -> None:
+    server = servers[which]
+    stop = threading.Event()
+    sockets = []
+    for _ in range(SLOW_CLIENTS):
+        sock = socket.create_connection(("127.0.0.1", _port(server)), timeout=5)
+        sock.sendall(b"POST /api/predict HTTP/1.1\r\nHost: x\r\n")
+        sockets.append(sock)
+
+    def trickle() -> None:
+        # One header line per connection every half second, never the blank line that ends them.
+        while not stop.wait(0.5):
+            for sock in sockets:
+                # The server may have closed it: that is allowed.
+                with contextlib.suppress(OSError):
+                    sock.sendall(b"X-Slow: 1\r\n")
+
+    thread = threading.Thread(target=trickle)
+    thread.start()
+    try:
+        waits = []
+        for _ in range(5):
+            started = time.monotonic()
+            # Before the fix, gunicorn's threads were all held and this timed out after 15 s.
+            response = requests.get(server.url + "/health", timeout=5)
+            waits.append(time.monotonic() - started)
+            assert response.status_code == 200
+            time.sleep(0.5)
+    finally:
+        stop.set()
+        thread.join()
+        for sock in sockets:
+            sock.close()
+    print(f"\n{which}: /health with {SLOW_CLIENTS} slow-header clients: {max(waits) * 1000:.0f} ms at most")
+
+
+@pytest.mark.parametrize(
+    ("which", "build"), [("model server", model_server_request), ("webapp", webapp_request)]
+)
+def test_fuzz_never_gets_a_server_error(servers: dict[str, LiveServer], which: str, build: object) -> None:
+    server = servers[which]
+    started = time.monotonic()
+    report = fuzz(_port(server), build, FUZZ_REQUESTS, seed=11)  # type: ignore[arg-type]
+    elapsed = time.monotonic() - started
+    summary = (
+        f"{which}: {report.sent} malformed requests in {elapsed:.0f} s: {dict(report.statuses.most_common())}"
+    )
+    print("\n" + summary)
+    assert report.sent == FUZZ_REQUESTS
+    assert report.server_errors == [], summary + "\n" + "\n".join(repr(e) for e in report.server_errors[:10])
+    assert server.process.poll() is None, "the server died"
+    assert requests.get(server.url + "/health", timeout=10).status_code == 200
