@@ -65,13 +65,16 @@ class ModelWatcher:
         self._refused: dict[str, float] = {}
         self._wake = asyncio.Event()
         self._lock = asyncio.Lock()
+        self._loop: asyncio.AbstractEventLoop | None = None
 
     def check(self) -> None:
-        """Ask for a check now (from the event loop's thread, e.g. a signal handler)."""
-        self._wake.set()
+        """Ask for a check now; safe from any thread and from a signal handler."""
+        if self._loop is not None:
+            self._loop.call_soon_threadsafe(self._wake.set)
 
     async def run(self) -> None:
         """Check periodically (if an interval is set) and whenever asked, until cancelled."""
+        self._loop = asyncio.get_running_loop()
         while True:
             timeout = self.interval if self.interval > 0 else None
             with contextlib.suppress(TimeoutError):
