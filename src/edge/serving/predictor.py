@@ -217,8 +217,15 @@ class Prediction:
 class Predictor:
     """The exported serving function of one model, with its metadata."""
 
-    def __init__(self, serve: Callable[[np.ndarray], np.ndarray], metadata: dict[str, Any]) -> None:
+    def __init__(
+        self,
+        serve: Callable[[np.ndarray], np.ndarray],
+        metadata: dict[str, Any],
+        embed: Callable[[np.ndarray], np.ndarray] | None = None,
+    ) -> None:
         self._serve = serve
+        # The penultimate layer's features, for drift monitoring; None for an export without them.
+        self.embed = embed
         self.metadata = metadata
         self.class_names: tuple[str, ...] = tuple(metadata["class_names"])
 
@@ -258,6 +265,15 @@ class Predictor:
             # The concrete function skips tf.function's per-call signature dispatch.
             serve = loaded.serve.get_concrete_function(tf.TensorSpec([None, *IMAGE_SHAPE], tf.float32))
             probe = serve(tf.zeros([1, *IMAGE_SHAPE], tf.float32)).numpy()
+            embed = (
+                _ServingFunction(
+                    loaded.embed.get_concrete_function(tf.TensorSpec([None, *IMAGE_SHAPE], tf.float32)),
+                    loaded,
+                    tf.constant,
+                )
+                if hasattr(loaded, "embed")
+                else None
+            )
         except Exception as exc:  # TensorFlow raises many types for a corrupt export.
             first_line = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
             raise ModelLoadError(f"{serving} is not a usable serving export: {first_line}") from exc
@@ -266,7 +282,7 @@ class Predictor:
                 f"{serving} returns shape {probe.shape[1:]} per image but metadata lists "
                 f"{len(metadata['class_names'])} classes"
             )
-        return cls(_ServingFunction(serve, loaded, tf.constant), metadata)
+        return cls(_ServingFunction(serve, loaded, tf.constant), metadata, embed)
 
     @property
     def fingerprint(self) -> str:
