@@ -16,10 +16,10 @@ UV_VERSION := 0.13.9
 UV := $(or $(shell command -v uv 2>/dev/null),.tools/bin/uv)
 BIN := .venv/bin
 
-.PHONY: help setup up repro test lint bench clean
+.PHONY: help setup up repro test test-containers lint bench clean emulate
 
 help: ## List the targets
-	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk 'BEGIN {FS = ":.*## "}; {printf "  \033[36m%-8s\033[0m %s\n", $$1, $$2}'
+	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk 'BEGIN {FS = ":.*## "}; {printf "  \033[36m%-16s\033[0m %s\n", $$1, $$2}'
 
 .tools/bin/uv:
 	python3 -m venv .tools
@@ -39,13 +39,19 @@ repro: setup ## Seed the data if missing and run the DVC pipeline (cached stages
 	$(BIN)/dvc repro
 	$(BIN)/dvc metrics show
 
-test: setup ## Run every test: unit, integration and browser
-	$(BIN)/pytest
+test: setup ## Run the tests: unit, integration and browser (not the containers)
+	$(BIN)/pytest -m "not containers"
+
+test-containers: setup ## Build the images and run them in a real Docker engine (pytest -m containers)
+	$(BIN)/pytest -m containers
 
 lint: setup ## Check style and types: ruff and mypy
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
 	$(BIN)/mypy
+
+emulate: setup ## Rehearse the cloud path locally: GCS emulator, registry, Google API stand-ins
+	$(BIN)/python -m tests.standin
 
 bench: setup ## Measure accuracy, pipeline time and serving speed on the real data
 	$(BIN)/python benchmarks/bench_pipeline.py

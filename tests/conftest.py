@@ -11,6 +11,20 @@ import pytest
 from edge.data import CLASS_NAMES
 from tests.datagen import write_fashion_files
 
+# The Docker fixtures (engine, registry, built images), for any test folder: see tests/docker_env.py.
+from tests.docker_env import (  # noqa: F401
+    DOCKER_FIXTURES,
+    base_image,
+    docker_engine,
+    local_registry,
+    pushed_trainer_image,
+    trainer_image,
+    webapp_image,
+)
+
+# A real GCS emulator for `gs://` code: `gcs_emulator` (one per session), `gcs_bucket` (one per test).
+from tests.gcs_emulator import gcs_bucket, gcs_emulator  # noqa: F401
+
 REPO_ROOT = Path(__file__).resolve().parent.parent
 
 # The local Google Cloud stand-ins' fixtures (local_cloud, cloud_env).
@@ -25,6 +39,13 @@ QUIET_ENV = {
     "GCE_METADATA_IP": "127.0.0.1:1",
     "TF_CPP_MIN_LOG_LEVEL": "2",
 }
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """Mark every test that needs a Docker engine `containers`, so `-m "not containers"` skips it."""
+    for item in items:
+        if DOCKER_FIXTURES & set(getattr(item, "fixturenames", ())):
+            item.add_marker(pytest.mark.containers)
 
 
 @pytest.fixture(autouse=True, scope="session")

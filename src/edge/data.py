@@ -135,7 +135,7 @@ Progress = Callable[[str, int, int | None], None]
 class SeedResult:
     """What seeding did: the files it wrote (empty when everything was already there)."""
 
-    raw_dir: Path
+    raw_dir: Path | str
     written: tuple[str, ...]
     source: str
 
@@ -145,13 +145,17 @@ def md5_hex(data: bytes) -> str:
     return hashlib.md5(data, usedforsecurity=False).hexdigest()
 
 
-def present_files(raw_dir: Path, files: Sequence[RawFile] = RAW_FILES) -> list[RawFile]:
-    """Return the files already in `raw_dir` with the right content."""
-    return [f for f in files if _has_content(raw_dir / f.name, f.md5)]
+def present_files(raw_dir: Path | str, files: Sequence[RawFile] = RAW_FILES) -> list[RawFile]:
+    """Return the files already in `raw_dir` (a local path or a `gs://` URI) with the right content."""
+    from edge import storage
+
+    return [f for f in files if _has_content(storage.join(str(raw_dir), f.name), f.md5)]
 
 
-def _has_content(path: Path, md5: str) -> bool:
-    return path.is_file() and md5_hex(path.read_bytes()) == md5
+def _has_content(uri: str, md5: str) -> bool:
+    from edge import storage
+
+    return storage.exists(uri) and md5_hex(storage.read_bytes(uri)) == md5
 
 
 def _verified_content(compressed: bytes, file: RawFile, origin: str) -> bytes:
@@ -229,7 +233,7 @@ def download(
 
 
 def seed(
-    raw_dir: Path = DEFAULT_RAW_DIR,
+    raw_dir: Path | str = DEFAULT_RAW_DIR,
     *,
     source: str | None = None,
     mirrors: Sequence[str] | None = None,
@@ -239,19 +243,25 @@ def seed(
     progress: Progress | None = None,
     files: Sequence[RawFile] = RAW_FILES,
 ) -> SeedResult:
-    """Put the four canonical files into `raw_dir`, all or nothing, each checked by content.
+    """Put the four canonical files into `raw_dir` (a local path or a `gs://` URI), each checked by content.
 
     Copies from a local folder when one is given or found, otherwise downloads from the mirrors.
-    Files are staged in a temporary folder beside `raw_dir` and moved in only once all four passed
-    their checksum, so a failure leaves `raw_dir` exactly as it was.
+    Files are staged in a temporary folder (locally: beside `raw_dir`, named so that a later seed
+    sweeps it away if this one is killed) and moved in only once all of them passed their checksum,
+    each file whole (a rename, or one object upload), so a failure leaves `raw_dir` as it was and a
+    kill at worst leaves some complete files, which the next seed keeps.
     """
-    present = present_files(raw_dir, files)
+    from edge import storage
+
+    location = str(raw_dir)
+    remote = storage.is_remote(location)
+    present = present_files(location, files)
     missing = [f for f in files if f not in present]
     folder = resolve_source(source, system_source)
     origin = folder or "the download mirrors"
     if not missing:
         return SeedResult(raw_dir, (), origin)
-    changed = [f.name for f in missing if (raw_dir / f.name).exists()]
+    changed = [f.name for f in missing if storage.exists(storage.join(location, f.name))]
     if changed:
         # Somebody's data, perhaps a new version under DVC: never overwrite it.
         raise DataError(
@@ -262,8 +272,10 @@ def seed(
         env = os.environ.get("EDGE_DATA_MIRRORS")
         mirrors = env.split(",") if env else DEFAULT_MIRRORS
 
-    raw_dir.parent.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(prefix=".seed-", dir=raw_dir.parent))
+    if remote:
+        staging = Path(tempfile.mkdtemp(prefix="edge-seed-"))
+    else:
+        staging = storage.temporary_sibling(Path(location))
     try:
         for file in missing:
             if folder:
@@ -271,9 +283,12 @@ def seed(
             else:
                 content = _fetch_from_mirrors(file, mirrors, attempts, backoff, progress)
             (staging / file.name).write_bytes(content)
-        raw_dir.mkdir(parents=True, exist_ok=True)
         for file in missing:
-            (staging / file.name).replace(raw_dir / file.name)
+            if remote:
+                storage.write_bytes(storage.join(location, file.name), (staging / file.name).read_bytes())
+            else:
+                Path(location).mkdir(parents=True, exist_ok=True)
+                (staging / file.name).replace(Path(location, file.name))
     finally:
         shutil.rmtree(staging, ignore_errors=True)
     return SeedResult(raw_dir, tuple(f.name for f in missing), origin)

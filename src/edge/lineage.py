@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+import os
 import subprocess
 from pathlib import Path
 from typing import Any
@@ -22,16 +23,31 @@ def _git(root: Path, *args: str) -> str | None:
 
 
 def git_info(root: Path = Path()) -> dict[str, Any] | None:
-    """Return commit, branch, remote URL and dirty flag, or None outside a git checkout."""
+    """Return commit, branch, remote URL and dirty flag; from the image's build args without git."""
     commit = _git(root, "rev-parse", "HEAD")
     if not commit:
-        return None
+        return baked_git_info()
     status = _git(root, "status", "--porcelain", "--untracked-files=no")
     return {
         "commit": commit,
         "branch": _git(root, "rev-parse", "--abbrev-ref", "HEAD"),
         "remote": strip_credentials(_git(root, "config", "--get", "remote.origin.url") or "") or None,
         "dirty": bool(status),
+    }
+
+
+def baked_git_info() -> dict[str, Any] | None:
+    """Return the commit an image was built from (`edge image build` bakes it in), or None."""
+    # Containers (compose, Vertex AI) have no .git: the Dockerfiles turn the build args
+    # EDGE_GIT_COMMIT, _BRANCH, _SOURCE and _DIRTY into environment variables of the same names.
+    commit = os.environ.get("EDGE_GIT_COMMIT", "").strip()
+    if not commit:
+        return None
+    return {
+        "commit": commit,
+        "branch": os.environ.get("EDGE_GIT_BRANCH", "").strip() or None,
+        "remote": strip_credentials(os.environ.get("EDGE_GIT_SOURCE", "").strip()) or None,
+        "dirty": os.environ.get("EDGE_GIT_DIRTY", "").strip().lower() in {"1", "true"},
     }
 
 

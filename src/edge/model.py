@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -136,21 +138,120 @@ def export_serving(model: keras.Model, path: str) -> None:
     archive.write_out(path, verbose=False)
 
 
-def save_model(model: keras.Model, model_dir: str, metadata: dict[str, Any]) -> None:
-    """Write the `.keras` file, the serving export and the metadata into `model_dir`."""
+class ModelIntegrityError(ValueError):
+    """A model folder that is partial, mixed from several saves or altered; the message says which."""
+
+
+def content_manifest(folder: str | Path) -> dict[str, Any]:
+    """Hash every file of a local model folder but the metadata: per file and for the whole."""
+    root = Path(folder)
+    files = {
+        path.relative_to(root).as_posix(): _sha256(path)
+        for path in sorted(root.rglob("*"))
+        if path.is_file() and path.relative_to(root).as_posix() != METADATA_FILE
+    }
+    whole = hashlib.sha256("".join(f"{name}\0{digest}\n" for name, digest in files.items()).encode())
+    return {"algorithm": "sha256", "sha256": whole.hexdigest(), "files": files}
+
+
+def _sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with path.open("rb") as f:
+        while chunk := f.read(1 << 20):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def save_model(
+    model: keras.Model,
+    model_dir: str,
+    metadata: dict[str, Any],
+    *,
+    extra_files: Mapping[str, bytes] | None = None,
+    stage: Callable[[Path], None] | None = None,
+) -> dict[str, Any]:
+    """Publish the `.keras` file, the serving export and the metadata as one folder, atomically.
+
+    Everything is staged complete in a temporary folder and published in one step
+    (`storage.publish_dir`: one rename locally, a version prefix and a pointer on `gs://`), so
+    `model_dir` holds the previous model or this one, never a mix. `metadata.json` is written last
+    and names a content hash of every other file (`content`), which `verify_model_dir` checks.
+
+    Other parts of the model folder join the same publish: `extra_files` maps relative names (such as
+    `"model_card.md"` or `"reference/profile.json"`) to their bytes; `stage` is called with the
+    staging folder (a local `Path`) after the model and extra files are written, for parts that are
+    easier to write as files. Both end up covered by the content hash. Returns the metadata written.
+    """
     from edge import storage
 
-    storage.makedirs(model_dir)
-    with storage.local_copy_for_writing(storage.join(model_dir, KERAS_FILE)) as local:
-        model.save(local)
-    with storage.local_dir_for_writing(storage.join(model_dir, SERVING_DIR)) as local:
-        export_serving(model, local)
-    storage.write_text(storage.join(model_dir, METADATA_FILE), json.dumps(metadata, indent=2) + "\n")
+    with storage.publish_dir(model_dir) as staging_dir:
+        staging = Path(staging_dir)
+        model.save(staging / KERAS_FILE)
+        export_serving(model, str(staging / SERVING_DIR))
+        for name, content in (extra_files or {}).items():
+            relative = storage.relative_name(name, "extra_files")
+            if relative == METADATA_FILE or (staging / relative).exists():
+                raise ValueError(f"extra file {name!r} would overwrite a part of the model folder")
+            destination = staging / relative
+            destination.parent.mkdir(parents=True, exist_ok=True)
+            destination.write_bytes(content)
+        if stage is not None:
+            stage(staging)
+        written = {**metadata, "content": content_manifest(staging)}
+        # Last: the metadata is what says the folder is complete.
+        (staging / METADATA_FILE).write_text(json.dumps(written, indent=2) + "\n")
+    return written
 
 
 def read_metadata(model_dir: str | Path) -> dict[str, Any]:
-    """Read the metadata written beside a saved model."""
+    """Read the metadata written beside a saved model (on `gs://`, of the published version)."""
     from edge import storage
 
-    loaded: dict[str, Any] = json.loads(storage.read_text(storage.join(str(model_dir), METADATA_FILE)))
+    folder = storage.resolve_dir(str(model_dir))
+    loaded: dict[str, Any] = json.loads(storage.read_text(storage.join(folder, METADATA_FILE)))
     return loaded
+
+
+def verify_model_dir(model_dir: str | Path) -> dict[str, Any]:
+    """Check that a local model folder is complete and from one save; return its metadata.
+
+    Raises `ModelIntegrityError` naming what is wrong when the metadata is missing, names no content
+    hash, or when any file is missing, extra or different from what the metadata was written with.
+    """
+    root = Path(model_dir)
+    fix = f"retrain (`edge pipeline train`) or restore a saved version (`dvc checkout {root}`)"
+    if not root.is_dir():
+        raise ModelIntegrityError(f"model folder {root} does not exist")
+    try:
+        metadata = json.loads((root / METADATA_FILE).read_text())
+    except FileNotFoundError:
+        raise ModelIntegrityError(
+            f"{root} has no {METADATA_FILE}: the save was interrupted or this is not a model; {fix}"
+        ) from None
+    except (ValueError, UnicodeDecodeError) as exc:
+        raise ModelIntegrityError(f"{root / METADATA_FILE} is not valid JSON ({exc}); {fix}") from exc
+    expected = metadata.get("content") if isinstance(metadata, dict) else None
+    if not isinstance(expected, dict) or not isinstance(expected.get("files"), dict):
+        raise ModelIntegrityError(
+            f"{root / METADATA_FILE} names no content hash of the model's files (saved by an older "
+            f"version, or not by edge), so the folder cannot be checked; {fix}"
+        )
+    actual = content_manifest(root)
+    if actual["sha256"] != expected.get("sha256") or actual["files"] != expected["files"]:
+        names = set(actual["files"]) | set(expected["files"])
+        differing = sorted(n for n in names if actual["files"].get(n) != expected["files"].get(n))
+        shown = ", ".join(differing[:5]) + (f" and {len(differing) - 5} more" if len(differing) > 5 else "")
+        raise ModelIntegrityError(
+            f"{root} is partial or mixed from several saves: {shown or 'the content hash'} "
+            f"differ(s) from what {METADATA_FILE} (version {metadata.get('version')}) was written with; {fix}"
+        )
+    loaded: dict[str, Any] = metadata
+    return loaded
+
+
+def verify_model_uri(model_dir: str) -> dict[str, Any]:
+    """Check a local or `gs://` model folder as `verify_model_dir` does; return its metadata."""
+    from edge import storage
+
+    with storage.local_dir_for_reading(model_dir) as local:
+        return verify_model_dir(local)

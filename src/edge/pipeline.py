@@ -25,8 +25,8 @@ from edge.evaluate import (
     predict_probabilities,
 )
 from edge.gate import GateParams
-from edge.model import SERVING_DIR, save_model
-from edge.monitoring.profile import compute_profile, save_profile
+from edge.model import SERVING_DIR, save_model, verify_model_dir
+from edge.monitoring.profile import PROFILE_FILE, compute_profile
 from edge.train import (
     EpochCallback,
     TrainParams,
@@ -72,7 +72,8 @@ class Params:
 def load_params(path: str | Path = "params.yaml") -> Params:
     """Read and check params.yaml; unknown or missing blocks are errors that name the key."""
     try:
-        raw = yaml.safe_load(Path(path).read_text()) or {}
+        text = storage.read_text(str(path)) if storage.is_remote(str(path)) else Path(path).read_text()
+        raw = yaml.safe_load(text) or {}
     except FileNotFoundError:
         raise ValueError(f"{path} not found; run from the repository root or pass --params") from None
     except yaml.YAMLError as exc:
@@ -131,8 +132,10 @@ def train_stage(
     metadata = model_metadata(result, params, lineage)
     # Monitoring judges live traffic against the validation data as this model sees it.
     profile = compute_profile(result.model, validation.images, metadata["class_names"])
-    save_model(result.model, model_dir, metadata)
-    save_profile(profile, model_dir)
+    # The profile is part of the model folder: published with it in one step, covered by its hash.
+    metadata = save_model(
+        result.model, model_dir, metadata, extra_files={PROFILE_FILE: profile.to_json().encode()}
+    )
     storage.write_text(storage.join(reports_dir, "history.csv"), history_csv(result.history))
     _write_json(
         storage.join(reports_dir, "metrics.json"),
@@ -149,8 +152,9 @@ def train_stage(
 def score_on_test(prepared_dir: str, model_dir: str) -> tuple[Split, Evaluation]:
     """Run the exported serving function (what the model server runs) over the test split."""
     test = load_prepared(prepared_dir, "test")
-    with storage.local_dir_for_reading(storage.join(model_dir, SERVING_DIR)) as serving:
-        probabilities = predict_probabilities(serving, test.images)
+    with storage.local_dir_for_reading(model_dir) as local:
+        verify_model_dir(local)
+        probabilities = predict_probabilities(str(Path(local, SERVING_DIR)), test.images)
     return test, evaluate(probabilities, test.labels)
 
 

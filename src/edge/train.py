@@ -197,8 +197,9 @@ def history_csv(history: list[dict[str, float]]) -> str:
 
 
 def load_prepared(prepared_dir: str | Path, name: str) -> Split:
-    """Load one split written by the prepare stage."""
+    """Load one split written by the prepare stage (on `gs://`, from the published version)."""
     from edge import storage
 
-    with np.load(io.BytesIO(storage.read_bytes(storage.join(str(prepared_dir), f"{name}.npz")))) as npz:
+    folder = storage.resolve_dir(str(prepared_dir))
+    with np.load(io.BytesIO(storage.read_bytes(storage.join(folder, f"{name}.npz")))) as npz:
         return Split(npz["images"], npz["labels"])

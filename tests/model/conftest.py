@@ -30,7 +30,7 @@ class TrainedModel:
 def small_real_model(real_fashion_source: Path, tmp_path_factory: pytest.TempPathFactory) -> TrainedModel:
     """Train two epochs of a narrow CNN on 4000 real images (about a minute on two busy cores)."""
     from edge.model import ModelParams, save_model
-    from edge.monitoring.profile import compute_profile, save_profile
+    from edge.monitoring.profile import PROFILE_FILE, compute_profile
     from edge.train import TrainParams, train
 
     # Others share the machine: training is the one heavy step of these tests, so it yields.
@@ -47,8 +47,8 @@ def small_real_model(real_fashion_source: Path, tmp_path_factory: pytest.TempPat
     result = train(train_split, validation, params, verbose=0)
     folder = tmp_path_factory.mktemp("small-real-model") / "model"
     metadata = {**TINY_MODEL_METADATA, "name": "fashion-mnist-cnn", "version": "small-real"}
-    save_model(result.model, str(folder), metadata)
-    save_profile(compute_profile(result.model, validation.images, list(CLASS_NAMES)), str(folder))
+    profile = compute_profile(result.model, validation.images, list(CLASS_NAMES))
+    save_model(result.model, str(folder), metadata, extra_files={PROFILE_FILE: profile.to_json().encode()})
     test_images = read_idx(real_fashion_source / "t10k-images-idx3-ubyte.gz")
     test_labels = read_idx(real_fashion_source / "t10k-labels-idx1-ubyte.gz")
     pick = rng.permutation(len(test_labels))[:TEST_IMAGES]

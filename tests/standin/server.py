@@ -81,7 +81,8 @@ class Request:
 
     @property
     def mutating(self) -> bool:
-        return self.method != "GET"
+        """Whether the request changes something: not a GET, nor a read that Google makes a POST."""
+        return self.method != "GET" and not self.path.endswith((":getIamPolicy", ":testIamPermissions"))
 
     def __str__(self) -> str:
         return f"{self.service} {self.method} {self.path} -> {self.status}"
@@ -157,7 +158,7 @@ class RequestLog:
 
 Handler = Callable[[Request], Any]
 
-_SEGMENT = r"[^/]+?"
+_SEGMENT = r"[^/:]+"  # a custom verb (`:cancel`) is never part of a segment
 _TYPES = {"": _SEGMENT, "path": r".+?", "ops": r"(?:[^/]+/)*?operations/[^/:]+"}
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import shutil
 from pathlib import Path
 
 import pytest
@@ -16,9 +17,8 @@ def in_tmp(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
     return tmp_path
 
 
-def test_run_skips_when_a_model_exists(in_tmp: Path) -> None:
-    (in_tmp / "models").mkdir()
-    (in_tmp / "models" / "metadata.json").write_text("{}")
+def test_run_skips_when_a_model_exists(in_tmp: Path, tiny_model_dir: Path) -> None:
+    shutil.copytree(tiny_model_dir, in_tmp / "models")
     result = CliRunner().invoke(app, ["pipeline", "run", "--skip-if-trained"])
     assert result.exit_code == 0, result.output
     assert "already holds a model: nothing to do" in result.output

@@ -20,7 +20,7 @@ from prometheus_client import CollectorRegistry
 from edge.data import CLASS_NAMES
 from edge.monitoring import drift
 from edge.monitoring.log import Predicted, PredictionLog, build_records, list_log_files, read_records
-from edge.monitoring.profile import ReferenceProfile, build_profile, load_profile, save_profile
+from edge.monitoring.profile import PROFILE_FILE, ReferenceProfile, build_profile, load_profile
 from edge.monitoring.report import write_report
 from edge.monitoring.settings import load_settings
 from edge.monitoring.summaries import HISTOGRAM_BINS, summarize
@@ -179,11 +179,12 @@ def test_a_stalled_sink_never_blocks_a_request(tmp_path: Path) -> None:
         started = time.perf_counter()
         log.submit(predicted(images, seed=i))
         slowest = max(slowest, time.perf_counter() - started)
-    # Each submit returns at once (a generous bound for a loaded machine; the writer is blocked forever).
-    assert slowest < 0.05
+    # The writer is blocked for good, so a submit that waited for it would never return: any bound
+    # proves it does not; a loose one keeps a loaded machine's scheduling hiccups out of the verdict.
+    assert slowest < 1.0
     dropped = registry.get_sample_value("edge_prediction_log_dropped_total", {"reason": "queue_full"})
-    # One record is stuck in the writer, five wait in the queue, the rest were dropped and counted.
-    assert dropped is not None and 190 <= dropped <= 194
+    # Five wait in the queue and at most one is stuck in the writer: the rest were dropped and counted.
+    assert dropped in (194, 195)
     assert not log.close(timeout=0.3)
     release.set()
 
@@ -249,7 +250,7 @@ def test_read_records_since(tmp_path: Path) -> None:
 
 
 def test_profile_round_trip(tmp_path: Path, profile: ReferenceProfile) -> None:
-    save_profile(profile, str(tmp_path))
+    (tmp_path / PROFILE_FILE).write_text(profile.to_json())
     loaded = load_profile(str(tmp_path))
     assert loaded.class_names == list(CLASS_NAMES)
     assert sum(loaded.class_mix) == pytest.approx(1.0, abs=1e-4)
@@ -325,7 +326,8 @@ def test_report_html_and_summary(tmp_path: Path, profile: ReferenceProfile) -> N
 
 def model_folder(tmp_path: Path, profile: ReferenceProfile, version: str = "abc") -> Path:
     folder = tmp_path / "model"
-    save_profile(profile, str(folder))
+    folder.mkdir(exist_ok=True)
+    (folder / PROFILE_FILE).write_text(profile.to_json())
     (folder / "metadata.json").write_text(
         json.dumps({"name": "fashion-mnist-cnn", "version": version, "class_names": list(CLASS_NAMES)})
     )

@@ -20,6 +20,7 @@ from typer.testing import CliRunner
 from edge.cli import app as cli_app
 from edge.cli.serve import resolve_bind, resolve_model_uri
 from edge.data import CLASS_NAMES as FASHION_CLASSES
+from edge.model import content_manifest
 from edge.serving.app import HOLDER, create_app
 from edge.serving.predictor import ModelLoadError, Predictor, load_from_uri
 from edge.serving.settings import ServerSettings
@@ -292,6 +293,10 @@ def corrupt_model_dir(tiny_model_dir: Path, tmp_path: Path) -> Iterator[Path]:
     shutil.copytree(tiny_model_dir, broken)
     variables = next((broken / "serving" / "variables").glob("variables.data-*"))
     variables.write_bytes(b"\0" * 16)
+    # Corrupt as saved: the metadata's content hash matches, so TensorFlow itself must notice.
+    metadata = json.loads((broken / "metadata.json").read_text())
+    metadata["content"] = content_manifest(broken)
+    (broken / "metadata.json").write_text(json.dumps(metadata))
     yield broken
 
 
@@ -299,7 +304,7 @@ def test_load_errors_say_what_is_wrong(tmp_path: Path, corrupt_model_dir: Path) 
     with pytest.raises(ModelLoadError, match="does not exist"):
         load_from_uri(str(tmp_path / "missing"))
     (tmp_path / "empty").mkdir()
-    with pytest.raises(ModelLoadError, match=r"metadata\.json is missing"):
+    with pytest.raises(ModelLoadError, match=r"has no metadata\.json"):
         load_from_uri(str(tmp_path / "empty"))
     with pytest.raises(ModelLoadError, match="not a usable serving export"):
         load_from_uri(str(corrupt_model_dir))

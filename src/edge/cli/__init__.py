@@ -6,7 +6,7 @@ import os
 
 import typer
 
-from edge.cli import config, data, experiments, model, monitor, pipeline, serve, up
+from edge.cli import config, data, experiments, image, model, monitor, pipeline, serve, setup, up
 
 app = typer.Typer(
     help="Edge: version data, train, track, test and serve a Fashion-MNIST model.",
@@ -17,10 +17,12 @@ app.add_typer(config.app, name="config")
 app.add_typer(data.app, name="data")
 app.add_typer(pipeline.app, name="pipeline")
 app.add_typer(experiments.app, name="experiments")
+app.add_typer(image.app, name="image")
 app.add_typer(model.app, name="model")
 app.add_typer(monitor.app, name="monitor")
 app.command("serve")(serve.serve)
 app.command("up")(up.up)
+app.command("setup")(setup.setup)
 
 
 def main() -> None:

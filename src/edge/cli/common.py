@@ -8,6 +8,7 @@ from contextlib import contextmanager
 import typer
 from rich.console import Console
 
+from edge.cloud.errors import CloudError
 from edge.data import DataError
 from edge.evaluate import QualityGateError
 
@@ -15,7 +16,13 @@ console = Console(stderr=True)
 out = Console()
 
 # Errors whose message already says what went wrong and how to fix it.
-EXPECTED_ERRORS: tuple[type[Exception], ...] = (DataError, QualityGateError, ValueError, FileNotFoundError)
+EXPECTED_ERRORS: tuple[type[Exception], ...] = (
+    DataError,
+    QualityGateError,
+    ValueError,
+    FileNotFoundError,
+    CloudError,
+)
 
 
 @contextmanager

@@ -10,14 +10,18 @@ from typing import Annotated
 import typer
 from rich.progress import BarColumn, DownloadColumn, Progress, TaskID, TransferSpeedColumn
 
-from edge import data
+from edge import data, storage
 from edge.cli.common import console, friendly_errors
 
 app = typer.Typer(help="Version the data: seed Fashion-MNIST and track it with DVC.", no_args_is_help=True)
 
 
-def seed_data(raw_dir: Path, source: str | None, track: bool = True) -> None:
-    """Seed the raw files with a progress bar, then track them with DVC when in a DVC repository."""
+def seed_data(raw_dir: Path | str, source: str | None, track: bool = True) -> None:
+    """Seed the raw files with a progress bar, then track them with DVC when in a DVC repository.
+
+    `raw_dir` may be a `gs://` URI (containers, Vertex AI): it is never taken for a local path, and
+    such data is not tracked by DVC.
+    """
     with Progress(
         "[progress.description]{task.description}",
         BarColumn(),
@@ -40,8 +44,10 @@ def seed_data(raw_dir: Path, source: str | None, track: bool = True) -> None:
         console.print(
             f"Seeded {len(result.written)} file(s) into {raw_dir} from {result.source}, checksums verified."
         )
-    if track and (result.written or not _dvc_file(raw_dir).is_file()):
-        _track(raw_dir)
+    if track and not storage.is_remote(str(raw_dir)):
+        local = Path(raw_dir)
+        if result.written or not _dvc_file(local).is_file():
+            _track(local)
 
 
 def _dvc_file(raw_dir: Path) -> Path:
@@ -69,7 +75,9 @@ def seed(
             help="Copy from this local folder instead of downloading (files named as upstream, .gz or not).",
         ),
     ] = None,
-    raw_dir: Annotated[Path, typer.Option(help="Where the raw files go.")] = data.DEFAULT_RAW_DIR,
+    raw_dir: Annotated[str, typer.Option(help="Where the raw files go (local path or gs:// URI).")] = str(
+        data.DEFAULT_RAW_DIR
+    ),
     track: Annotated[bool, typer.Option(help="Track the files with DVC afterwards.")] = True,
 ) -> None:
     """Download (or copy) the four Fashion-MNIST files, verify their checksums and track them with DVC."""

@@ -7,6 +7,7 @@ both give the same output. Ids are the first 8 characters of a run's uuid, the s
 from __future__ import annotations
 
 import json
+import time
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -263,3 +264,40 @@ def sync(runs_dir: RunsDirOpt = Path(observers.DEFAULT_RUNS_DIR)) -> None:
         f"completed, {len(done.present)} already there, {len(done.unfinished)} unfinished left for later.",
         highlight=False,
     )
+
+
+@app.command()
+def dashboard(
+    port: Annotated[int, typer.Option(help="Publish Omniboard on 127.0.0.1:PORT.")] = 9000,
+    image: Annotated[str | None, typer.Option(help="The Omniboard image.")] = None,
+    browser: Annotated[bool, typer.Option(help="Open it in the web browser.")] = True,
+) -> None:
+    """Open Omniboard on the team's runs: MongoDB from $EDGE_TRACKING_URL, else edge.yaml's secret.
+
+    Omniboard runs here in Docker, on 127.0.0.1 only, until Ctrl-C.
+    """
+    import webbrowser
+
+    from edge.cloud import dashboard as board
+    from edge.cloud import settings as cfg
+
+    with friendly_errors():
+        url = observers.tracking_url()
+        if url is None:
+            settings = cfg.load()
+            secret = f"projects/{settings.project}/secrets/{settings.tracking_secret}/versions/latest"
+            with console.status(f"Reading the tracking URL from {secret}..."):
+                url = board.tracking_url_from_secret(secret)
+        with console.status(f"Starting Omniboard on MongoDB {observers.mask_url(url)}..."):
+            container = board.start_omniboard(url, port, image or board.OMNIBOARD_IMAGE)
+        try:
+            address = board.wait_until_up(port, container)
+            console.print(f"Omniboard: {address} (Ctrl-C stops it)")
+            if browser:
+                webbrowser.open(address)
+            while True:
+                time.sleep(1)
+        except KeyboardInterrupt:
+            pass
+        finally:
+            container.stop(timeout=5)

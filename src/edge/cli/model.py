@@ -63,7 +63,8 @@ def run_gate(
     if production_dir is not None:
         _, production_eval = score_on_test(prepared_dir, production_dir)
         production = gate.Scored.of(_identity(production_dir, read_metadata(production_dir)), production_eval)
-    split = gate.split_identity(storage.read_bytes(storage.join(prepared_dir, "test.npz")), len(test.labels))
+    test_file = storage.join(storage.resolve_dir(prepared_dir), "test.npz")
+    split = gate.split_identity(storage.read_bytes(test_file), len(test.labels))
     return gate.judge(candidate, production, settings.gate, settings.evaluate.min_accuracy, split)
 
 

@@ -11,9 +11,9 @@ import typer
 from rich.table import Table
 
 from edge import lineage, storage, tracking
-from edge.cli.common import console, friendly_errors, out
+from edge.cli.common import console, fail, friendly_errors, out
 from edge.data import DEFAULT_RAW_DIR
-from edge.model import METADATA_FILE
+from edge.model import ModelIntegrityError, verify_model_uri
 from edge.pipeline import evaluate_stage, load_params, prepare_stage
 
 app = typer.Typer(help="Run the training pipeline's stages: prepare, train, evaluate.", no_args_is_help=True)
@@ -46,22 +46,118 @@ def prepare(
 
 @app.command()
 def train(
-    params: ParamsOpt = Path("params.yaml"),
+    params: Annotated[
+        str, typer.Option("--params", help="The experiment settings (local or gs://).")
+    ] = "params.yaml",
     prepared_dir: PreparedOpt = DEFAULT_PREPARED,
     model_dir: ModelDirOpt = DEFAULT_MODEL_DIR,
     reports_dir: ReportsOpt = f"{DEFAULT_REPORTS}/train",
+    on: Annotated[
+        str | None,
+        typer.Option(
+            "--on",
+            envvar="EDGE_TRAIN_ON",
+            help="local, or vertex (a Vertex AI job); default: train_on in edge.yaml, else local.",
+            show_default=False,
+        ),
+    ] = None,
+    image: Annotated[
+        str | None,
+        typer.Option(
+            help="--on vertex: the trainer image by digest (default: the one pushed for this commit)."
+        ),
+    ] = None,
+    cancel_on_interrupt: Annotated[
+        bool | None,
+        typer.Option(
+            "--cancel-on-interrupt/--keep-on-interrupt",
+            help="--on vertex: what Ctrl-C does to the job (default: ask).",
+            show_default=False,
+        ),
+    ] = None,
+    wait_timeout: Annotated[
+        float | None,
+        typer.Option(help="--on vertex: stop waiting (and cancel the job) after this many seconds."),
+    ] = None,
+    journal_uri: Annotated[
+        str | None,
+        typer.Option(
+            envvar="EDGE_JOURNAL_URI", help="Also copy the run's journal here (a Vertex job's output)."
+        ),
+    ] = None,
 ) -> None:
     """Train the CNN; write the .keras model, the serving export, metadata, history and metrics."""
+    where = on or _default_train_on()
+    if where not in ("local", "vertex"):
+        fail(f"--on {where}: choose local or vertex")
+    if where == "vertex":
+        from edge.cli.vertex import train_on_vertex
+
+        with friendly_errors():
+            train_on_vertex(
+                params, prepared_dir, model_dir, reports_dir, image, cancel_on_interrupt, wait_timeout
+            )
+        return
     with friendly_errors():
         settings = load_params(params)
-        # A tracked run: recorded with its lineage, metrics, test scores and artifacts (edge.tracking).
-        result, metadata = tracking.run_training(
-            prepared_dir, model_dir, reports_dir, settings, _lineage(settings.as_dict())
-        )
+        _tracking_url_from_secret()
+        journal = tracking.observers.runs_dir()
+        before = _run_folders(journal)
+        try:
+            # A tracked run: recorded with its lineage, metrics, test scores and artifacts (edge.tracking).
+            result, metadata = tracking.run_training(
+                prepared_dir,
+                model_dir.rstrip("/") or model_dir,
+                reports_dir,
+                settings,
+                _lineage(settings.as_dict()),
+            )
+        finally:
+            if journal_uri:
+                _copy_journal(journal, before, journal_uri)
     console.print(
         f"Trained {len(result.history)} epoch(s) in {result.seconds:.0f} s: validation accuracy "
         f"{result.final['val_accuracy']:.4f}; model {metadata['version']} saved to {model_dir}."
     )
+
+
+def _default_train_on() -> str:
+    """train_on from edge.yaml when there is one (a laptop set up for the cloud), else local."""
+    from edge.cloud import settings as cfg
+
+    path = cfg.config_path()
+    return cfg.load(path).train_on if path.is_file() else "local"
+
+
+def _tracking_url_from_secret() -> None:
+    """In a Vertex job: read the tracking URL from the Secret Manager version named by the job's env.
+
+    Only into this process's environment; an unreadable secret leaves the run to the journal.
+    """
+    version = os.environ.get("EDGE_TRACKING_SECRET")
+    if not version or os.environ.get(tracking.observers.TRACKING_URL_ENV):
+        return
+    try:
+        from edge.cloud.clients import read_secret
+
+        os.environ[tracking.observers.TRACKING_URL_ENV] = read_secret(version)
+    except Exception as exc:  # no secret, no permission, no network: the journal still records the run
+        console.print(
+            f"[yellow]warning:[/] the tracking URL in {version} could not be read ({type(exc).__name__}); "
+            "the run is recorded in the journal only",
+            soft_wrap=True,
+        )
+
+
+def _run_folders(journal: Path) -> set[str]:
+    return {d.name for d in journal.iterdir()} if journal.is_dir() else set()
+
+
+def _copy_journal(journal: Path, before: set[str], uri: str) -> None:
+    """Copy the run folders this process added to the journal under `uri` (finished or failed)."""
+    for name in sorted(_run_folders(journal) - before):
+        if name.isdigit():
+            storage.upload_tree(journal / name, storage.join(uri, name))
 
 
 @app.command()
@@ -94,7 +190,7 @@ def run(
     ] = False,
 ) -> None:
     """Run prepare, train and evaluate in one process, without DVC (containers, Vertex AI)."""
-    if skip_if_trained and storage.exists(storage.join(model_dir, METADATA_FILE)):
+    if skip_if_trained and _holds_complete_model(model_dir):
         console.print(
             f"{model_dir} already holds a model: nothing to do (omit --skip-if-trained to retrain)."
         )
@@ -103,23 +199,49 @@ def run(
         from edge.cli.data import seed_data
 
         with friendly_errors():
-            seed_data(Path(raw_dir), source=None, track=False)
+            # A string, not a Path: Path("gs://b/raw") would be the local folder "gs:/b/raw".
+            seed_data(raw_dir, source=None, track=False)
     prepare(params, raw_dir, prepared_dir)
-    train(params, prepared_dir, model_dir, f"{reports_dir}/train")
+    train(str(params), prepared_dir, model_dir, f"{reports_dir}/train", on="local")
     evaluate(params, prepared_dir, model_dir, f"{reports_dir}/evaluate")
+
+
+def _holds_complete_model(model_dir: str) -> bool:
+    """Tell whether `model_dir` holds a complete, unmixed model; say why an existing one is not."""
+    if not storage.exists(model_dir):
+        return False
+    try:
+        verify_model_uri(model_dir)
+    except (ModelIntegrityError, FileNotFoundError) as exc:
+        console.print(f"[yellow]warning:[/] not reusing the model in {model_dir}: {exc}", highlight=False)
+        return False
+    return True
 
 
 def _lineage(params: dict[str, object]) -> dict[str, object]:
     root = Path()
     data_version = lineage.data_version(root)
+    if not data_version and os.environ.get("EDGE_DATA_VERSION"):
+        # In a Vertex AI job: the submitter's DVC versions of the inputs (no dvc.lock in the image).
+        data_version = json.loads(os.environ["EDGE_DATA_VERSION"])
     if not data_version and DEFAULT_RAW_DIR.is_dir():
         data_version = {str(DEFAULT_RAW_DIR): lineage.content_version(DEFAULT_RAW_DIR)}
     return {
         "git": lineage.git_info(root),
         "data_version": data_version,
         "params": params,
-        "vertex_job": os.environ.get("CLOUD_ML_JOB_ID"),
+        "vertex_job": _vertex_job(),
     }
+
+
+def _vertex_job() -> str | None:
+    """`<job id> <console URL>` inside a Vertex AI job (CLOUD_ML_JOB_ID is set by Vertex AI)."""
+    job_id = os.environ.get("CLOUD_ML_JOB_ID")
+    region, project = os.environ.get("EDGE_VERTEX_REGION"), os.environ.get("EDGE_VERTEX_PROJECT")
+    if job_id and region and project:
+        url = f"https://console.cloud.google.com/vertex-ai/locations/{region}/training/{job_id}/cpu?project={project}"
+        return f"{job_id} {url}"
+    return job_id
 
 
 def _print_metrics(reports_dir: str) -> None:

@@ -11,7 +11,7 @@ from functools import cached_property
 from typing import Any
 
 from edge.cloud.errors import CloudError
-from edge.cloud.settings import Settings
+from edge.cloud.settings import Endpoints, Settings, env_overrides
 
 SCOPES = ("https://www.googleapis.com/auth/cloud-platform",)
 PUBLIC = {
@@ -29,21 +29,7 @@ class Clients:
     @cached_property
     def credentials(self) -> Any:
         """Application-default credentials, or anonymous ones when the settings ask for a stand-in."""
-        if self.settings.endpoints.credentials == "anonymous":
-            from google.auth.credentials import AnonymousCredentials
-
-            return AnonymousCredentials()  # type: ignore[no-untyped-call]
-        import google.auth
-        import google.auth.exceptions
-
-        try:
-            credentials, _project = google.auth.default(scopes=list(SCOPES))
-        except google.auth.exceptions.DefaultCredentialsError:
-            raise CloudError(
-                "no Google credentials found: run `gcloud auth application-default login` (or set "
-                "GOOGLE_APPLICATION_CREDENTIALS on a CI runner), then try again"
-            ) from None
-        return credentials
+        return credentials_for(self.settings.endpoints)
 
     def _options(self, api: str) -> dict[str, str]:
         endpoint = self.settings.endpoint(api)
@@ -107,6 +93,42 @@ class Clients:
             api_transport="rest",
         )
         return aiplatform
+
+
+def credentials_for(endpoints: Endpoints) -> Any:
+    """Application-default credentials, or anonymous ones for local stand-ins."""
+    if endpoints.credentials == "anonymous":
+        from google.auth.credentials import AnonymousCredentials
+
+        return AnonymousCredentials()  # type: ignore[no-untyped-call]
+    import google.auth
+    import google.auth.exceptions
+
+    try:
+        credentials, _project = google.auth.default(scopes=list(SCOPES))
+    except google.auth.exceptions.DefaultCredentialsError:
+        raise CloudError(
+            "no Google credentials found: run `gcloud auth application-default login` (or set "
+            "GOOGLE_APPLICATION_CREDENTIALS on a CI runner), then try again"
+        ) from None
+    return credentials
+
+
+def read_secret(version: str, timeout: float = 20) -> str:
+    """The value of a Secret Manager secret version (`projects/P/secrets/S/versions/V`).
+
+    For code without edge.yaml (a training job): endpoint and credentials come from the environment
+    (EDGE_SECRETMANAGER_ENDPOINT, EDGE_CREDENTIALS), else Google's endpoint and the attached account.
+    """
+    from google.cloud import secretmanager_v1
+
+    endpoints = Endpoints.model_validate(env_overrides())
+    options = {"api_endpoint": endpoints.secretmanager} if endpoints.secretmanager else {}
+    client = secretmanager_v1.SecretManagerServiceClient(
+        credentials=credentials_for(endpoints), transport="rest", client_options=options
+    )
+    response = client.access_secret_version(name=version, retry=None, timeout=timeout)
+    return bytes(response.payload.data).decode("utf-8")
 
 
 class IamRest:

@@ -21,6 +21,8 @@ from edge.monitoring.summaries import SCALARS, summarize
 if TYPE_CHECKING:
     import keras
 
+# Saved in the model folder by `save_model(..., extra_files={PROFILE_FILE: profile.to_json().encode()})`,
+# so it is published with the model and covered by its content hash.
 PROFILE_FILE = "profile.json"
 FORMAT = 1
 # Sixteen principal components keep most of a 256-unit layer's variance at 16 numbers per record.
@@ -118,14 +120,9 @@ def compute_profile(model: keras.Model, images: np.ndarray, class_names: list[st
     return build_profile(batch, probabilities, embeddings, class_names)
 
 
-def save_profile(profile: ReferenceProfile, model_dir: str) -> None:
-    """Write the profile beside the model."""
-    storage.write_text(storage.join(model_dir, PROFILE_FILE), profile.to_json())
-
-
 def load_profile(model_dir: str) -> ReferenceProfile:
     """Read the profile saved beside a model; a clear error when the model has none."""
-    uri = storage.join(model_dir, PROFILE_FILE)
+    uri = storage.join(storage.resolve_dir(model_dir), PROFILE_FILE)
     try:
         text = storage.read_text(uri)
     except FileNotFoundError:

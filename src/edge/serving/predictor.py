@@ -247,12 +247,12 @@ class Predictor:
         root = Path(model_dir)
         if not root.is_dir():
             raise ModelLoadError(f"model directory {model_dir} does not exist")
+        # A partial or mixed folder (an interrupted save, files copied over by hand) is refused here,
+        # before TensorFlow reads any of it.
         try:
-            metadata = edge_model.read_metadata(model_dir)
-        except FileNotFoundError as exc:
-            raise ModelLoadError(f"{root / edge_model.METADATA_FILE} is missing") from exc
-        except (ValueError, UnicodeDecodeError) as exc:
-            raise ModelLoadError(f"{root / edge_model.METADATA_FILE} is not valid JSON: {exc}") from exc
+            metadata = edge_model.verify_model_dir(model_dir)
+        except edge_model.ModelIntegrityError as exc:
+            raise ModelLoadError(str(exc)) from exc
         _check_metadata(metadata, root / edge_model.METADATA_FILE)
         serving = root / edge_model.SERVING_DIR
         if not (serving / "saved_model.pb").is_file():
@@ -282,6 +282,9 @@ class Predictor:
                 f"{serving} returns shape {probe.shape[1:]} per image but metadata lists "
                 f"{len(metadata['class_names'])} classes"
             )
+        # A save published while we were reading would have swapped the folder under us.
+        if edge_model.read_metadata(model_dir).get("content") != metadata["content"]:
+            raise ModelLoadError(f"{model_dir} was replaced by a new save while loading; load it again")
         return cls(_ServingFunction(serve, loaded, tf.constant), metadata, embed)
 
     @property
@@ -351,6 +354,8 @@ def load_from_uri(uri: str) -> Predictor:
             return Predictor.load(local)
     except FileNotFoundError as exc:
         raise ModelLoadError(f"model directory {uri} does not exist") from exc
+    except storage.StorageError as exc:
+        raise ModelLoadError(str(exc)) from exc
 
 
 class ModelHolder:

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import json
 import logging
 import time
 from collections.abc import Callable
@@ -32,10 +31,10 @@ class _ReloadMetrics(Protocol):
 def read_fingerprint(uri: str) -> str | None:
     """Return the fingerprint of the metadata.json at `uri`, or None while it is unreadable."""
     from edge import model as edge_model
-    from edge import storage
 
     try:
-        metadata: Any = json.loads(storage.read_text(storage.join(uri, edge_model.METADATA_FILE)))
+        # Through the model module: on gs:// the published version is behind a pointer.
+        metadata: Any = edge_model.read_metadata(uri)
     except (OSError, ValueError):
         return None
     if not isinstance(metadata, dict):

@@ -1,0 +1,143 @@
+"""`edge image`: build the trainer and webapp images with their lineage, push them by digest."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from contextlib import contextmanager
+from typing import TYPE_CHECKING, Annotated, Any
+
+import typer
+from rich.progress import BarColumn, DownloadColumn, Progress, TaskID, TextColumn
+
+from edge.cli.common import console, fail, out
+
+if TYPE_CHECKING:
+    from edge.cloud.images import BuiltImage, PushedImage
+
+app = typer.Typer(help="Build the container images and push them to a registry.", no_args_is_help=True)
+
+ServicesArg = Annotated[
+    list[str] | None,
+    typer.Argument(help="Which images: trainer, webapp (default: both).", show_default=False),
+]
+TagOpt = Annotated[
+    str | None,
+    typer.Option(help="The tag; default: the commit, with -dirty-<hash> for uncommitted changes."),
+]
+
+
+@contextmanager
+def image_errors() -> Iterator[None]:
+    """Turn a failed build or push into one clear line."""
+    from edge.cloud.images import ImageError
+
+    try:
+        yield
+    except ImageError as exc:
+        fail(str(exc))
+
+
+@app.command()
+def build(
+    services: ServicesArg = None,
+    tag: TagOpt = None,
+    python_image: Annotated[
+        str | None, typer.Option(help="The base image (the Dockerfiles' PYTHON_IMAGE build argument).")
+    ] = None,
+) -> None:
+    """Build the images from services/*/Dockerfile, tagged with the git commit."""
+    build_images(services or [], tag, python_image)
+
+
+def build_images(
+    services: list[str], tag: str | None = None, python_image: str | None = None
+) -> list[BuiltImage]:
+    """Build the images (default: all) and print each one's tag, id and size."""
+    from edge.cloud import images
+
+    built = []
+    with image_errors():
+        client = images.engine()
+        root = images.repository_root()
+        state = images.git_state(root)
+        if state.dirty:
+            console.print(
+                f"[yellow]warning:[/] uncommitted changes: tagging the images {state.tag}; "
+                "commit first for images others will run.",
+                highlight=False,
+            )
+        # The webapp first: it takes seconds, the trainer (TensorFlow) minutes on a cold cache.
+        for service in sorted(services or images.SERVICES, key=lambda s: s != "webapp"):
+            console.print(f"Building {images.image_ref(service, tag or state.tag)} from {root}")
+            image = images.build(service, root=root, tag=tag, python_image=python_image, client=client)
+            built.append(image)
+            out.print(f"{image.ref}  {image.id}  {image.size / 1e6:,.0f} MB", highlight=False)
+    return built
+
+
+@app.command()
+def push(
+    registry: Annotated[
+        str | None,
+        typer.Option(
+            help="Where to: 127.0.0.1:5000/edge locally, REGION-docker.pkg.dev/PROJECT/REPO on Google Cloud; "
+            "default: edge.yaml's Artifact Registry repository (or its endpoints.registry).",
+            show_default=False,
+        ),
+    ] = None,
+    services: ServicesArg = None,
+    tag: TagOpt = None,
+) -> None:
+    """Push the images built for this commit; print each one by digest, as later steps use it."""
+    if registry is None:
+        from edge.cloud import settings as cfg
+
+        try:
+            registry = cfg.load().image_registry
+        except cfg.SettingsError as exc:
+            fail(f"{exc}\n(or pass --registry HOST/PATH)")
+            return
+    push_images(registry, services or [], tag)
+
+
+def push_images(registry: str, services: list[str], tag: str | None = None) -> list[PushedImage]:
+    """Push the images (default: all) and print each one as `<registry>/edge-<service>@<digest>`."""
+    from edge.cloud import images
+
+    pushed = []
+    with image_errors():
+        client = images.engine()
+        tag = tag or images.git_state(images.repository_root()).tag
+        for service in services or images.SERVICES:
+            target = images.image_ref(service, tag, registry)
+            with push_progress(f"Pushing {target}") as on_event:
+                image = images.push(service, registry, tag=tag, client=client, on_event=on_event)
+            pushed.append(image)
+            # stdout carries only the references, one per line, for scripts.
+            out.print(image.ref, highlight=False, soft_wrap=True)
+    return pushed
+
+
+@contextmanager
+def push_progress(title: str) -> Iterator[Any]:
+    """A progress bar over the bytes of every layer the engine reports uploading."""
+    layers: dict[str, TaskID] = {}
+    with Progress(
+        TextColumn("{task.description}"), BarColumn(), DownloadColumn(), console=console, transient=True
+    ) as progress:
+        console.print(title, highlight=False)
+
+        def on_event(event: dict[str, Any]) -> None:
+            layer, status = event.get("id"), event.get("status", "")
+            detail = event.get("progressDetail") or {}
+            if not layer or ":" in layer:
+                return  # tag-level messages, not a layer
+            if layer not in layers:
+                layers[layer] = progress.add_task(f"  {layer}", total=None)
+            task = layers[layer]
+            if detail.get("total"):
+                progress.update(task, completed=detail.get("current", 0), total=detail["total"])
+            if status in {"Pushed", "Layer already exists", "Mounted from"} or status.startswith("Mounted"):
+                progress.update(task, description=f"  {layer} {status.lower()}", completed=1, total=1)
+
+        yield on_event

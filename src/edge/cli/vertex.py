@@ -1,0 +1,110 @@
+"""`edge pipeline train --on vertex`: the terminal side of a Vertex AI training job.
+
+Shows the job's state while it runs, asks (or is told by a flag) whether Ctrl-C cancels the job, and
+ends with the model, reports and run journal where DVC and `edge experiments` expect them.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+from pathlib import Path
+
+from rich.prompt import Confirm
+
+from edge import lineage
+from edge.cli.common import console
+from edge.cloud import settings as cfg
+from edge.tracking import observers
+
+POLL_ENV = "EDGE_VERTEX_POLL_SECONDS"
+IMAGE_ENV = "EDGE_TRAINER_IMAGE"
+
+
+def train_on_vertex(
+    params: str,
+    prepared_dir: str,
+    model_dir: str,
+    reports_dir: str,
+    image: str | None,
+    cancel_on_interrupt: bool | None,
+    wait_timeout: float | None,
+) -> None:
+    """Run the train stage as a Vertex AI CustomJob and bring its outputs home."""
+    from edge.cloud.errors import CloudError
+    from edge.cloud.training import TrainRequest, VertexTraining
+
+    settings = cfg.load()
+    git = lineage.git_info(Path()) or {}
+    image = image or os.environ.get(IMAGE_ENV) or _pushed_trainer(settings)
+    request = TrainRequest(
+        image=image,
+        params=Path(params),
+        prepared_dir=prepared_dir,
+        model_dir=model_dir,
+        reports_dir=reports_dir,
+        git_commit=git.get("commit"),
+        runs_dir=observers.runs_dir(),
+        data_version=lineage.data_version(Path()) or None,
+    )
+    training = VertexTraining(settings)
+    with console.status("Checking the bucket..."):
+        training.check_bucket()
+    with console.status(f"Uploading {prepared_dir} (content-addressed)..."):
+        data_uri, data_hash, uploaded = training.upload_data(prepared_dir)
+    console.print(f"{'Uploaded' if uploaded else 'Reusing'} the prepared data: {data_uri}", highlight=False)
+    with console.status("Submitting the training job..."):
+        handle = training.submit(request, data_uri, data_hash)
+    console.print(f"Vertex AI job {handle.id}: {handle.console_url}", highlight=False, soft_wrap=True)
+    poll = float(os.environ.get(POLL_ENV) or 15)
+    try:
+        with console.status("Job queued") as status:
+
+            def show(state: str, elapsed: float) -> None:
+                status.update(f"Job {handle.id}: {state}, {elapsed:.0f} s")
+
+            training.wait(handle, show, timeout=wait_timeout, poll_seconds=poll)
+    except KeyboardInterrupt:
+        cancel = cancel_on_interrupt
+        if cancel is None:
+            cancel = sys.stdin.isatty() and Confirm.ask(f"Cancel Vertex AI job {handle.id}?", console=console)
+        if cancel:
+            training.cancel(handle)
+            console.print(f"Cancelled job {handle.id}.")
+        else:
+            console.print(
+                f"Job {handle.id} keeps running: follow it at {handle.console_url}, or cancel it with "
+                f"`gcloud ai custom-jobs cancel {handle.id} --region {settings.region}`",
+                soft_wrap=True,
+            )
+        raise
+    with console.status("Downloading the model, reports and run journal..."):
+        imported = training.download(handle, request)
+    runs = f"; run {', '.join(imported)} added to {request.runs_dir}" if imported else ""
+    console.print(f"Job {handle.id} succeeded: model in {model_dir}, reports in {reports_dir}{runs}.")
+    if not imported:
+        raise CloudError(f"job {handle.id} left no run journal under {handle.output}/journal")
+
+
+def _pushed_trainer(settings: cfg.Settings) -> str:
+    """The trainer image `edge image push` pushed for this checkout, by digest, from the local engine."""
+    import docker.errors
+
+    from edge.cloud import images
+    from edge.cloud.errors import CloudError
+
+    registry = settings.image_registry.rstrip("/")
+    state = images.git_state(images.repository_root())
+    local = images.image_ref("trainer", state.tag)
+    try:
+        image = images.engine().images.get(local)
+    except docker.errors.ImageNotFound:
+        image = None
+    digests = (image.attrs.get("RepoDigests") or []) if image else []
+    for digest in digests:
+        if digest.startswith(f"{registry}/{images.image_name('trainer')}@"):
+            return str(digest)
+    raise CloudError(
+        f"no trainer image for {state.tag} pushed to {registry}: run `edge image build trainer` and "
+        "`edge image push trainer`, or pass --image <registry>/edge-trainer@sha256:..."
+    )

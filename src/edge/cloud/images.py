@@ -1,0 +1,334 @@
+"""The container images: build trainer and webapp with their lineage baked in, push them, by digest."""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import shutil
+import subprocess
+import tempfile
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import docker
+import docker.errors
+
+from edge.cloud.errors import CloudError
+from edge.lineage import strip_credentials
+
+SERVICES = ("trainer", "webapp")
+# Registries that take a Google access token as the password of the user `oauth2accesstoken`.
+GOOGLE_REGISTRY_SUFFIXES = ("docker.pkg.dev", "gcr.io")
+GOOGLE_SCOPES = ("https://www.googleapis.com/auth/cloud-platform",)
+
+
+class ImageError(CloudError):
+    """A build or push that cannot go on; the message says what to do."""
+
+
+@dataclass(frozen=True)
+class GitState:
+    """The commit the images are built from, and a hash of uncommitted changes if any."""
+
+    commit: str
+    branch: str | None
+    source: str | None
+    dirty_hash: str | None = None
+
+    @property
+    def dirty(self) -> bool:
+        return self.dirty_hash is not None
+
+    @property
+    def tag(self) -> str:
+        """The image tag: the short commit, with `-dirty-<hash>` when the tree has changes."""
+        short = self.commit[:12]
+        return f"{short}-dirty-{self.dirty_hash[:8]}" if self.dirty_hash else short
+
+
+@dataclass(frozen=True)
+class BuiltImage:
+    """An image in the local engine: its tag (`edge-trainer:<tag>`) and content id."""
+
+    service: str
+    ref: str
+    id: str
+    size: int
+    labels: dict[str, str] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class PushedImage:
+    """An image in a registry: `ref` is `<registry>/edge-<service>@<digest>`, immutable."""
+
+    service: str
+    ref: str
+    digest: str
+    tagged: str
+
+
+def image_name(service: str) -> str:
+    if service not in SERVICES:
+        raise ImageError(f"no image called {service!r}: choose from {', '.join(SERVICES)}")
+    return f"edge-{service}"
+
+
+def image_ref(service: str, tag: str, registry: str | None = None) -> str:
+    """`edge-trainer:<tag>`, or `<registry>/edge-trainer:<tag>` (registry may hold a path)."""
+    name = image_name(service)
+    return f"{registry.rstrip('/')}/{name}:{tag}" if registry else f"{name}:{tag}"
+
+
+def repository_root(start: Path = Path()) -> Path:
+    """The checkout's top directory, where both images' build context is."""
+    top = _git(start, "rev-parse", "--show-toplevel")
+    root = Path(top) if top else start.resolve()
+    if not (root / "services" / "trainer" / "Dockerfile").is_file():
+        raise ImageError(f"{root} is not an Edge checkout (no services/trainer/Dockerfile): run from one")
+    return root
+
+
+def git_state(root: Path) -> GitState:
+    """Read the commit and whether the working tree differs from it."""
+    commit = _git(root, "rev-parse", "HEAD")
+    if not commit:
+        raise ImageError(f"{root} is not a git checkout with a commit: images are tagged with the commit")
+    changes = hashlib.sha256()
+    dirty = False
+    diff = _git(root, "diff", "HEAD", "--binary", strip=False)
+    if diff:
+        dirty = True
+        changes.update(diff.encode())
+    for name in (_git(root, "ls-files", "--others", "--exclude-standard") or "").splitlines():
+        dirty = True
+        changes.update(name.encode())
+        path = root / name
+        if path.is_file():
+            changes.update(path.read_bytes())
+    branch = _git(root, "rev-parse", "--abbrev-ref", "HEAD")
+    source = strip_credentials(_git(root, "config", "--get", "remote.origin.url") or "") or None
+    return GitState(
+        commit, branch if branch != "HEAD" else None, source, changes.hexdigest() if dirty else None
+    )
+
+
+def engine() -> docker.DockerClient:
+    """A client of the Docker engine that DOCKER_HOST (or the default socket) points at."""
+    try:
+        # Generous: removing or pushing a 2 GB image on a busy machine can take minutes.
+        client = docker.from_env(timeout=600)
+        client.ping()
+    except docker.errors.DockerException as exc:
+        where = os.environ.get("DOCKER_HOST") or "the default socket /var/run/docker.sock"
+        raise ImageError(
+            f"no Docker engine answers at {where}: start Docker (or dockerd), or set DOCKER_HOST ({exc})"
+        ) from exc
+    return client
+
+
+def docker_cli() -> str:
+    """The docker client that can run a BuildKit build: $DOCKER, else the first one on PATH that can."""
+    if chosen := os.environ.get("DOCKER"):
+        return chosen
+    candidates = [path for path in _all_on_path("docker")] + ["/usr/bin/docker"]
+    for candidate in dict.fromkeys(candidates):
+        if _can_buildkit(candidate):
+            return candidate
+    raise ImageError(
+        "no docker client here can build with BuildKit: install the buildx plugin, or Debian's "
+        "docker.io (its /usr/bin/docker has BuildKit built in); set DOCKER=/path/to/docker to choose"
+    )
+
+
+def build(
+    service: str,
+    *,
+    root: Path,
+    tag: str | None = None,
+    python_image: str | None = None,
+    build_args: dict[str, str] | None = None,
+    client: docker.DockerClient | None = None,
+    quiet: bool = False,
+) -> BuiltImage:
+    """Build services/<service>/Dockerfile as `edge-<service>:<tag>` (default: the commit).
+
+    The build's own progress goes to the terminal, unless `quiet`, when it is kept for the error.
+    """
+    client = client or engine()
+    state = git_state(root)
+    ref = image_ref(service, tag or state.tag)
+    args = {
+        "EDGE_GIT_COMMIT": state.commit,
+        "EDGE_GIT_BRANCH": state.branch or "",
+        "EDGE_GIT_SOURCE": state.source or "",
+        "EDGE_GIT_DIRTY": "true" if state.dirty else "",
+        "EDGE_BUILD_CREATED": datetime.now(UTC).replace(microsecond=0).isoformat(),
+        **({"PYTHON_IMAGE": python_image} if python_image else {}),
+        **(build_args or {}),
+    }
+    with tempfile.TemporaryDirectory(prefix="edge-build-") as scratch:
+        iidfile = Path(scratch) / "iid"
+        command = [
+            docker_cli(),
+            "build",
+            # Host networking: package downloads work where containers have no bridge network.
+            "--network",
+            "host",
+            "--file",
+            str(root / "services" / service / "Dockerfile"),
+            "--tag",
+            ref,
+            "--iidfile",
+            str(iidfile),
+            *(part for name, value in args.items() for part in ("--build-arg", f"{name}={value}")),
+            *(["--progress", "plain"] if quiet else []),
+            str(root),
+        ]
+        # The CLI rather than the SDK: the SDK's build() has no BuildKit session, and the
+        # Dockerfiles need BuildKit for `RUN --mount=type=cache` (the uv cache between builds).
+        done = subprocess.run(
+            command,
+            env={**os.environ, "DOCKER_BUILDKIT": "1"},
+            capture_output=quiet,
+            text=True,
+            check=False,
+        )
+        if done.returncode != 0:
+            tail = "\n".join((done.stderr or "").splitlines()[-25:]) if quiet else "see the output above"
+            raise ImageError(f"building {ref} failed (exit {done.returncode}):\n{tail}")
+        image_id = iidfile.read_text().strip()
+    image = client.images.get(image_id)
+    return BuiltImage(service, ref, image.id, int(image.attrs.get("Size", 0)), dict(image.labels))
+
+
+PushEvents = Callable[[dict[str, Any]], None]
+
+
+def push(
+    service: str,
+    registry: str,
+    *,
+    tag: str,
+    client: docker.DockerClient | None = None,
+    on_event: PushEvents | None = None,
+) -> PushedImage:
+    """Push the local `edge-<service>:<tag>` to `<registry>/edge-<service>:<tag>`; return its digest."""
+    client = client or engine()
+    local = image_ref(service, tag)
+    remote = image_ref(service, tag, registry)
+    repository = remote.rsplit(":", 1)[0]
+    try:
+        image = client.images.get(local)
+    except docker.errors.ImageNotFound:
+        raise ImageError(f"no image {local} in the engine: build it first with `edge image build`") from None
+    already_tagged = remote in image.tags
+    image.tag(repository, tag)
+    digest = None
+    try:
+        events: Iterator[dict[str, Any]] = client.api.push(
+            repository, tag=tag, stream=True, decode=True, auth_config=registry_auth(registry)
+        )
+        for event in events:
+            if "error" in event:
+                raise ImageError(explain_push_error(remote, str(event["error"])))
+            digest = (event.get("aux") or {}).get("Digest") or digest
+            if on_event:
+                on_event(event)
+    except docker.errors.APIError as exc:
+        raise ImageError(explain_push_error(remote, str(exc.explanation or exc))) from exc
+    except ImageError:
+        if not already_tagged:  # leave the engine as it was: no tag for a registry that refused
+            client.images.remove(remote)
+        raise
+    if not digest:
+        raise ImageError(f"the registry took {remote} but reported no digest: check the registry's logs")
+    return PushedImage(service, f"{repository}@{digest}", digest, remote)
+
+
+def explain_push_error(ref: str, error: str) -> str:
+    """Say what a registry's refusal means and what to try."""
+    lowered = error.lower()
+    if any(word in lowered for word in ("unauthorized", "denied", "authentication required", "403")):
+        hint = (
+            "the registry refused the credentials: for Artifact Registry check `gcloud auth "
+            "application-default login` and the role roles/artifactregistry.writer on the repository; "
+            "for another registry run `docker login HOST`"
+        )
+    elif "http response to https client" in lowered:
+        hint = "the registry speaks plain HTTP: add it to the engine's insecure-registries (127.0.0.1 is)"
+    elif any(word in lowered for word in ("connection refused", "no such host", "dial tcp", "timeout")):
+        hint = "the registry cannot be reached: check the host and port, and that it runs"
+    else:
+        hint = "the registry refused the push"
+    return f"pushing {ref} failed: {hint} ({error.strip()})"
+
+
+def registry_auth(registry: str) -> dict[str, str] | None:
+    """Credentials for a Google registry (a short-lived token); None lets the engine use its own."""
+    host = registry.split("/", 1)[0]
+    if not host.endswith(GOOGLE_REGISTRY_SUFFIXES):
+        return None
+    return {"username": "oauth2accesstoken", "password": google_access_token(), "serveraddress": host}
+
+
+def google_access_token() -> str:
+    """A short-lived OAuth access token from Application Default Credentials (no key files)."""
+    # TODO(issue 9): route through edge.cloud.clients once it builds every Google credential.
+    try:
+        import google.auth
+        import google.auth.exceptions
+        import google.auth.transport.requests
+    except ImportError as exc:
+        raise ImageError("pushing to Google needs the cloud extra: `uv sync --extra cloud`") from exc
+    try:
+        credentials, _ = google.auth.default(scopes=list(GOOGLE_SCOPES))
+        credentials.refresh(google.auth.transport.requests.Request())  # type: ignore[no-untyped-call]
+    except google.auth.exceptions.DefaultCredentialsError as exc:
+        raise ImageError(
+            "no Google credentials found: run `gcloud auth application-default login`, or run where "
+            "a service account is attached (Cloud Build, a VM, CI with workload identity federation)"
+        ) from exc
+    except google.auth.exceptions.GoogleAuthError as exc:
+        raise ImageError(f"could not get a Google access token: {exc}") from exc
+    token: str | None = credentials.token
+    if not token:
+        raise ImageError("Google credentials gave no access token: refresh them with gcloud and retry")
+    return token
+
+
+def _git(root: Path, *args: str, strip: bool = True) -> str | None:
+    try:
+        done = subprocess.run(
+            ["git", *args], cwd=root, capture_output=True, text=True, check=True, timeout=30
+        )
+    except (OSError, subprocess.SubprocessError):
+        return None
+    return done.stdout.strip() if strip else done.stdout
+
+
+def _all_on_path(program: str) -> list[str]:
+    found = []
+    for folder in os.environ.get("PATH", "").split(os.pathsep):
+        candidate = Path(folder) / program
+        if candidate.is_file() and os.access(candidate, os.X_OK):
+            found.append(str(candidate))
+    return found
+
+
+def _can_buildkit(cli: str) -> bool:
+    """True for a client with buildx, or one from before 23.0, which has BuildKit built in."""
+    if not shutil.which(cli):
+        return False
+    try:
+        if subprocess.run([cli, "buildx", "version"], capture_output=True, timeout=30).returncode == 0:
+            return True
+        version = subprocess.run(
+            [cli, "version", "--format", "{{.Client.Version}}"], capture_output=True, text=True, timeout=30
+        ).stdout.strip()
+    except (OSError, subprocess.SubprocessError):
+        return False
+    major = version.split(".", 1)[0]
+    return major.isdigit() and int(major) < 23

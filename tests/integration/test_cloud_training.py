@@ -1,0 +1,234 @@
+"""`edge pipeline train --on vertex` against the Vertex stand-in (scripted container outcomes) and a real
+GCS emulator: what is uploaded, the CustomJob sent, and every failure path. The real container runs in
+tests/containers/test_vertex_flow.py."""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import secrets
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+import requests
+from typer.testing import CliRunner, Result
+
+from edge.cli import app
+from edge.cloud.training import content_hash
+from edge.pipeline import PrepareParams, prepare_stage
+from tests.cloud_env import PROJECT, endpoint_env, write_settings
+from tests.gcs_emulator import GcsEmulator
+from tests.standin.cloud import LocalCloud
+from tests.standin.gcs_front import GcsFront
+from tests.standin.server import ApiError, StandIn
+from tests.standin.vertex_jobs import CANCELLED, RUNNING, ScriptedRunner
+
+IMAGE = "127.0.0.1:5000/edge/edge-trainer@sha256:" + "c" * 64
+
+
+@pytest.fixture
+def workspace(
+    tmp_path: Path,
+    tiny_raw: Path,
+    gcs_emulator: GcsEmulator,
+    monkeypatch: pytest.MonkeyPatch,
+) -> Path:
+    """A folder with params.yaml, prepared splits, edge.yaml, and a bucket in the right region."""
+    bucket = f"edge-train-{secrets.token_hex(4)}"
+    requests.post(
+        f"{gcs_emulator.url}/storage/v1/b", params={"project": PROJECT}, json={"name": bucket}, timeout=10
+    ).raise_for_status()
+    requests.patch(f"{gcs_emulator.url}/storage/v1/b/{bucket}", json={"location": "EUROPE-WEST2"}, timeout=10)
+    prepare_stage(str(tiny_raw), str(tmp_path / "data" / "prepared"), PrepareParams(validation_size=20))
+    (tmp_path / "params.yaml").write_text("train:\n  epochs: 1\n")
+    write_settings(tmp_path, bucket=bucket)
+    for key, value in gcs_emulator.env().items():
+        monkeypatch.setenv(key, value)
+    monkeypatch.chdir(tmp_path)
+    return tmp_path
+
+
+@contextlib.contextmanager
+def cloud(runner: ScriptedRunner, emulator: GcsEmulator) -> Iterator[tuple[LocalCloud, dict[str, str]]]:
+    with LocalCloud.start(runner) as local:
+        GcsFront(local.add(StandIn("storage")), emulator.url)
+        env = {**endpoint_env(local), "EDGE_VERTEX_POLL_SECONDS": "0.05", "EDGE_CONFIG": "edge.yaml"}
+        yield local, env
+
+
+def _train(env: dict[str, str], *args: str) -> Result:
+    command = ["pipeline", "train", "--on", "vertex", "--image", IMAGE, "--keep-on-interrupt", *args]
+    return CliRunner().invoke(app, command, env=env)
+
+
+def test_failed_job_surfaces_the_container_message_and_the_request_is_right(
+    workspace: Path,
+    gcs_emulator: GcsEmulator,
+) -> None:
+    runner = ScriptedRunner(exit_code=1, log_tail="Traceback (most recent call last):\nValueError: boom")
+    with cloud(runner, gcs_emulator) as (local, env):
+        done = _train(env)
+        assert done.exit_code == 1, done.output
+        assert "failed: The replica workerpool0-0 exited with a non-zero status of 1" in done.output
+        assert "ValueError: boom" in done.output
+        assert "https://console.cloud.google.com/vertex-ai/locations/europe-west2/training/" in done.output
+        create = local.log.find(service="aiplatform", method="POST", path="customJobs")[0]
+        spec = create.body["jobSpec"]
+        container = spec["workerPoolSpecs"][0]["containerSpec"]
+        assert container["imageUri"] == IMAGE
+        args = container["args"]
+        assert args[:4] == ["pipeline", "train", "--on", "local"]
+        output = spec["baseOutputDirectory"]["outputUriPrefix"]
+        assert "/staging/jobs/edge-train-" in output
+        assert args[args.index("--params") + 1] == f"{output}/params.yaml"
+        data = args[args.index("--prepared-dir") + 1]
+        assert "/data/prepared/" in data
+        env_sent = {e["name"]: e["value"] for e in container["env"]}
+        assert (
+            env_sent["EDGE_TRACKING_SECRET"]
+            == f"projects/{PROJECT}/secrets/edge-tracking-url/versions/latest"
+        )
+        assert "EDGE_TRACKING_URL" not in env_sent
+        digest = content_hash("data/prepared")
+        assert json.loads(env_sent["EDGE_DATA_VERSION"]) == {"data/prepared": digest}
+        assert data.endswith(f"/data/prepared/{digest[:20]}")
+        assert spec["scheduling"]["timeout"] == "3600s"
+        assert spec["workerPoolSpecs"][0]["machineSpec"] == {"machineType": "n1-standard-4"}
+        labels = create.body["labels"]
+        assert labels["edge"] == "train" and labels["data_version"] == data.rsplit("/", 1)[-1][:20]
+        # Content-addressed: the splits are in the emulator under their hash, params next to the job.
+        names = gcs_emulator.objects(data.split("/data/")[0])
+        assert any(n.startswith("data/prepared/") and n.endswith("summary.json") for n in names)
+        assert any(n.endswith("/_EDGE_COMPLETE") for n in names)
+        assert any(n.endswith("params.yaml") for n in names)
+        # A second submission reuses the uploaded data.
+        again = _train(env)
+        assert "Reusing the prepared data" in again.output
+
+
+def test_quota_and_permission_errors_on_submit_are_explained(
+    workspace: Path,
+    gcs_emulator: GcsEmulator,
+) -> None:
+    with cloud(ScriptedRunner(), gcs_emulator) as (local, env):
+        local.vertex.fail_next(
+            "POST", r"customJobs$", ApiError(429, "Quota exceeded for custom_model_training_cpus")
+        )
+        done = _train(env)
+        assert done.exit_code == 1
+        assert "submitting the training job failed: Quota exceeded" in done.output
+        assert "quota exceeded or too many requests" in done.output
+        local.vertex.fail_next(
+            "POST", r"customJobs$", ApiError(403, "Permission 'aiplatform.customJobs.create' denied")
+        )
+        done = _train(env)
+        assert "permission denied" in done.output and "aiplatform.customJobs.create" in done.output
+        assert "Traceback" not in done.output
+
+
+def test_a_digest_that_does_not_exist_fails_the_job(
+    workspace: Path,
+    gcs_emulator: GcsEmulator,
+) -> None:
+    with cloud(ScriptedRunner(missing_images=("c" * 64,)), gcs_emulator) as (_local, env):
+        done = _train(env)
+        assert done.exit_code == 1
+        assert "Unable to pull the image" in done.output
+
+
+def test_an_image_by_tag_is_refused_before_any_request(
+    workspace: Path,
+    gcs_emulator: GcsEmulator,
+) -> None:
+    with cloud(ScriptedRunner(), gcs_emulator) as (local, env):
+        command = [
+            "pipeline",
+            "train",
+            "--on",
+            "vertex",
+            "--image",
+            "127.0.0.1:5000/edge/edge-trainer:latest",
+        ]
+        done = CliRunner().invoke(app, command, env=env)
+        assert done.exit_code == 1
+        assert "is not an image by digest" in done.output
+        assert not local.log.find(service="aiplatform")
+
+
+def test_waiting_times_out_cleanly_and_cancels_the_job(
+    workspace: Path,
+    gcs_emulator: GcsEmulator,
+) -> None:
+    with cloud(ScriptedRunner(seconds=30), gcs_emulator) as (local, env):
+        done = _train(env, "--wait-timeout", "0.5")
+        assert done.exit_code == 1
+        assert "gave up waiting" in done.output and "cancelled it" in done.output
+        assert local.log.find(service="aiplatform", method="POST", path=":cancel")
+
+
+def test_a_bucket_in_another_region_is_refused_before_uploading(
+    workspace: Path,
+    gcs_emulator: GcsEmulator,
+) -> None:
+    bucket = Path("edge.yaml").read_text().split("bucket: ")[1].split()[0]
+    requests.patch(f"{gcs_emulator.url}/storage/v1/b/{bucket}", json={"location": "US"}, timeout=10)
+    with cloud(ScriptedRunner(), gcs_emulator) as (local, env):
+        done = _train(env)
+        assert done.exit_code == 1
+        assert f"bucket {bucket} is in US, not europe-west2" in done.output
+        assert gcs_emulator.objects(f"gs://{bucket}") == []
+        assert not local.log.find(service="aiplatform")
+
+
+def test_edge_yaml_train_on_vertex_sends_the_dvc_stage_to_vertex(
+    workspace: Path,
+    gcs_emulator: GcsEmulator,
+) -> None:
+    text = Path("edge.yaml").read_text()
+    Path("edge.yaml").write_text(text + "train_on: vertex\n")
+    with cloud(ScriptedRunner(exit_code=3), gcs_emulator) as (local, env):
+        # The DVC stage's very command, with no --on: edge.yaml decides.
+        command = [
+            "pipeline",
+            "train",
+            "--prepared-dir",
+            "data/prepared",
+            "--model-dir",
+            "models",
+            "--image",
+            IMAGE,
+        ]
+        done = CliRunner().invoke(app, command, env=env)
+        assert "non-zero status of 3" in done.output
+        assert len(local.log.find(service="aiplatform", method="POST", path="customJobs")) == 1
+
+
+def test_ctrl_c_cancels_the_job(workspace: Path, gcs_emulator: GcsEmulator) -> None:
+    with cloud(ScriptedRunner(seconds=120), gcs_emulator) as (local, env):
+        command = [sys.executable, "-m", "edge", "pipeline", "train", "--on", "vertex", "--image", IMAGE]
+        command.append("--cancel-on-interrupt")
+        process = subprocess.Popen(
+            command, env={**os.environ, **env}, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True
+        )
+        try:
+            deadline = time.monotonic() + 120
+            while not any(j.state == RUNNING for j in local.jobs.jobs.values()):
+                assert time.monotonic() < deadline and process.poll() is None, "the job never ran"
+                time.sleep(0.2)
+            process.send_signal(signal.SIGINT)
+            output, _ = process.communicate(timeout=60)
+        finally:
+            if process.poll() is None:
+                process.kill()
+        assert process.returncode != 0
+        assert "Cancelled job" in output
+        (job,) = local.jobs.jobs.values()
+        job.finished.wait(10)
+        assert job.state == CANCELLED
+        assert local.log.find(service="aiplatform", method="POST", path=":cancel")

@@ -1,0 +1,106 @@
+"""Image names, tags from git, registry errors and credentials, without an engine."""
+
+from __future__ import annotations
+
+import subprocess
+from pathlib import Path
+
+import pytest
+
+from edge import lineage
+from edge.cloud import images
+from edge.cloud.images import ImageError
+
+
+def git(root: Path, *args: str) -> str:
+    return subprocess.run(
+        ["git", "-c", "user.name=t", "-c", "user.email=t@example.com", *args],
+        cwd=root,
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout.strip()
+
+
+@pytest.fixture
+def checkout(tmp_path: Path) -> Path:
+    git(tmp_path, "init", "-q", "-b", "main")
+    (tmp_path / "a.txt").write_text("one\n")
+    git(tmp_path, "add", "a.txt")
+    git(tmp_path, "commit", "-q", "-m", "first")
+    return tmp_path
+
+
+def test_a_clean_tree_is_tagged_with_its_commit(checkout: Path) -> None:
+    state = images.git_state(checkout)
+    assert state.commit == git(checkout, "rev-parse", "HEAD")
+    assert state.branch == "main"
+    assert not state.dirty
+    assert state.tag == state.commit[:12]
+
+
+def test_uncommitted_changes_get_a_dirty_tag_that_follows_the_content(checkout: Path) -> None:
+    (checkout / "a.txt").write_text("two\n")
+    first = images.git_state(checkout)
+    assert first.dirty
+    assert first.tag.startswith(f"{first.commit[:12]}-dirty-")
+    assert images.git_state(checkout).tag == first.tag  # same changes, same tag
+    (checkout / "new.txt").write_text("untracked files count too\n")
+    assert images.git_state(checkout).tag != first.tag
+
+
+def test_building_outside_git_is_refused(tmp_path: Path) -> None:
+    with pytest.raises(ImageError, match="not a git checkout"):
+        images.git_state(tmp_path)
+
+
+def test_image_references() -> None:
+    assert images.image_ref("trainer", "abc") == "edge-trainer:abc"
+    assert images.image_ref("webapp", "abc", "127.0.0.1:5000/edge/") == "127.0.0.1:5000/edge/edge-webapp:abc"
+    with pytest.raises(ImageError, match="trainer, webapp"):
+        images.image_ref("mongo", "abc")
+
+
+@pytest.mark.parametrize(
+    ("error", "hint"),
+    [
+        ("unauthorized: authentication required", "refused the credentials"),
+        ("denied: Permission 'artifactregistry.repositories.uploadArtifacts'", "refused the credentials"),
+        ("Get http://127.0.0.1:1/v2/: dial tcp 127.0.0.1:1: connection refused", "cannot be reached"),
+        ("http: server gave HTTP response to HTTPS client", "insecure-registries"),
+    ],
+)
+def test_registry_refusals_are_explained(error: str, hint: str) -> None:
+    message = images.explain_push_error("r/edge-trainer:t", error)
+    assert hint in message
+    assert error in message
+
+
+def test_only_google_registries_get_a_google_token() -> None:
+    assert images.registry_auth("127.0.0.1:5000/edge") is None
+    assert images.registry_auth("ghcr.io/someone") is None
+
+
+def test_no_google_credentials_is_a_clear_error(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    # No key file, no gcloud configuration, and the metadata server on a dead port (tests/conftest.py).
+    monkeypatch.delenv("GOOGLE_APPLICATION_CREDENTIALS", raising=False)
+    monkeypatch.setenv("CLOUDSDK_CONFIG", str(tmp_path))
+    with pytest.raises(ImageError, match="gcloud auth application-default login"):
+        images.registry_auth("europe-west4-docker.pkg.dev/project/repo")
+
+
+def test_without_git_the_lineage_comes_from_the_image(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("EDGE_GIT_COMMIT", "a" * 40)
+    monkeypatch.setenv("EDGE_GIT_BRANCH", "main")
+    monkeypatch.setenv("EDGE_GIT_SOURCE", "https://user:token@github.com/org/edge.git")
+    monkeypatch.setenv("EDGE_GIT_DIRTY", "")
+    assert lineage.git_info(tmp_path) == {
+        "commit": "a" * 40,
+        "branch": "main",
+        "remote": "https://github.com/org/edge.git",
+        "dirty": False,
+    }
+    monkeypatch.setenv("EDGE_GIT_COMMIT", "")
+    assert lineage.git_info(tmp_path) is None
