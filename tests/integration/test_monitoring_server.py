@@ -21,14 +21,14 @@ pytestmark = pytest.mark.slow
 def monitored_model(tmp_path_factory: pytest.TempPathFactory, real_fashion_source: Path) -> Path:
     """A small untrained model with a reference profile of real validation-like images."""
     from edge.model import ModelParams, build_model, save_model
-    from edge.monitoring.profile import compute_profile, save_profile
+    from edge.monitoring.profile import PROFILE_FILE, compute_profile
 
     folder = tmp_path_factory.mktemp("monitored") / "model"
     model = build_model(ModelParams(filters=(8,), dense_units=16, tta_flip=False))
     metadata = {"name": "fashion-mnist-cnn", "version": "monitored", "class_names": list(CLASS_NAMES)}
-    save_model(model, str(folder), metadata)
     images = read_idx(real_fashion_source / "train-images-idx3-ubyte.gz")[:1000]
-    save_profile(compute_profile(model, images, list(CLASS_NAMES)), str(folder))
+    profile = compute_profile(model, images, list(CLASS_NAMES))
+    save_model(model, str(folder), metadata, extra_files={PROFILE_FILE: profile.to_json().encode()})
     return folder
 
 
