@@ -182,3 +182,16 @@ def test_permission_and_quota_errors_are_explained(
     assert "listing the enabled APIs failed: The caller does not have permission" in done.output
     assert expected in done.output
     assert "Traceback" not in done.output
+
+
+def test_a_bucket_of_another_project_is_named_as_such(
+    project: dict[str, object], local_cloud: LocalCloud
+) -> None:
+    bucket: str = project["bucket"]  # type: ignore[assignment]
+    local_cloud.extra["storage"].fail_next(
+        "GET", f"/b/{bucket}$", ApiError(403, "does not have storage.buckets.get")
+    )
+    done = _setup(project)
+    assert done.exit_code == 1
+    assert f"bucket {bucket} exists but you cannot read it" in done.output
+    assert local_cloud.log.mutations() == []

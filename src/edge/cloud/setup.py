@@ -89,7 +89,7 @@ class Setup:
         steps.append(self._repository())
         account = self._account()
         steps.append(account)
-        steps.append(self._project_roles(new_account=account.changes))
+        steps.append(self._project_roles())
         steps.append(self._bucket_role(new=bucket.changes or account.changes))
         secret_steps = self._secret(new_account=account.changes)
         steps.extend(secret_steps)
@@ -145,7 +145,18 @@ class Setup:
     def _bucket(self) -> Step:
         client = self.clients.storage()
         name, region = self.settings.bucket, self.settings.region
-        bucket = self._read(f"reading bucket {name}", lambda: client.lookup_bucket(name))
+        from google.api_core import exceptions
+
+        try:
+            bucket = client.lookup_bucket(name)
+        except exceptions.Forbidden:
+            # Bucket names are global: a 403 here is, most often, a bucket of another project.
+            raise CloudError(
+                f"bucket {name} exists but you cannot read it (another project's, or you lack "
+                "storage.buckets.get): choose another name with `edge config --bucket`"
+            ) from None
+        except Exception as exc:
+            raise self._explained(exc, f"reading bucket {name}") from None
         if bucket is None:
 
             def create() -> None:
@@ -233,7 +244,7 @@ class Setup:
 
         return Step(label, "missing", "create", create)
 
-    def _project_roles(self, new_account: bool) -> Step:
+    def _project_roles(self) -> Step:
         client = self.clients.projects()
         resource = f"projects/{self.settings.project}"
         label = f"project roles of {self.settings.service_account}"
