@@ -167,7 +167,13 @@ def _experiment(name: str, git: dict[str, Any] | None) -> Any:
                 ]
             return experiment_info
 
-    ex: Any = TrainExperiment(name, base_dir=str(Path(edge.__file__).parent), save_git_info=False)
+    ex: Any = TrainExperiment(
+        name,
+        base_dir=str(Path(edge.__file__).parent),
+        save_git_info=False,
+        # The pid beside the hostname: a run whose process is gone shows as INTERRUPTED.
+        additional_host_info=observers.process_host_info(),
+    )
     ex.captured_out_filter = apply_backspaces_and_linefeeds
     logger = logging.getLogger("edge.tracking.sacred")
     logger.setLevel(logging.WARNING)
