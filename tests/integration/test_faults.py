@@ -32,7 +32,7 @@ from tests.integration.test_pipeline_dvc import TINY_PARAMS
 pytestmark = pytest.mark.slow
 
 EDGE = str(Path(sys.executable).with_name("edge"))
-SAVE_KILL_DELAYS = (0.0, 0.4, 1.2)  # seconds after the save began
+SAVE_KILL_DELAYS = (0.0, 0.6)  # seconds after the save began
 SEED_KILL_DELAYS = (0.2, 1.5, 3.5)  # seconds after the first request reached the mirror
 KILLS: list[str] = []
 
