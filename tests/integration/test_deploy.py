@@ -174,7 +174,13 @@ def release_v1(models: Models, image: str = IMAGE) -> str:
 
 
 def test_register_deploy_predict_then_canary_and_promote(vertex: Vertex, models: Models) -> None:
-    full_flow(vertex, models)
+    v1, v2 = full_flow(vertex, models)
+    # By hand: put the previous version back, and roll forward again the same way.
+    assert "serves all the traffic again" in ok("endpoint", "rollback").stdout
+    assert traffic() == {v1: 100}
+    assert vertex.models.resolve(f"{_model_name(vertex)}@production")["versionId"] == v1
+    assert vertex.models.resolve(f"{_model_name(vertex)}@previous")["versionId"] == v2
+    assert vertex.endpoints.servers_running() == 1
 
 
 @pytest.mark.timeout(2400)  # the session builds and pushes the 2.5 GB trainer image first
@@ -197,7 +203,7 @@ class TestInDocker:
         full_flow(vertex, models)
 
 
-def full_flow(vertex: Vertex, models: Models) -> None:
+def full_flow(vertex: Vertex, models: Models) -> tuple[str, str]:
     """register v1 -> deploy -> predict -> register v2 -> gate -> canary 10% -> smoke -> promote."""
     start = time.perf_counter()
     v1 = release_v1(models, vertex.image)
@@ -228,12 +234,13 @@ def full_flow(vertex: Vertex, models: Models) -> None:
     (deployed,) = endpoint_state()["deployed"]
     assert {"production", "default"} <= set(deployed["aliases"])
     assert deployed["labels"]["git_commit"].startswith("c0ffee")
-    assert deployed["labels"]["run_id"]
+    # Model, tracked run and registry entry point at each other.
+    v2_lineage = json.loads((models.better / "metadata.json").read_text())["lineage"]
+    assert deployed["labels"]["run_id"] == v2_lineage["tracking_run_id"]
     assert deployed["labels"]["image_digest"] == vertex.image.split("@sha256:")[1][:32]
     assert vertex.endpoints.servers_running() == 1
-    previous = vertex.models.resolve(f"{vertex.models.models and _model_name(vertex)}@previous")
+    previous = vertex.models.resolve(f"{_model_name(vertex)}@previous")
     assert previous["versionId"] == v1
-    # The smoke test's requests went through the split: 1 in 10 to the canary.
     # The smoke test went through the endpoint's split: about ten requests per image for a 10% canary.
     entries = list(vertex.cloud.log)
     first = entries.index(deploys[1])
@@ -244,6 +251,7 @@ def full_flow(vertex: Vertex, models: Models) -> None:
         f"\nfull flow against the stand-in: {elapsed:.1f} s, {len(vertex.cloud.log)} requests "
         f"({len(vertex.cloud.log.mutations())} mutating), {vertex.cloud.log.counts()}"
     )
+    return v1, v2
 
 
 def test_a_model_that_fails_the_gate_never_reaches_the_endpoint(vertex: Vertex, models: Models) -> None:
