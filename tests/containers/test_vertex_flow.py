@@ -186,14 +186,21 @@ def test_config_setup_push_train_on_vertex(
     assert "journal only" in job.logs or "unreachable" in job.logs  # MongoDB away: the journal kept the run
     # The model, reports and run are where DVC and `edge experiments` expect them.
     metadata = json.loads((workspace / "models" / "metadata.json").read_text())
-    assert metadata["lineage"]["git_commit"] == commit
+    assert metadata["lineage"]["git"]["commit"] == commit  # baked into the image by `edge image build`
     assert (workspace / "reports" / "train" / "metrics.json").is_file()
     run = json.loads((workspace / "runs" / "1" / "run.json").read_text())
     info = json.loads((workspace / "runs" / "1" / "info.json").read_text())
     assert run["status"] == "COMPLETED"
     assert info["vertex_job"].startswith(job.name.rsplit("/", 1)[-1] + " https://console.cloud.google.com/")
-    listed = edge("experiments", "list", name="experiments list")
-    assert run["meta"]["run_uuid"][:8] in listed
+    listing = subprocess.run(
+        ["edge", "experiments", "list", "--json", "--files"],
+        cwd=workspace,
+        env=env,
+        capture_output=True,
+        text=True,
+    )
+    listed = json.loads(listing.stdout)
+    assert [(r["id"], r["commit"]) for r in listed] == [(run["meta"]["run_uuid"][:8], commit)]
     assert "succeeded" in trained
 
     counts = {s: len(local_google.log.find(service=s)) for s in local_google.urls}
