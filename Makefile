@@ -53,9 +53,47 @@ lint: setup ## Check style and types: ruff and mypy
 emulate: setup ## Rehearse the cloud path locally: GCS emulator, registry, Google API stand-ins
 	$(BIN)/python -m tests.standin
 
-bench: setup ## Measure accuracy, pipeline time and serving speed on the real data
+bench: setup ## Measure accuracy, pipeline time, serving speed and the prediction log's cost on the real data
 	$(BIN)/python benchmarks/bench_pipeline.py
 	$(BIN)/python benchmarks/bench_serving.py
+	$(BIN)/python benchmarks/bench_monitoring.py
 
 clean: ## Remove the virtualenv, caches and local outputs (DVC's cache and runs stay)
 	rm -rf .venv .tools .pytest_cache .mypy_cache .ruff_cache test-artifacts bench-results
+
+# --- The cloud path (CircleCI runs these on main; see README "CI/CD") -------------------------------
+# Images are tagged with the commit and used by digest from then on: `make images` writes them here.
+IMAGES_FILE := build/images.txt
+IMAGE_TAG ?=
+REGISTRY ?= $(shell $(BIN)/python -c 'from edge.cloud import settings; print(settings.load().image_registry)' 2>/dev/null)
+SERVING_IMAGE ?= $(shell grep -m1 '/edge-trainer@sha256:' $(IMAGES_FILE) 2>/dev/null)
+
+.PHONY: google-credentials images cloud-repro gate register deploy metrics-diff
+
+google-credentials: ## CI: keyless Google credentials from CircleCI's OIDC token ($GCP_WIF_PROVIDER)
+	.ci/google-credentials > $(HOME)/gcp-credentials.json
+
+images: setup ## Build the trainer and webapp images and push them by digest (to build/images.txt)
+	@mkdir -p $(dir $(IMAGES_FILE))
+	$(BIN)/edge image build $(if $(IMAGE_TAG),--tag $(IMAGE_TAG))
+	$(BIN)/edge image push --registry $(REGISTRY) $(if $(IMAGE_TAG),--tag $(IMAGE_TAG)) | tee $(IMAGES_FILE)
+
+cloud-repro: setup ## The DVC pipeline with training on Vertex AI (edge.yaml: train_on: vertex)
+	$(BIN)/edge data seed
+	$(BIN)/dvc repro
+	$(BIN)/dvc metrics show
+	if [ -n "$$($(BIN)/dvc remote list)" ]; then $(BIN)/dvc push; fi
+
+gate: setup ## Release gate: the trained model against production, on the same test split
+	$(BIN)/edge model gate --production registry
+
+register: setup ## Register the trained model in Vertex AI, served by the pushed trainer image
+	$(BIN)/edge model register --image "$(SERVING_IMAGE)"
+
+deploy: setup ## Release the registered candidate: canary, smoke test, then promote or roll back
+	$(BIN)/edge deploy
+
+metrics-diff: setup ## This checkout's metrics against main's (Markdown in build/metrics-diff.md)
+	@mkdir -p build
+	git fetch --quiet origin main
+	$(BIN)/dvc metrics diff --md origin/main | tee build/metrics-diff.md

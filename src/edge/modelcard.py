@@ -77,7 +77,7 @@ def _lineage_rows(metadata: dict[str, Any]) -> list[tuple[str, str]]:
         ("created", str(metadata.get("created", "?"))),
         ("git commit", commit + (f" on {git['branch']}" if git.get("branch") else "")),
         ("data version", data_text or "unknown"),
-        ("tracked run", str(lineage.get("run_id") or "not recorded")),
+        ("tracked run", str(lineage.get("tracking_run_id") or "not recorded")),
         ("Vertex AI job", str(lineage.get("vertex_job") or "none")),
         ("compute precision", f"{precision.get('policy', '?')} ({precision.get('reason', '')})"),
     ]

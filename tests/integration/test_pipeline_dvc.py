@@ -88,8 +88,17 @@ def test_repro_builds_every_output(project: Path) -> None:
         "reports/evaluate/reliability.png",
         "reports/evaluate/per_class.csv",
         "reports/evaluate/robustness.csv",
+        "reports/evaluate/model-card.md",
+        "reports/evaluate/model-card.html",
+        "models/model-card.md",
+        "models/model-card.html",
     ):
         assert (project / output).is_file(), output
+    # The card saved with the model names its tracked run and has the robustness table.
+    card = (project / "models/model-card.md").read_text()
+    run_id = json.loads((project / "models/metadata.json").read_text())["lineage"]["tracking_run_id"]
+    assert f"| tracked run | {run_id} |" in card and "| shifted 1 px |" in card
+    assert "Quality gate" in (project / "reports/evaluate/model-card.md").read_text()
     metrics = json.loads((project / "reports/evaluate/metrics.json").read_text())
     assert 0.0 <= metrics["accuracy"] <= 1.0
     # Flat: one number per key, so `dvc metrics show` stays a readable table.

@@ -1,4 +1,4 @@
-"""Static checks of the Docker Compose stack and its images: no Docker engine runs here."""
+"""Static checks of the Docker Compose stack and its images (tests/containers/ runs them for real)."""
 
 from __future__ import annotations
 
@@ -6,8 +6,10 @@ import importlib
 import json
 import re
 import shlex
+import shutil
 import subprocess
 import sys
+import tomllib
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -279,3 +281,87 @@ def test_dockerignore_keeps_data_secrets_and_caches_out_of_build_contexts() -> N
     # The images copy these, so they must stay in the context.
     for needed in ("src", "services", "pyproject.toml", "uv.lock", "README.md", "params.yaml"):
         assert needed not in patterns, f".dockerignore hides {needed}, which an image copies"
+
+
+OFFLINE_FILE = ROOT / "compose.offline.yaml"
+
+
+def test_offline_override_follows_the_compose_specification() -> None:
+    done = run_tool("check-jsonschema", "--builtin-schema", "vendor.compose-spec", "compose.offline.yaml")
+    assert done.returncode == 0, done.stdout + done.stderr
+
+
+def test_offline_override_seeds_the_trainer_from_the_mounted_copy() -> None:
+    trainer = yaml.safe_load(OFFLINE_FILE.read_text())["services"]["trainer"]
+    inside = trainer["environment"]["EDGE_DATA_SOURCE"]
+    [mount] = trainer["volumes"]
+    source, target, mode = mount.rsplit(":", 2)
+    assert (target, mode) == (inside, "ro")
+    assert source.startswith("${EDGE_DATA_SOURCE:?"), "a clear error when the folder is not set"
+    # Documented where users set it: commented out in .env.example, with COMPOSE_FILE naming the file.
+    example = ENV_EXAMPLE.read_text()
+    assert "\n#EDGE_DATA_SOURCE=" in example
+    assert "\n#COMPOSE_FILE=compose.yaml:compose.offline.yaml\n" in example
+
+
+def test_example_passwords_are_empty_so_compose_refuses_to_start(compose: dict[str, Any]) -> None:
+    passwords = {name: value for name, (value, _) in env_example().items() if name.endswith("_PASSWORD")}
+    assert len(passwords) >= 3
+    assert all(value == "" for value in passwords.values()), "no usable example password in .env.example"
+    # `${VAR:?message}` fails on an empty value as on a missing one, and says what to do.
+    for name, modifier in interpolations(compose):
+        if name in passwords:
+            assert modifier.startswith(":?") and ".env" in modifier
+
+
+def test_compose_v1_refuses_the_example_passwords(tmp_path: Path) -> None:
+    binary = shutil.which("docker-compose")
+    if binary is None:
+        pytest.skip("docker-compose (Compose v1) is not installed")
+    # v1 rejects only the top-level `name:`; the interpolation rules are the same as v2's.
+    document = yaml.safe_load(COMPOSE_FILE.read_text())
+    document.pop("name")
+    (tmp_path / "compose.yaml").write_text(yaml.safe_dump(document))
+    shutil.copy(ENV_EXAMPLE, tmp_path / ".env")
+    done = subprocess.run(
+        [binary, "config", "--quiet"], cwd=tmp_path, capture_output=True, text=True, timeout=60
+    )
+    assert done.returncode != 0
+    assert "_PASSWORD in .env to a password of your own" in done.stderr, done.stderr
+
+
+def test_third_party_images_are_pinned(compose: dict[str, Any]) -> None:
+    for name, service in compose["services"].items():
+        if "build" in service:
+            continue
+        image = service["image"]
+        assert ":" in image and not image.endswith(":latest"), f"{name} runs {image}, which is not pinned"
+
+
+def test_omniboard_is_built_at_one_pinned_version(compose: dict[str, Any]) -> None:
+    omniboard = compose["services"]["omniboard"]
+    version = omniboard["build"]["args"]["OMNIBOARD_VERSION"]
+    assert re.fullmatch(r"\d+\.\d+\.\d+", version)
+    assert omniboard["image"] == f"edge-omniboard:{version}"
+    dockerfile = (ROOT / omniboard["build"]["context"] / "Dockerfile").read_text()
+    assert f"ARG OMNIBOARD_VERSION={version}" in dockerfile
+
+
+def locked_versions(package: str) -> set[str]:
+    lock = tomllib.loads((ROOT / "uv.lock").read_text())
+    return {entry["version"] for entry in lock["package"] if entry["name"] == package}
+
+
+def test_gpu_trainer_installs_tensorflow_with_cuda_at_the_locked_version() -> None:
+    from edge.cloud import images
+
+    dockerfile = (ROOT / TRAINER_DOCKERFILE).read_text()
+    assert "ARG TRAINER_VARIANT=cpu" in dockerfile
+    # The version comes from the installed (locked) tensorflow-cpu, so the two cannot drift apart...
+    assert 'version("tensorflow-cpu")' in dockerfile
+    assert '"tensorflow[and-cuda]==${version}"' in dockerfile
+    # ...and the same version of the full `tensorflow` package exists: the lock holds it for macOS.
+    assert locked_versions("tensorflow-cpu") == locked_versions("tensorflow")
+    assert images.IMAGES["trainer-gpu"] == ("trainer", {"TRAINER_VARIANT": "gpu"})
+    assert images.trainer_image_for("NVIDIA_TESLA_T4") == "trainer-gpu"
+    assert images.trainer_image_for(None) == "trainer"

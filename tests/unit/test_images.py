@@ -57,7 +57,7 @@ def test_building_outside_git_is_refused(tmp_path: Path) -> None:
 def test_image_references() -> None:
     assert images.image_ref("trainer", "abc") == "edge-trainer:abc"
     assert images.image_ref("webapp", "abc", "127.0.0.1:5000/edge/") == "127.0.0.1:5000/edge/edge-webapp:abc"
-    with pytest.raises(ImageError, match="trainer, webapp"):
+    with pytest.raises(ImageError, match="trainer, trainer-gpu, webapp"):
         images.image_ref("mongo", "abc")
 
 
@@ -104,3 +104,22 @@ def test_without_git_the_lineage_comes_from_the_image(
     }
     monkeypatch.setenv("EDGE_GIT_COMMIT", "")
     assert lineage.git_info(tmp_path) is None
+
+
+def test_push_without_a_registry_or_edge_yaml_says_what_to_pass(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from typer.testing import CliRunner
+
+    from edge.cli import app
+
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.delenv("EDGE_CONFIG", raising=False)
+    result = CliRunner().invoke(app, ["image", "push", "webapp"])
+    assert result.exit_code == 1
+    assert "pass --registry" in result.output
+
+
+def test_an_accelerator_in_edge_yaml_adds_the_gpu_trainer() -> None:
+    assert images.default_images(None) == ["webapp", "trainer"]
+    assert images.default_images("NVIDIA_TESLA_T4") == ["webapp", "trainer", "trainer-gpu"]

@@ -18,7 +18,7 @@ METADATA = {
         "git": {"commit": "c0ffee" * 6 + "abcd", "branch": "main", "dirty": False},
         "data_version": {"data/raw/fashion-mnist": "5f974fc07a228533b94e96f0786e9bcc.dir"},
         "params": {"train": {"epochs": 17, "model": {"filters": [32, 64, 128]}}},
-        "run_id": "0123456789abcdef",
+        "tracking_run_id": "0123456789abcdef",
         "vertex_job": None,
     },
 }

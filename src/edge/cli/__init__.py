@@ -6,7 +6,20 @@ import os
 
 import typer
 
-from edge.cli import config, data, experiments, image, model, monitor, pipeline, serve, setup, up
+from edge.cli import (
+    config,
+    data,
+    endpoint,
+    experiments,
+    image,
+    model,
+    monitor,
+    pipeline,
+    serve,
+    setup,
+    up,
+    webapp,
+)
 
 app = typer.Typer(
     help="Edge: version data, train, track, test and serve a Fashion-MNIST model.",
@@ -19,8 +32,11 @@ app.add_typer(pipeline.app, name="pipeline")
 app.add_typer(experiments.app, name="experiments")
 app.add_typer(image.app, name="image")
 app.add_typer(model.app, name="model")
+app.add_typer(endpoint.app, name="endpoint")
+app.add_typer(webapp.app, name="webapp")
 app.add_typer(monitor.app, name="monitor")
 app.command("serve")(serve.serve)
+app.command("deploy")(endpoint.deploy)
 app.command("up")(up.up)
 app.command("setup")(setup.setup)
 

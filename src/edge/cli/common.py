@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 from contextlib import contextmanager
+from typing import NoReturn
 
 import typer
 from rich.console import Console
@@ -35,7 +36,19 @@ def friendly_errors() -> Iterator[None]:
         fail(str(exc))
 
 
-def fail(message: str, code: int = 1) -> None:
+@contextmanager
+def cloud_errors() -> Iterator[None]:
+    """`friendly_errors`, plus the cloud path's own (CloudError); imports no Google SDK."""
+    from edge.cloud.errors import CloudError
+
+    try:
+        with friendly_errors():
+            yield
+    except CloudError as exc:
+        fail(str(exc))
+
+
+def fail(message: str, code: int = 1) -> NoReturn:
     """Print `message` as an error and exit with `code`."""
     # Escaped: messages quote lists and tables whose brackets are not markup.
     console.print(f"[bold red]error:[/] {escape(message)}", highlight=False, soft_wrap=True)

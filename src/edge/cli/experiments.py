@@ -36,10 +36,14 @@ JsonOpt = Annotated[bool, typer.Option("--json", help="Print JSON instead of tab
 STATUS_STYLE = {"COMPLETED": "green", "FAILED": "red", "INTERRUPTED": "yellow", "RUNNING": "cyan"}
 
 
+def _warn(message: str) -> None:
+    console.print(f"[yellow]warning:[/] {message}", highlight=False, soft_wrap=True)
+
+
 def _open(runs_dir: Path, files: bool) -> RunSource:
     url = None if files else observers.tracking_url()
     if url is None:
-        return FileRuns(runs_dir)
+        return FileRuns(runs_dir, warn=_warn)
     try:
         return MongoRuns(observers.connect(url))
     except observers.TrackingUnavailableError as exc:
@@ -283,7 +287,10 @@ def compare(
 
 @app.command()
 def sync(runs_dir: RunsDirOpt = Path(observers.DEFAULT_RUNS_DIR)) -> None:
-    """Copy the journal's runs that MongoDB ($EDGE_TRACKING_URL) lacks into it; again, it adds nothing."""
+    """Copy the journal's runs that MongoDB ($EDGE_TRACKING_URL) lacks into it; again, it adds nothing.
+
+    Safe to run twice at once and to interrupt at any point: the next sync completes what is missing.
+    """
     from edge.tracking.sync import sync as sync_runs
 
     with friendly_errors():
@@ -296,10 +303,12 @@ def sync(runs_dir: RunsDirOpt = Path(observers.DEFAULT_RUNS_DIR)) -> None:
         except observers.TrackingUnavailableError as exc:
             fail(str(exc))
             return
-        done = sync_runs(runs_dir, store)
+        done = sync_runs(runs_dir, store, warn=_warn)
+    damaged = f", {len(done.damaged)} damaged skipped" if done.damaged else ""
     console.print(
         f"Synced {runs_dir} into {store.label}: {len(done.copied)} run(s) copied, {len(done.repaired)} "
-        f"completed, {len(done.present)} already there, {len(done.unfinished)} unfinished left for later.",
+        f"completed, {len(done.present)} already there, {len(done.unfinished)} unfinished left for "
+        f"later{damaged}.",
         highlight=False,
     )
 

@@ -18,7 +18,11 @@ app = typer.Typer(help="Build the container images and push them to a registry."
 
 ServicesArg = Annotated[
     list[str] | None,
-    typer.Argument(help="Which images: trainer, webapp (default: both).", show_default=False),
+    typer.Argument(
+        help="Which images: trainer, trainer-gpu, webapp [default: trainer and webapp, and trainer-gpu "
+        "when edge.yaml names an accelerator_type]",
+        show_default=False,
+    ),
 ]
 TagOpt = Annotated[
     str | None,
@@ -29,11 +33,12 @@ TagOpt = Annotated[
 @contextmanager
 def image_errors() -> Iterator[None]:
     """Turn a failed build or push into one clear line."""
-    from edge.cloud.images import ImageError
+    from edge.cloud.errors import CloudError
+    from edge.cloud.settings import SettingsError
 
     try:
         yield
-    except ImageError as exc:
+    except (CloudError, SettingsError) as exc:
         fail(str(exc))
 
 
@@ -67,7 +72,7 @@ def build_images(
                 highlight=False,
             )
         # The webapp first: it takes seconds, the trainer (TensorFlow) minutes on a cold cache.
-        for service in sorted(services or images.SERVICES, key=lambda s: s != "webapp"):
+        for service in services or default_images():
             console.print(f"Building {images.image_ref(service, tag or state.tag)} from {root}")
             image = images.build(service, root=root, tag=tag, python_image=python_image, client=client)
             built.append(image)
@@ -77,38 +82,31 @@ def build_images(
 
 @app.command()
 def push(
+    services: ServicesArg = None,
     registry: Annotated[
         str | None,
         typer.Option(
-            help="Where to: 127.0.0.1:5000/edge locally, REGION-docker.pkg.dev/PROJECT/REPO on Google Cloud; "
-            "default: edge.yaml's Artifact Registry repository (or its endpoints.registry).",
+            help="Where to: 127.0.0.1:5000/edge locally, REGION-docker.pkg.dev/PROJECT/REPO on Google "
+            "Cloud [default: edge.yaml's Artifact Registry repository, or its endpoints.registry]",
             show_default=False,
         ),
     ] = None,
-    services: ServicesArg = None,
     tag: TagOpt = None,
 ) -> None:
     """Push the images built for this commit; print each one by digest, as later steps use it."""
-    if registry is None:
-        from edge.cloud import settings as cfg
-
-        try:
-            registry = cfg.load().image_registry
-        except cfg.SettingsError as exc:
-            fail(f"{exc}\n(or pass --registry HOST/PATH)")
-            return
     push_images(registry, services or [], tag)
 
 
-def push_images(registry: str, services: list[str], tag: str | None = None) -> list[PushedImage]:
+def push_images(registry: str | None, services: list[str], tag: str | None = None) -> list[PushedImage]:
     """Push the images (default: all) and print each one as `<registry>/edge-<service>@<digest>`."""
     from edge.cloud import images
 
     pushed = []
     with image_errors():
+        registry = registry or _settings_registry()
         client = images.engine()
         tag = tag or images.git_state(images.repository_root()).tag
-        for service in services or images.SERVICES:
+        for service in services or default_images():
             target = images.image_ref(service, tag, registry)
             with push_progress(f"Pushing {target}") as on_event:
                 image = images.push(service, registry, tag=tag, client=client, on_event=on_event)
@@ -116,6 +114,27 @@ def push_images(registry: str, services: list[str], tag: str | None = None) -> l
             # stdout carries only the references, one per line, for scripts.
             out.print(image.ref, highlight=False, soft_wrap=True)
     return pushed
+
+
+def default_images() -> list[str]:
+    """trainer and webapp, and trainer-gpu when edge.yaml asks for accelerators."""
+    from edge.cloud import images, settings
+
+    accelerator = None
+    if settings.config_path().is_file():
+        accelerator = settings.load().accelerator_type
+    return images.default_images(accelerator)
+
+
+def _settings_registry() -> str:
+    from edge.cloud import settings
+    from edge.cloud.images import ImageError
+
+    if not settings.config_path().is_file():
+        raise ImageError(
+            "no registry: pass --registry HOST[:PORT]/PATH, or run `edge config` for Google Cloud"
+        )
+    return settings.load().image_registry
 
 
 @contextmanager

@@ -8,12 +8,13 @@ from typing import Annotated, Any
 import typer
 
 from edge import gate, storage
-from edge.cli.common import console, fail, friendly_errors, out
+from edge.cli.common import cloud_errors, console, fail, out
 from edge.pipeline import Params, load_params, score_on_test
 
 app = typer.Typer(help="Gate a model against production and register it in Vertex AI.", no_args_is_help=True)
 
 NO_PRODUCTION = "none"
+FROM_REGISTRY = "registry"
 
 
 @app.command("gate")
@@ -21,7 +22,8 @@ def gate_command(
     production: Annotated[
         str,
         typer.Option(
-            help="The production model to compare with: a model directory (local or gs://), or "
+            help="The production model to compare with: a model directory (local or gs://), "
+            f"'{FROM_REGISTRY}' (the version aliased production in Vertex AI), or "
             f"'{NO_PRODUCTION}' for the very first release (floors only).",
         ),
     ],
@@ -37,9 +39,9 @@ def gate_command(
     report_dir: Annotated[str, typer.Option(help="Where to write gate.md and gate.json.")] = "reports/gate",
 ) -> None:
     """Compare the candidate with production on the same test split; exit 1 when the gate fails."""
-    with friendly_errors():
+    with cloud_errors():
         settings = load_params(params)
-        production_dir = None if production == NO_PRODUCTION else production
+        production_dir = _production_dir(production)
         report = run_gate(candidate, production_dir, prepared_dir, settings)
         storage.makedirs(report_dir)
         storage.write_text(storage.join(report_dir, gate.REPORT_JSON), report.to_json())
@@ -75,3 +77,51 @@ def _identity(model_dir: str, metadata: dict[str, Any]) -> dict[str, Any]:
         "version": metadata.get("version"),
         "tracking_run_id": lineage.get("tracking_run_id"),
     }
+
+
+@app.command()
+def register(
+    image: Annotated[
+        str,
+        typer.Option(
+            envvar="EDGE_SERVING_IMAGE",
+            help="The trainer image by digest (REGISTRY/trainer@sha256:...), which serves the model.",
+        ),
+    ],
+    model_dir: Annotated[str, typer.Option(help="The trained model (local or gs://).")] = "models",
+    alias: Annotated[
+        list[str] | None, typer.Option(help="Aliases to give this version [default: candidate].")
+    ] = None,
+) -> None:
+    """Register the model as a new version in the Vertex AI Model Registry, with its lineage."""
+    from edge.cloud.registry import CANDIDATE
+
+    with cloud_errors():
+        registry = _registry()
+        version = registry.register(model_dir, image, tuple(alias or [CANDIDATE]))
+    out.print(f"{version.versioned_name} aliases={','.join(version.aliases)}", highlight=False)
+    for key, value in sorted(version.labels.items()):
+        console.print(f"  {key}: {value}", highlight=False)
+
+
+def _registry() -> Any:
+    from edge.cloud import settings as cfg
+    from edge.cloud.clients import Clients
+    from edge.cloud.registry import Registry
+
+    return Registry(Clients(cfg.load()), progress=lambda m: console.print(m, highlight=False))
+
+
+def _production_dir(production: str) -> str | None:
+    if production == NO_PRODUCTION:
+        return None
+    if production != FROM_REGISTRY:
+        return production
+    from edge.cloud.registry import PRODUCTION
+
+    version = _registry().get(PRODUCTION)
+    if version is None:
+        console.print("No version is in production yet: the candidate is judged on the floors only.")
+        return None
+    console.print(f"Production is version {version.version_id}, from {version.artifact_uri}.")
+    return str(version.artifact_uri)

@@ -63,6 +63,14 @@ class Clients:
             credentials=self.credentials, transport="rest", client_options=self._options("resourcemanager")
         )
 
+    def cloud_run(self) -> Any:
+        """Cloud Run's services (the webapp's deployment)."""
+        from google.cloud import run_v2
+
+        return run_v2.ServicesClient(
+            credentials=self.credentials, transport="rest", client_options=self._options("run")
+        )
+
     def storage(self) -> Any:
         """The Cloud Storage client, for managing the bucket itself (objects go through edge.storage)."""
         from google.cloud import storage  # type: ignore[attr-defined]

@@ -20,6 +20,13 @@ from edge.cloud.errors import CloudError
 from edge.lineage import strip_credentials
 
 SERVICES = ("trainer", "webapp")
+# Every image `edge image` builds: the Dockerfile's service folder and the build arguments it needs.
+# trainer-gpu is the trainer for accelerator machines (edge.yaml's accelerator_type).
+IMAGES: dict[str, tuple[str, dict[str, str]]] = {
+    "trainer": ("trainer", {}),
+    "trainer-gpu": ("trainer", {"TRAINER_VARIANT": "gpu"}),
+    "webapp": ("webapp", {}),
+}
 # Registries that take a Google access token as the password of the user `oauth2accesstoken`.
 GOOGLE_REGISTRY_SUFFIXES = ("docker.pkg.dev", "gcr.io")
 GOOGLE_SCOPES = ("https://www.googleapis.com/auth/cloud-platform",)
@@ -71,9 +78,19 @@ class PushedImage:
 
 
 def image_name(service: str) -> str:
-    if service not in SERVICES:
-        raise ImageError(f"no image called {service!r}: choose from {', '.join(SERVICES)}")
+    if service not in IMAGES:
+        raise ImageError(f"no image called {service!r}: choose from {', '.join(IMAGES)}")
     return f"edge-{service}"
+
+
+def trainer_image_for(accelerator_type: str | None) -> str:
+    """The trainer image a machine needs: the GPU variant when it has an accelerator."""
+    return "trainer-gpu" if accelerator_type else "trainer"
+
+
+def default_images(accelerator_type: str | None = None) -> list[str]:
+    """What `edge image build` builds without arguments: the webapp and the trainer(s) jobs need."""
+    return ["webapp", "trainer", *([trainer_image_for(accelerator_type)] if accelerator_type else [])]
 
 
 def image_ref(service: str, tag: str, registry: str | None = None) -> str:
@@ -153,13 +170,14 @@ def build(
     client: docker.DockerClient | None = None,
     quiet: bool = False,
 ) -> BuiltImage:
-    """Build services/<service>/Dockerfile as `edge-<service>:<tag>` (default: the commit).
+    """Build `edge-<service>:<tag>` (default tag: the commit) from its services/*/Dockerfile.
 
     The build's own progress goes to the terminal, unless `quiet`, when it is kept for the error.
     """
     client = client or engine()
     state = git_state(root)
     ref = image_ref(service, tag or state.tag)
+    folder, variant_args = IMAGES[service]
     args = {
         "EDGE_GIT_COMMIT": state.commit,
         "EDGE_GIT_BRANCH": state.branch or "",
@@ -167,6 +185,7 @@ def build(
         "EDGE_GIT_DIRTY": "true" if state.dirty else "",
         "EDGE_BUILD_CREATED": datetime.now(UTC).replace(microsecond=0).isoformat(),
         **({"PYTHON_IMAGE": python_image} if python_image else {}),
+        **variant_args,
         **(build_args or {}),
     }
     with tempfile.TemporaryDirectory(prefix="edge-build-") as scratch:
@@ -178,7 +197,7 @@ def build(
             "--network",
             "host",
             "--file",
-            str(root / "services" / service / "Dockerfile"),
+            str(root / "services" / folder / "Dockerfile"),
             "--tag",
             ref,
             "--iidfile",

@@ -85,6 +85,7 @@ APIS = (
     "iam",
     "secretmanager",
     "resourcemanager",
+    "run",
 )
 
 _PROJECT = re.compile(r"^[a-z][a-z0-9-]{4,28}[a-z0-9]$")
@@ -110,6 +111,7 @@ class Endpoints(BaseModel):
     iam: str | None = None
     secretmanager: str | None = None
     resourcemanager: str | None = None
+    run: str | None = None
     # The Docker registry images are pushed to, instead of Artifact Registry (a local registry).
     registry: str | None = None
     # `anonymous` only for local stand-ins: no credentials are looked up or sent.

@@ -167,7 +167,13 @@ def _experiment(name: str, git: dict[str, Any] | None) -> Any:
                 ]
             return experiment_info
 
-    ex: Any = TrainExperiment(name, base_dir=str(Path(edge.__file__).parent), save_git_info=False)
+    ex: Any = TrainExperiment(
+        name,
+        base_dir=str(Path(edge.__file__).parent),
+        save_git_info=False,
+        # The pid beside the hostname: a run whose process is gone shows as INTERRUPTED.
+        additional_host_info=observers.process_host_info(),
+    )
     ex.captured_out_filter = apply_backspaces_and_linefeeds
     logger = logging.getLogger("edge.tracking.sacred")
     logger.setLevel(logging.WARNING)
@@ -196,7 +202,13 @@ def run_training(
         # point at each other. The uuid is the run's key in the journal and in MongoDB alike.
         run_lineage = {**lineage, "tracking_run_id": recorder.info["run_uuid"]}
         result, metadata = pipeline.train_stage(
-            prepared_dir, model_dir, reports_dir, settings.train, run_lineage, on_epoch_end=epoch_end
+            prepared_dir,
+            model_dir,
+            reports_dir,
+            settings.train,
+            run_lineage,
+            suite=settings.evaluate,
+            on_epoch_end=epoch_end,
         )
         _test, scores = pipeline.score_on_test(prepared_dir, model_dir)
         summary = {

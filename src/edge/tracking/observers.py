@@ -8,7 +8,9 @@ so, and `edge experiments sync` copies it into MongoDB later.
 
 from __future__ import annotations
 
+import json
 import os
+import shutil
 import threading
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -256,7 +258,65 @@ class GuardedMongoObserver:
 
 
 def file_observer(directory: Path) -> Any:
-    """Sacred's FileStorageObserver on the journal folder, ahead of every other observer."""
-    from sacred.observers import FileStorageObserver
+    """Sacred's FileStorageObserver on the journal folder, ahead of every other observer, writing
+    every file whole (see `atomic_file_observer_class`)."""
+    return atomic_file_observer_class()(str(directory), priority=100)
 
-    return FileStorageObserver(str(directory), priority=100)
+
+def atomic_file_observer_class() -> type[Any]:
+    """Sacred's FileStorageObserver, but each file it writes is whole: temporary file, then rename.
+
+    Sacred rewrites run.json, info.json and metrics.json in place at every heartbeat; a kill during
+    one of those writes used to leave a truncated JSON file that broke every `edge experiments`
+    command. Here a reader sees the previous version of a file or the next, never a part. Copies
+    (sources, artifacts) are made the same way. cout.txt stays appended: text, read as is.
+    """
+    from sacred.observers import FileStorageObserver
+    from sacred.serializer import flatten
+
+    from edge import storage
+
+    class AtomicFileStorageObserver(FileStorageObserver):  # type: ignore[misc]
+        def save_json(self, obj: Any, filename: str) -> None:
+            text = json.dumps(flatten(obj), sort_keys=True, indent=2)  # type: ignore[no-untyped-call]
+            storage.write_text(str(Path(str(self.dir), filename)), text)
+
+        def save_file(self, filename: str, target_name: str | None = None) -> None:
+            target = Path(str(self.dir), target_name or Path(filename).name)
+            if target.name in ("run.json", "config.json", "cout.txt", "metrics.json", "info.json"):
+                raise FileExistsError(f"{target.name} is the journal's own file: name the artifact otherwise")
+            if Path(filename).resolve() != target.resolve():
+                _copy_whole(Path(filename), target)
+
+        def find_or_save(self, filename: str, store_dir: Path) -> Path:
+            from sacred.dependencies import get_digest
+
+            source = Path(filename)
+            if not self.copy_artifacts and source.resolve().is_relative_to(Path(self.basedir).resolve()):
+                return source
+            store_dir.mkdir(parents=True, exist_ok=True)
+            # Named by content: an existing copy is complete, since copies appear whole.
+            stored = store_dir / f"{source.stem}_{get_digest(filename)}{source.suffix}"  # type: ignore[no-untyped-call]
+            if not stored.exists():
+                _copy_whole(source, stored)
+            return stored
+
+    return AtomicFileStorageObserver
+
+
+def _copy_whole(source: Path, target: Path) -> None:
+    from edge import storage
+
+    with storage.local_copy_for_writing(str(target)) as local:
+        shutil.copyfile(source, local)
+
+
+def process_host_info() -> list[Any]:
+    """Host information Sacred records beside the hostname: the pid, to tell a killed run by."""
+    from sacred.host_info import host_info_gatherer
+
+    @host_info_gatherer("pid")  # type: ignore[untyped-decorator,no-untyped-call]
+    def pid() -> int:
+        return os.getpid()
+
+    return [pid]

@@ -9,9 +9,12 @@ from __future__ import annotations
 
 import hashlib
 import json
-from collections.abc import Iterable
+import os
+import socket
+import sys
+from collections.abc import Callable, Iterable
 from dataclasses import asdict, dataclass, field
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any, Protocol
 
@@ -19,6 +22,8 @@ from edge.tracking.observers import MongoStore
 
 SHORT_ID = 8
 FINISHED = ("COMPLETED", "FAILED", "INTERRUPTED")
+# Sacred beats every 10 s; a run silent for this long has lost its process.
+STALE_HEARTBEAT = timedelta(minutes=5)
 
 
 @dataclass(frozen=True)
@@ -116,43 +121,72 @@ def find(runs: Iterable[RunRecord], key: str) -> RunRecord:
 # --- the file journal ---------------------------------------------------------------------------
 
 
-class FileRuns:
-    """Runs in Sacred's file journal: one numbered folder per run."""
+class DamagedRunError(ValueError):
+    """A journal file that cannot be read as the run it should hold; the message names the file."""
 
-    def __init__(self, directory: Path) -> None:
+
+def _warn_on_stderr(message: str) -> None:
+    print(f"warning: {message}", file=sys.stderr)
+
+
+class FileRuns:
+    """Runs in Sacred's file journal: one numbered folder per run.
+
+    A run whose files are damaged (a truncated `run.json` from before writes were atomic, a file
+    edited by hand) is skipped with a warning naming the file, so one bad run never hides the others.
+    """
+
+    def __init__(self, directory: Path, warn: Callable[[str], None] = _warn_on_stderr) -> None:
         self.directory = directory
         self.label = f"the journal in {directory}"
+        self.warn = warn
 
     def run_dirs(self) -> list[Path]:
         if not self.directory.is_dir():
             return []
-        dirs = [d for d in self.directory.iterdir() if d.name.isdigit() and (d / "run.json").is_file()]
+        dirs = [d for d in self.directory.iterdir() if d.name.isdigit() and d.is_dir()]
         return sorted(dirs, key=lambda d: int(d.name))
 
     def runs(self) -> list[RunRecord]:
-        return [read_file_run(d) for d in self.run_dirs()]
+        records = []
+        for run_dir in self.run_dirs():
+            try:
+                records.append(read_file_run(run_dir))
+            except DamagedRunError as exc:
+                self.warn(f"skipping a damaged run: {exc}")
+        return records
 
 
 def read_json(path: Path, default: Any = None) -> Any:
-    """Read a JSON file of the journal, or `default` when it is missing."""
+    """Read a JSON file of the journal, or `default` when it is missing; damage names the file."""
     try:
         return json.loads(path.read_text())
     except FileNotFoundError:
         return default
+    except (ValueError, UnicodeDecodeError) as exc:
+        raise DamagedRunError(f"{path} is not valid JSON ({exc})") from None
 
 
 def read_file_run(run_dir: Path) -> RunRecord:
-    """Read one run folder of the journal."""
-    run = read_json(run_dir / "run.json", {})
+    """Read one run folder of the journal; `DamagedRunError` names the file that is wrong."""
+    run = read_json(run_dir / "run.json")
+    if not isinstance(run, dict):
+        reason = "is missing" if run is None else "does not hold a JSON object"
+        raise DamagedRunError(f"{run_dir / 'run.json'} {reason}")
     metrics = read_json(run_dir / "metrics.json", {})
-    return _record(
-        run,
-        backend_id=run_dir.name,
-        config=read_json(run_dir / "config.json", {}),
-        info=read_json(run_dir / "info.json", {}),
-        metrics={name: Metric(m["steps"], m["values"]) for name, m in metrics.items()},
-        artifacts=list(run.get("artifacts", [])),
-    )
+    try:
+        return _record(
+            run,
+            backend_id=run_dir.name,
+            config=read_json(run_dir / "config.json", {}),
+            info=read_json(run_dir / "info.json", {}),
+            metrics={name: Metric(m["steps"], m["values"]) for name, m in metrics.items()},
+            artifacts=list(run.get("artifacts", [])),
+        )
+    except (KeyError, TypeError, AttributeError, ValueError) as exc:
+        raise DamagedRunError(
+            f"{run_dir} holds a run in an unexpected shape ({type(exc).__name__}: {exc})"
+        ) from None
 
 
 # --- MongoDB ------------------------------------------------------------------------------------
@@ -202,7 +236,7 @@ def _record(
     return RunRecord(
         uuid=meta.get("run_uuid") or info.get("run_uuid") or f"unknown-{backend_id}",
         backend_id=backend_id,
-        status=run.get("status", "UNKNOWN"),
+        status=effective_status(run),
         start=_time(run.get("start_time")),
         stop=_time(run.get("stop_time")),
         heartbeat=_time(run.get("heartbeat")),
@@ -222,6 +256,37 @@ def _record(
         fail_trace="".join(trace) if isinstance(trace, list) else trace,
         info=info,
     )
+
+
+def effective_status(run: dict[str, Any], now: datetime | None = None) -> str:
+    """The run's status, with a RUNNING run whose process is gone shown as INTERRUPTED.
+
+    A run killed outright (kill -9, a lost machine) never writes its end, so it would stay RUNNING
+    forever. It is taken for interrupted when its process is gone: on this machine, when its pid
+    (recorded in `host.pid`) no longer runs; anywhere, when its heartbeat (Sacred writes one every
+    ~10 s) is older than `STALE_HEARTBEAT`.
+    """
+    status = str(run.get("status", "UNKNOWN"))
+    if status != "RUNNING":
+        return status
+    host = run.get("host") or {}
+    pid = host.get("pid")
+    if host.get("hostname") == socket.gethostname() and isinstance(pid, int) and not _pid_alive(pid):
+        return "INTERRUPTED"
+    beat = _time(run.get("heartbeat")) or _time(run.get("start_time"))
+    if beat is not None and (now or datetime.now(UTC)) - beat > STALE_HEARTBEAT:
+        return "INTERRUPTED"
+    return status
+
+
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True  # somebody else's process: alive
+    return True
 
 
 def _sorted(value: Any) -> Any:
