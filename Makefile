@@ -53,9 +53,10 @@ lint: setup ## Check style and types: ruff and mypy
 emulate: setup ## Rehearse the cloud path locally: GCS emulator, registry, Google API stand-ins
 	$(BIN)/python -m tests.standin
 
-bench: setup ## Measure accuracy, pipeline time and serving speed on the real data
+bench: setup ## Measure accuracy, pipeline time, serving speed and the prediction log's cost on the real data
 	$(BIN)/python benchmarks/bench_pipeline.py
 	$(BIN)/python benchmarks/bench_serving.py
+	$(BIN)/python benchmarks/bench_monitoring.py
 
 clean: ## Remove the virtualenv, caches and local outputs (DVC's cache and runs stay)
 	rm -rf .venv .tools .pytest_cache .mypy_cache .ruff_cache test-artifacts bench-results

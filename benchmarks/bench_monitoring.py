@@ -1,6 +1,6 @@
 """Benchmark the prediction log's cost on serving: `edge serve` with the log off, and logging everything.
 
-The same server, model and load as benchmarks/bench_serving.py (one real test image per request),
+The same server, model and load (wrk) as benchmarks/bench_serving.py (one real test image per request),
 run three times: EDGE_MONITOR_SAMPLE_RATE=0 (nothing enters the log's queue), then every
 prediction logged to a local directory with and without raw pixels. Prints a table and writes
 bench-results/monitoring.json.
@@ -24,7 +24,7 @@ import requests
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from bench_serving import EDGE, free_port, load, one_image, server  # noqa: E402
+from bench_serving import EDGE, WRK_SCRIPT, free_port, one_image, server, wrk  # noqa: E402
 
 CONCURRENCY = (1, 8, 32)
 
@@ -56,7 +56,6 @@ def main() -> None:
     parser = argparse.ArgumentParser(description="Benchmark the prediction log's overhead on edge serve.")
     parser.add_argument("--model-dir", type=Path, default=None, help="[default: models/ if trained]")
     parser.add_argument("--seconds", type=float, default=8.0, help="time per concurrency level")
-    parser.add_argument("--max-requests", type=int, default=3000, help="requests per level, at most")
     parser.add_argument("--out", type=Path, default=ROOT / "bench-results" / "monitoring.json")
     args = parser.parse_args()
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
@@ -67,7 +66,10 @@ def main() -> None:
         if model_dir is None:
             trained = (ROOT / "models" / "profile.json").is_file()
             model_dir = ROOT / "models" if trained else make_model(tmp)
-        body = json.dumps({"instances": [one_image()]}).encode()
+        body_file = tmp / "body.json"
+        body_file.write_text(json.dumps({"instances": [one_image()]}))
+        script = tmp / "post.lua"
+        script.write_text(WRK_SCRIPT)
         settings = {
             "log off (sample rate 0)": {"EDGE_MONITOR_SAMPLE_RATE": "0"},
             "log every prediction": {"EDGE_MONITOR_LOG": str(tmp / "log"), "EDGE_MONITOR_SAMPLE_RATE": "1"},
@@ -81,11 +83,16 @@ def main() -> None:
         for index, (name, env) in enumerate(settings.items()):
             port = free_port()
             argv = [EDGE, "serve", "--model-dir", str(model_dir), "--host", "127.0.0.1", "--port", str(port)]
-            with server(argv, port, env, tmp / f"{index}.log") as url:
-                load(url, body, 1, 3.0, 30)  # warm up
-                levels = [load(url, body, c, args.seconds, args.max_requests) for c in CONCURRENCY]
+            url = f"http://127.0.0.1:{port}"
+            with server(argv, port, env, tmp / f"{index}.log"):
+                wrk(url, body_file, script, 32, 3)  # warm up: TensorFlow's first calls are slow
+                levels = [wrk(url, body_file, script, c, args.seconds) for c in CONCURRENCY]
                 metrics = requests.get(url + "/metrics", timeout=10).text
-            written = [line for line in metrics.splitlines() if line.startswith("edge_prediction_log_")]
+            written = [
+                line
+                for line in metrics.splitlines()
+                if line.startswith("edge_prediction_log_") and "_created" not in line
+            ]
             results[name] = {"levels": levels, "log_counters": written}
 
     base = results["log off (sample rate 0)"]["levels"]
@@ -97,7 +104,7 @@ def main() -> None:
             )
             print(
                 f"{name:40} {level['concurrency']:>4} {level['throughput_rps']:>8.1f} {ratio:>7.2f} "
-                f"{level['server_p50_ms']!s:>7} {level['server_p99_ms']!s:>7}"
+                f"{level['p50_ms']!s:>7} {level['p99_ms']!s:>7}"
             )
     for name, result in results.items():
         print(f"{name}: " + "; ".join(result["log_counters"]))

@@ -96,5 +96,5 @@ def test_dashboard_queries_only_series_the_server_publishes() -> None:
     )
     # What the issue asks the dashboard to show.
     titles = " ".join(panel["title"].lower() for panel in dashboard["panels"])
-    for topic in ("requests", "latency", "class mix", "drift"):
+    for topic in ("requests", "latency", "batch sizes", "class mix", "drift"):
         assert topic in titles

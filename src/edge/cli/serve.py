@@ -85,6 +85,7 @@ def serve(
     """Serve the model over HTTP with Vertex AI's health and predict routes."""
     import logging
 
+    from edge.monitoring.settings import load_settings
     from edge.serving import server
     from edge.serving.predictor import ModelLoadError, load_from_uri
     from edge.serving.settings import ServerSettings
@@ -101,6 +102,8 @@ def serve(
             reload_interval=reload_interval,
             header_timeout=timeout,
         )
+        # The prediction log and drift gauges: EDGE_MONITOR_* (docs/monitoring.md).
+        monitoring = load_settings(os.environ)
     except ValueError as exc:
         typer.echo(f"error: {exc}", err=True)
         raise typer.Exit(1) from exc
@@ -115,7 +118,7 @@ def serve(
         f"serving {predictor.name} {predictor.version} from {uri} on http://{bind_host}:{bind_port}", err=True
     )
     try:
-        server.run(settings, predictor, bind_host, bind_port, access_log=access_log)
+        server.run(settings, predictor, bind_host, bind_port, access_log=access_log, monitoring=monitoring)
     except OSError as exc:  # the port is taken, or the address is not ours
         typer.echo(f"error: cannot listen on {bind_host}:{bind_port}: {exc.strerror or exc}", err=True)
         raise typer.Exit(1) from exc

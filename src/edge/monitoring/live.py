@@ -1,9 +1,10 @@
 """Monitoring inside the model server: the prediction log, plus drift and class-mix gauges on /metrics.
 
-The server calls `observe` after each prediction; everything else happens on the log's writer thread:
-records join a window of recent predictions, and every `gauge_seconds` the window is scored against
-the reference profile. The gauges and the JSON summary (what the webapp's status page shows) are
-therefore at most that old, and a request never waits for them.
+The server calls `observe` after each prediction; everything else happens off the request path: the
+log's writer thread adds the records to a window of recent predictions, and a timer thread scores
+the window against the reference profile every `gauge_seconds` when it has changed. The gauges and
+the JSON summary (what the webapp's status page shows) are therefore at most that old, and a
+request never waits for them.
 
 The served model may change (a hot reload): when records of a new version arrive, the writer asks
 `resolve` for that version's profile and feature extractor, and starts a fresh window.
@@ -13,7 +14,6 @@ from __future__ import annotations
 
 import logging
 import threading
-import time
 from collections import deque
 from collections.abc import Callable
 from datetime import UTC, datetime
@@ -48,7 +48,9 @@ class ServingMonitor:
         self._features: FeatureExtractor | None = None
         self._recent: deque[Record] = deque(maxlen=settings.window)
         self._lock = threading.Lock()
-        self._last_scored = 0.0
+        self._changed = False
+        self._stopping = threading.Event()
+        self._timer: threading.Thread | None = None
         self._summary: dict[str, Any] = {"status": "no predictions yet"}
         self.log = PredictionLog(
             settings.log,
@@ -87,9 +89,21 @@ class ServingMonitor:
         )
 
     def start(self) -> ServingMonitor:
-        """Start the writer thread."""
+        """Start the writer thread and the timer that refreshes the gauges."""
         self.log.start()
+        if self._timer is None:
+            self._timer = threading.Thread(target=self._tick, name="edge-drift-gauges", daemon=True)
+            self._timer.start()
         return self
+
+    def _tick(self) -> None:
+        while not self._stopping.wait(self.settings.gauge_seconds):
+            if self._changed:
+                self._changed = False
+                try:
+                    self.refresh()
+                except Exception:  # the gauges go stale; serving and the log carry on
+                    log.exception("monitoring: could not score the recent predictions")
 
     def observe(self, predicted: Predicted) -> None:
         """Hand one request's predictions to the log: sampled and queued, never blocking."""
@@ -97,6 +111,7 @@ class ServingMonitor:
 
     def close(self, timeout: float = 10.0) -> None:
         """Write what is pending; called when the server stops."""
+        self._stopping.set()
         self.log.close(timeout)
 
     def summary(self) -> dict[str, Any]:
@@ -118,25 +133,22 @@ class ServingMonitor:
         except Exception as exc:  # a model without a usable profile still serves, unmonitored
             log.warning("monitoring: no reference profile for model version %s: %s", version, exc)
             profile, features = None, None
-        self.version, self.profile, self._features = version, profile, features
-        self._recent.clear()
-        self._last_scored = 0.0
         with self._lock:
+            self.version, self.profile, self._features = version, profile, features
+            self._recent.clear()
             self._summary = {"status": "no predictions yet" if profile else "no reference profile"}
 
     def _on_records(self, records: list[Record]) -> None:
-        self._recent.extend(records)
-        if self.profile is None or time.monotonic() - self._last_scored < self.settings.gauge_seconds:
-            return
-        self._last_scored = time.monotonic()
-        self.refresh()
+        with self._lock:
+            self._recent.extend(records)
+        self._changed = True
 
     def refresh(self) -> None:
         """Score the recent window now and publish the gauges and the summary."""
-        profile = self.profile
+        with self._lock:
+            profile, version, recent = self.profile, self.version, list(self._recent)
         if profile is None:
             return
-        recent = list(self._recent)
         result = drift.compare(profile, recent, self.settings)
         for name, share in zip(profile.class_names, result.recent_class_mix, strict=False):
             self.class_share.labels(name).set(share)
@@ -146,9 +158,11 @@ class ServingMonitor:
             self.drift_alert.labels(score.signal).set(1 if score.alert else 0)
         status = "alert" if result.alert else ("ok" if result.enough else "not enough data")
         with self._lock:
+            if self.version != version:  # the model changed while scoring: this summary is stale
+                return
             self._summary = {
                 "status": status,
-                "model_version": self.version,
+                "model_version": version,
                 "updated": datetime.now(UTC).isoformat(timespec="seconds"),
                 "class_names": profile.class_names,
                 "reference_class_mix": profile.class_mix,

@@ -173,6 +173,7 @@ class Batcher(Generic[M]):
         stacked = batch[0].instances if len(batch) == 1 else np.concatenate([i.instances for i in batch])
         started = time.perf_counter()
         try:
+            # Never on the loop: a slow call (the first after a reload, say) must not hold /health.
             rows = await loop.run_in_executor(self._executor, self._run, model, stacked)
         except Exception as exc:
             # Inputs are validated before they are queued, so this is the model's fault: every caller

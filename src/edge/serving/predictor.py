@@ -222,8 +222,11 @@ class Predictor:
         serve: Callable[[np.ndarray], np.ndarray],
         metadata: dict[str, Any],
         card: dict[str, str] | None = None,
+        embed: Callable[[np.ndarray], np.ndarray] | None = None,
     ) -> None:
         self._serve = serve
+        # The penultimate layer's features, for drift monitoring; None for an export without them.
+        self.embed = embed
         self.metadata = metadata
         self.class_names: tuple[str, ...] = tuple(metadata["class_names"])
         # The model card saved with the model, by file name (edge.modelcard); empty for older models.
@@ -265,6 +268,15 @@ class Predictor:
             # The concrete function skips tf.function's per-call signature dispatch.
             serve = loaded.serve.get_concrete_function(tf.TensorSpec([None, *IMAGE_SHAPE], tf.float32))
             probe = serve(tf.zeros([1, *IMAGE_SHAPE], tf.float32)).numpy()
+            embed = (
+                _ServingFunction(
+                    loaded.embed.get_concrete_function(tf.TensorSpec([None, *IMAGE_SHAPE], tf.float32)),
+                    loaded,
+                    tf.constant,
+                )
+                if hasattr(loaded, "embed")
+                else None
+            )
         except Exception as exc:  # TensorFlow raises many types for a corrupt export.
             first_line = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
             raise ModelLoadError(f"{serving} is not a usable serving export: {first_line}") from exc
@@ -283,7 +295,7 @@ class Predictor:
         # A save published while we were reading would have swapped the folder under us.
         if edge_model.read_metadata(model_dir).get("content") != metadata["content"]:
             raise ModelLoadError(f"{model_dir} was replaced by a new save while loading; load it again")
-        return cls(_ServingFunction(serve, loaded, tf.constant), metadata, card)
+        return cls(_ServingFunction(serve, loaded, tf.constant), metadata, card, embed)
 
     @property
     def fingerprint(self) -> str:

@@ -8,6 +8,7 @@ import signal
 
 from aiohttp import web
 
+from edge.monitoring.settings import MonitoringSettings
 from edge.serving.app import WATCHER, create_app
 from edge.serving.predictor import Predictor
 from edge.serving.settings import ServerSettings
@@ -45,9 +46,15 @@ def run(
     port: int,
     *,
     access_log: bool = False,
+    monitoring: MonitoringSettings | None = None,
 ) -> None:
-    """Serve `predictor` on host:port until a stop signal."""
-    asyncio.run(_serve(create_app(settings, predictor=predictor), host, port, access_log))
+    """Serve `predictor` on host:port until a stop signal; with `monitoring`, log and watch for drift."""
+    app = create_app(settings, predictor=predictor)
+    if monitoring is not None:
+        from edge.serving import monitoring as serving_monitoring
+
+        serving_monitoring.install(app, monitoring)
+    asyncio.run(_serve(app, host, port, access_log))
 
 
 async def _serve(app: web.Application, host: str, port: int, access_log: bool) -> None:

@@ -1,0 +1,85 @@
+"""Monitoring end to end: edge serve logs what edge monitor simulate sends; report and gauges see drift."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import time
+from pathlib import Path
+
+import pytest
+import requests
+
+from edge.data import CLASS_NAMES, read_idx
+from tests.live_servers import EDGE, model_server
+
+pytestmark = pytest.mark.slow
+
+
+@pytest.fixture(scope="module")
+def monitored_model(tmp_path_factory: pytest.TempPathFactory, real_fashion_source: Path) -> Path:
+    """A small untrained model with a reference profile of real validation-like images."""
+    from edge.model import ModelParams, build_model, save_model
+    from edge.monitoring.profile import PROFILE_FILE, compute_profile
+
+    folder = tmp_path_factory.mktemp("monitored") / "model"
+    model = build_model(ModelParams(filters=(8,), dense_units=16, tta_flip=False))
+    metadata = {"name": "fashion-mnist-cnn", "version": "monitored", "class_names": list(CLASS_NAMES)}
+    images = read_idx(real_fashion_source / "train-images-idx3-ubyte.gz")[:1000]
+    profile = compute_profile(model, images, list(CLASS_NAMES))
+    save_model(model, str(folder), metadata, extra_files={PROFILE_FILE: profile.to_json().encode()})
+    return folder
+
+
+def edge(*args: str, cwd: Path) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([EDGE, *args], cwd=cwd, capture_output=True, text=True, timeout=300, env=os.environ)
+
+
+def test_simulated_drift_reaches_the_log_the_gauges_and_the_report(
+    monitored_model: Path, real_fashion_source: Path, tmp_path: Path
+) -> None:
+    log_dir = tmp_path / "predictions"
+    env = {
+        "EDGE_MONITOR_LOG": str(log_dir),
+        "EDGE_MONITOR_FILE_SECONDS": "1",
+        "EDGE_MONITOR_GAUGE_SECONDS": "0.5",
+        "EDGE_MONITOR_MIN_RECORDS": "100",
+        "EDGE_MONITOR_WINDOW": "150",
+    }
+    with model_server(monitored_model, tmp_path / "server.log", env) as server:
+        assert requests.get(server.url + "/monitoring", timeout=5).json()["status"] == "no predictions yet"
+        common = ["--url", server.url, "--data-dir", str(real_fashion_source), "--per-phase", "200"]
+        clean = edge("monitor", "simulate", *common, "--phases", "clean", cwd=tmp_path)
+        assert clean.returncode == 0, clean.stderr
+        summary = wait_for_summary(server.url, lambda s: s.get("count", 0) >= 150)
+        assert summary["status"] == "ok", summary
+        inverted = edge("monitor", "simulate", *common, "--phases", "inverted", "--seed", "1", cwd=tmp_path)
+        assert inverted.returncode == 0, inverted.stderr
+        assert "inverted" in inverted.stdout
+        summary = wait_for_summary(server.url, lambda s: s.get("status") == "alert")
+        assert "input.mean" in summary["alerting"]
+        metrics = requests.get(server.url + "/metrics", timeout=5).text
+        assert 'edge_drift_alert{signal="input.mean"} 1.0' in metrics
+        assert "edge_recent_class_share{" in metrics
+    # Stopped with SIGTERM: what was pending is written too.
+    report = edge(
+        "monitor", "report", "--source", str(log_dir), "--model-dir", str(monitored_model),
+        "--out-dir", str(tmp_path / "report"), cwd=tmp_path,
+    )  # fmt: skip
+    assert report.returncode == 3, report.stdout + report.stderr
+    written = json.loads((tmp_path / "report" / "summary.json").read_text())
+    assert written["count"] == 400
+    assert written["status"] == "alert"
+    assert [w["alert"] for w in written["over_time"]][-1] is True
+
+
+def wait_for_summary(url: str, ready: object, timeout: float = 60) -> dict[str, object]:
+    deadline = time.monotonic() + timeout
+    summary: dict[str, object] = {}
+    while time.monotonic() < deadline:
+        summary = requests.get(url + "/monitoring", timeout=5).json()
+        if callable(ready) and ready(summary):
+            return summary
+        time.sleep(0.5)
+    raise AssertionError(f"the server's monitoring summary never got there: {summary}")
