@@ -306,7 +306,7 @@ def test_the_model_server_honours_vertex_variables_inside_the_container(
             "AIP_HTTP_PORT": str(port),
             "AIP_HEALTH_ROUTE": "/vertex/health",
             "AIP_PREDICT_ROUTE": "/vertex/predict",
-            "AIP_STORAGE_URI": "/mnt/vertex-model",
+            "AIP_STORAGE_URI": "/mnt/vertex-model/models",
         },
         volumes={volume: {"bind": "/mnt/vertex-model", "mode": "ro"}},
     )
