@@ -127,7 +127,7 @@ def override(trainer: str, webapp: str, model_port: int, webapp_port: int, param
                 "image": webapp,
                 "network_mode": "host",
                 "environment": {"MODEL_URL": f"http://127.0.0.1:{model_port}"},
-                "command": ["gunicorn", "--bind", f"127.0.0.1:{webapp_port}", "edge_webapp:create_app()"],
+                "command": ["python", "-m", "edge_webapp", "--host", "127.0.0.1", "--port", str(webapp_port)],
                 "healthcheck": {"test": health_test(webapp_port)},
             },
         }
