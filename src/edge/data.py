@@ -242,6 +242,7 @@ def seed(
     backoff: float = 1.0,
     progress: Progress | None = None,
     files: Sequence[RawFile] = RAW_FILES,
+    download: bool = False,
 ) -> SeedResult:
     """Put the four canonical files into `raw_dir` (a local path or a `gs://` URI), each checked by content.
 
@@ -257,7 +258,8 @@ def seed(
     remote = storage.is_remote(location)
     present = present_files(location, files)
     missing = [f for f in files if f not in present]
-    folder = resolve_source(source, system_source)
+    # `download` skips Debian's copy (not a source named on purpose): to test or refresh the mirrors.
+    folder = source if download and source else None if download else resolve_source(source, system_source)
     origin = folder or "the download mirrors"
     if not missing:
         return SeedResult(raw_dir, (), origin)

@@ -115,7 +115,7 @@ def override(trainer: str, webapp: str, model_port: int, webapp_port: int, param
                 "command": [
                     "serve",
                     "--model-dir",
-                    "models",
+                    "store/models",
                     "--host",
                     "127.0.0.1",
                     "--port",
@@ -284,7 +284,7 @@ def test_the_recorded_run_and_the_model_carry_the_baked_in_commit(
         "python",
         "trainer",
         "-c",
-        "print(open('models/metadata.json').read())",
+        "print(open('store/models/metadata.json').read())",
     )
     assert commit in json.dumps(json.loads(metadata.stdout)["lineage"])
 
@@ -306,7 +306,7 @@ def test_the_model_server_honours_vertex_variables_inside_the_container(
             "AIP_HTTP_PORT": str(port),
             "AIP_HEALTH_ROUTE": "/vertex/health",
             "AIP_PREDICT_ROUTE": "/vertex/predict",
-            "AIP_STORAGE_URI": "/mnt/vertex-model",
+            "AIP_STORAGE_URI": "/mnt/vertex-model/models",
         },
         volumes={volume: {"bind": "/mnt/vertex-model", "mode": "ro"}},
     )

@@ -209,7 +209,7 @@ def test_state_lives_in_named_volumes(compose: dict[str, Any]) -> None:
     }
     assert mounts["/data/db"] == "mongo-data"
     assert mounts["/app/data"] == "edge-data"
-    assert mounts["/app/models"] == "edge-models"
+    assert mounts["/app/store"] == "edge-models"
     assert mounts["/app/runs"] == "edge-runs"
     assert mounts["/app/predictions"] == "edge-predictions"
 

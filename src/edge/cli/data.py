@@ -17,7 +17,7 @@ from edge.cli.common import console, friendly_errors
 app = typer.Typer(help="Version the data: seed Fashion-MNIST and track it with DVC.", no_args_is_help=True)
 
 
-def seed_data(raw_dir: Path | str, source: str | None, track: bool = True) -> None:
+def seed_data(raw_dir: Path | str, source: str | None, track: bool = True, download: bool = False) -> None:
     """Seed the raw files with a progress bar, then track them with DVC when in a DVC repository.
 
     `raw_dir` may be a `gs://` URI (containers, Vertex AI): it is never taken for a local path, and
@@ -38,7 +38,7 @@ def seed_data(raw_dir: Path | str, source: str | None, track: bool = True) -> No
                 tasks[name] = bar.add_task(f"downloading {name}", total=total)
             bar.update(tasks[name], completed=done)
 
-        result = data.seed(raw_dir, source=source, progress=progress)
+        result = data.seed(raw_dir, source=source, progress=progress, download=download)
     if not result.written:
         console.print(f"Fashion-MNIST is already in {raw_dir}, checksums match: nothing to do.")
     else:
@@ -86,10 +86,14 @@ def seed(
         data.DEFAULT_RAW_DIR
     ),
     track: Annotated[bool, typer.Option(help="Track the files with DVC afterwards.")] = True,
+    download: Annotated[
+        bool,
+        typer.Option("--download", help="Download from the mirrors even when Debian's copy is installed."),
+    ] = False,
 ) -> None:
     """Download (or copy) the four Fashion-MNIST files, verify their checksums and track them with DVC."""
     with friendly_errors():
-        seed_data(raw_dir, source, track)
+        seed_data(raw_dir, source, track, download)
 
 
 @app.command()

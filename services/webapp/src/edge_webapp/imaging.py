@@ -71,7 +71,8 @@ def open_image(data: bytes, max_pixels: int) -> Image.Image:
 
 def _working_copy(image: Image.Image) -> Image.Image:
     """Return the picture upright, 8-bit, and reduced to about WORK_SIZE by a fast box filter."""
-    image = ImageOps.exif_transpose(image) or image
+    # In place: a copy of a 12 MP picture would double the peak memory for nothing.
+    ImageOps.exif_transpose(image, in_place=True)
     if image.mode in SIXTEEN_BIT_MODES:
         image = _to_eight_bit(image)
     elif image.mode == "P":  # palette pictures cannot be reduced as they are
