@@ -1,8 +1,10 @@
 """Benchmark the prediction log's cost on serving: `edge serve` with the log off, and logging everything.
 
 The same server, model and load (wrk) as benchmarks/bench_serving.py (one real test image per request),
-run three times: EDGE_MONITOR_SAMPLE_RATE=0 (nothing enters the log's queue), then every
-prediction logged to a local directory with and without raw pixels. Prints a table and writes
+run four times: EDGE_MONITOR_SAMPLE_RATE=0 (nothing enters the log's queue), then every
+prediction logged to a local directory with the default share of embeddings
+(EDGE_MONITOR_EMBED_RATE), with raw pixels too, and with an embedding for every prediction (what the
+log cost before it sampled them). Prints a table and writes
 bench-results/monitoring.json.
 
     .venv/bin/python benchmarks/bench_monitoring.py [--model-dir models] [--seconds 8]
@@ -77,6 +79,11 @@ def main() -> None:
                 "EDGE_MONITOR_LOG": str(tmp / "log-pixels"),
                 "EDGE_MONITOR_SAMPLE_RATE": "1",
                 "EDGE_MONITOR_LOG_INPUTS": "true",
+            },
+            "log every prediction, embed every one": {
+                "EDGE_MONITOR_LOG": str(tmp / "log-embed-all"),
+                "EDGE_MONITOR_SAMPLE_RATE": "1",
+                "EDGE_MONITOR_EMBED_RATE": "1",
             },
         }
         results: dict[str, Any] = {}

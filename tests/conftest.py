@@ -102,7 +102,18 @@ TINY_MODEL_METADATA = {
 def tiny_model_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """An untrained, tiny model saved the way training saves one: .keras, serving/, metadata."""
     from edge.model import ModelParams, build_model, save_model
+    from edge.modelcard import HTML_FILE, MARKDOWN_FILE
 
     folder = tmp_path_factory.mktemp("tiny-model") / "models"
-    save_model(build_model(ModelParams(filters=(8,), dense_units=16)), str(folder), TINY_MODEL_METADATA)
+    # A card like training's, so the server's /model-card routes answer 200 as they do in production.
+    card = {
+        MARKDOWN_FILE: b"# Model card: fashion-mnist 0.0.0-test\n\nAn untrained test model.\n",
+        HTML_FILE: b"<!doctype html><title>Model card</title><h1>fashion-mnist 0.0.0-test</h1>",
+    }
+    save_model(
+        build_model(ModelParams(filters=(8,), dense_units=16)),
+        str(folder),
+        TINY_MODEL_METADATA,
+        extra_files=card,
+    )
     return folder

@@ -62,7 +62,14 @@ def test_simulated_drift_reaches_the_log_the_gauges_and_the_report(
         metrics = requests.get(server.url + "/metrics", timeout=5).text
         assert 'edge_drift_alert{signal="input.mean"} 1.0' in metrics
         assert "edge_recent_class_share{" in metrics
-    # Stopped with SIGTERM: what was pending is written too.
+    # Stopped with SIGTERM: what was pending is written too. Every record has its input summary;
+    # only a sample (EDGE_MONITOR_EMBED_RATE, 0.15) paid for an embedding.
+    records = [
+        json.loads(line) for f in sorted(log_dir.rglob("*.jsonl")) for line in f.read_text().splitlines()
+    ]
+    assert len(records) == 400 and all("histogram" in r["input"] for r in records)
+    embedded = [r for r in records if "embedding" in r]
+    assert 20 <= len(embedded) <= 110 and len(embedded[0]["embedding"]) == 16
     report = edge(
         "monitor", "report", "--source", str(log_dir), "--model-dir", str(monitored_model),
         "--out-dir", str(tmp_path / "report"), cwd=tmp_path,

@@ -135,6 +135,32 @@ def test_log_writes_whole_files_rotated_by_count(tmp_path: Path) -> None:
     assert registry.get_sample_value("edge_prediction_log_files_total") == 3
 
 
+def test_log_embeds_only_a_sample_but_summarises_every_record(tmp_path: Path) -> None:
+    embedded_images: list[int] = []
+
+    def embed(p: Predicted) -> np.ndarray:
+        embedded_images.append(len(p.images))
+        return fake_embed(p.images)
+
+    log = PredictionLog(str(tmp_path), embed_rate=0.2, embed=embed, seed=3).start()
+    images = garments(50, seed=1)
+    for i in range(20):
+        log.submit(predicted(images, seed=i, request_id=f"req-{i}"))
+    assert log.close()
+    records = list(read_records(str(tmp_path)))
+    assert len(records) == 1000 and all(len(r["input"]["histogram"]) == HISTOGRAM_BINS for r in records)
+    with_embedding = [r for r in records if "embedding" in r]
+    # About a fifth, and the model ran on those images only, not on every logged one.
+    assert 140 <= len(with_embedding) <= 260
+    assert sum(embedded_images) == len(with_embedding)
+    # Each embedding belongs to its own image (the rows are not shifted by the sampling).
+    by_request = {r["request_id"]: i for i, r in enumerate(records)}
+    expected = fake_embed(images)
+    for record in with_embedding[:20]:
+        row = records.index(record) - by_request[record["request_id"]] + 49
+        assert record["embedding"] == pytest.approx(expected[row].tolist(), abs=1e-3)
+
+
 def test_log_rotates_by_time_and_records_pixels_when_asked(tmp_path: Path) -> None:
     log = PredictionLog(str(tmp_path), file_seconds=0.2, log_inputs=True).start()
     log.submit(predicted(garments(2)))

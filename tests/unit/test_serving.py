@@ -347,7 +347,17 @@ def test_model_card_is_served_when_saved_with_the_model(tmp_path: Path) -> None:
         assert c.get("/model-card").status_code == 404
 
 
-def test_a_model_without_a_card_says_so(client: Client) -> None:
-    response = client.get("/model-card")
-    assert response.status_code == 404
-    assert "without a model card" in response.json()["error"]
+def test_a_model_without_a_card_says_so(tmp_path: Path) -> None:
+    from edge.model import ModelParams, build_model, save_model
+    from tests.conftest import TINY_MODEL_METADATA
+
+    without_card = tmp_path / "models"
+    save_model(
+        build_model(ModelParams(filters=(8,), dense_units=16)), str(without_card), dict(TINY_MODEL_METADATA)
+    )
+    with serving(
+        create_app(ServerSettings(reload_interval=0), predictor=load_from_uri(str(without_card)))
+    ) as c:
+        response = c.get("/model-card")
+        assert response.status_code == 404
+        assert "without a model card" in response.json()["error"]

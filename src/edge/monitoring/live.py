@@ -62,6 +62,7 @@ class ServingMonitor:
             log_inputs=settings.log_inputs,
             registry=registry,
             embed=self._embed,
+            embed_rate=settings.embed_rate,
             on_records=self._on_records,
         )
         self.drift_statistic = Gauge(
@@ -123,7 +124,7 @@ class ServingMonitor:
         # Runs on the writer thread, before the records are built: switch models here.
         if predicted.version != self.version:
             self._switch(predicted.version)
-        if self.profile is None or self._features is None:
+        if self.profile is None or self._features is None or not len(predicted.images):
             return None
         return self.profile.project(self._features(predicted.images))
 

@@ -23,6 +23,10 @@ class MonitoringSettings(BaseModel):
     # Where the JSONL files go: a local directory or a gs:// prefix. Unset: nothing is logged.
     log: str | None = None
     sample_rate: float = Field(1.0, ge=0.0, le=1.0)
+    # Of the sampled predictions, the share that also gets a penultimate-layer embedding (a second
+    # pass through the network, the log's main cost). The MMD test needs a sample, not every image:
+    # 0.15 of a full server window (2,000) is about 300, safely above the 200 it asks for.
+    embed_rate: float = Field(0.15, ge=0.0, le=1.0)
     # Requests waiting for the writer; beyond this they are dropped (and counted), never waited for.
     queue_size: int = Field(10_000, ge=1)
     # A file is written (whole) when it reaches any of these; a file per minute at most by default.
