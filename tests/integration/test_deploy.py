@@ -315,7 +315,14 @@ def test_rerunning_after_a_crash_between_steps_converges(vertex: Vertex, models:
     assert len(vertex.cloud.log.mutations()) == mutations
     # Registering the same model again is a no-op too.
     assert register(models.better) == v2
-    assert len(vertex.mutations("models:upload")) == 2
+    uploads = vertex.mutations("models:upload")
+    assert len(uploads) == 2
+    # Each version's server logs its predictions under the bucket, for `edge monitor report`.
+    for upload in uploads:
+        env = {e["name"]: e["value"] for e in upload.body["model"]["containerSpec"]["env"]}
+        assert env["EDGE_MONITOR_LOG"].startswith("gs://") and env["EDGE_MONITOR_LOG"].endswith(
+            "/predictions"
+        )
 
 
 def _model_name(vertex: Vertex) -> str:

@@ -297,3 +297,5 @@ def test_edge_up_serves_then_stops_cleanly(project: Path) -> None:
     assert "Stopped the model server and the webapp." in rest
     for pid in children:
         assert not alive(pid), f"process {pid} survived `edge up`"
+    # The model server logged the prediction, and wrote the log out whole when it stopped.
+    assert list((project / "predictions").rglob("*.jsonl")), "edge up's model server logged nothing"

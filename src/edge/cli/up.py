@@ -116,7 +116,11 @@ def up(
     # As in the webapp's image: one process, 8 threads, slow clients held by the asyncio front.
     webapp_argv = [sys.executable, "-m", "edge_webapp", "--host", host, "--port", str(webapp_port)]
     webapp_argv += ["--threads", "8", "--header-timeout", "5", "--body-timeout", "30"]
-    services = [_start("model server", model_argv, host, model_port)]
+    # Log predictions to predictions/ (gitignored) unless told otherwise, as compose does, so
+    # `edge monitor report` has traffic to compare with the model's reference profile.
+    model_env = dict(os.environ)
+    model_env.setdefault("EDGE_MONITOR_LOG", "predictions")
+    services = [_start("model server", model_argv, host, model_port, model_env)]
     services.append(
         _start("webapp", webapp_argv, host, webapp_port, dict(os.environ, MODEL_URL=services[0].url))
     )

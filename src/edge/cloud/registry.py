@@ -178,6 +178,9 @@ class Registry:
                 serving_container_predict_route=PREDICT_ROUTE,
                 serving_container_health_route=HEALTH_ROUTE,
                 serving_container_ports=[SERVING_PORT],
+                # The endpoint's prediction log lands under the bucket, where `edge monitor report
+                # --source` reads it (docs/monitoring.md).
+                serving_container_environment_variables={"EDGE_MONITOR_LOG": self.prediction_log_uri},
                 labels=lineage_labels(metadata, image_uri),
                 description=f"{metadata.get('name', DISPLAY_NAME)} {version}",
                 parent_model=self.parent if parent_exists else None,
@@ -191,6 +194,11 @@ class Registry:
         except exceptions.GoogleAPICallError as exc:
             raise explain(exc, "registering the model") from exc
         return ModelVersion.of(model)
+
+    @property
+    def prediction_log_uri(self) -> str:
+        """Where the model server on a Vertex endpoint writes its prediction log."""
+        return f"{self.clients.settings.bucket_uri}/predictions"
 
     def publish_artifact(self, model_dir: str, version: str) -> str:
         """Where Vertex AI reads the model from: `model_dir` itself when on GCS, else an upload."""
