@@ -126,7 +126,10 @@ def test_push_to_a_registry_that_is_not_there_says_so(webapp_image: BuiltImage) 
     assert "Traceback" not in done.stderr
 
 
-def test_push_of_an_image_never_built_says_build_first(local_registry: Registry) -> None:
+def test_push_of_an_image_never_built_says_build_first(
+    docker_engine: docker.DockerClient, local_registry: Registry
+) -> None:
+    # The engine fixture, though unused here, starts dockerd where none runs (as in CI).
     done = subprocess.run(
         [EDGE, "image", "push", "webapp", "--registry", f"{local_registry.host}/edge", "--tag", unique_tag()],
         cwd=REPO_ROOT,

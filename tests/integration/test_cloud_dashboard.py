@@ -21,8 +21,9 @@ PASSWORD = "dash-pw-0042"
 @pytest.mark.containers
 @pytest.mark.skipif(shutil.which("docker") is None, reason="needs a Docker engine")
 def test_dashboard_reads_the_secret_and_explains_a_missing_image(
-    cloud_env: LocalCloud, monkeypatch: pytest.MonkeyPatch
+    docker_engine: object, cloud_env: LocalCloud, monkeypatch: pytest.MonkeyPatch
 ) -> None:
+    # docker_engine starts dockerd where none runs (as in CI): the dashboard asks the engine.
     secret = f"projects/{PROJECT}/secrets/edge-tracking-url"
     cloud_env.secrets.secrets[secret] = {"name": secret}
     cloud_env.secrets.versions[secret] = [f"mongodb://reader:{PASSWORD}@127.0.0.1:1/edge".encode()]
