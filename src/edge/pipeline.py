@@ -26,7 +26,7 @@ from edge.evaluate import (
     serving_predictor,
 )
 from edge.gate import GateParams
-from edge.model import SERVING_DIR, read_metadata, save_model, verify_model_dir
+from edge.model import SERVING_DIR, save_model, verify_model_dir
 from edge.monitoring.profile import PROFILE_FILE, compute_profile
 from edge.train import (
     EpochCallback,
@@ -171,10 +171,12 @@ def evaluate_stage(prepared_dir: str, model_dir: str, reports_dir: str, params: 
     The reports are written before the gate is checked, so a failing model leaves its evidence.
     """
     test = load_prepared(prepared_dir, "test")
-    with storage.local_dir_for_reading(storage.join(model_dir, SERVING_DIR)) as serving:
-        result = behaviour.run_suite(serving_predictor(serving), test, params)
+    # The published folder as a whole (on gs://, the version its pointer names), checked complete.
+    with storage.local_dir_for_reading(model_dir) as local:
+        metadata = verify_model_dir(local)
+        result = behaviour.run_suite(serving_predictor(str(Path(local, SERVING_DIR))), test, params)
     write_reports(reports_dir, test, result)
-    card = modelcard.Card(read_metadata(model_dir), result, with_checks=True)
+    card = modelcard.Card(metadata, result, with_checks=True)
     for name, text in modelcard.render(card).items():
         storage.write_text(storage.join(reports_dir, name), text)
     behaviour.check_gate(result)

@@ -76,7 +76,7 @@ def test_pipeline_run_seeds_trains_and_publishes_on_gcs(
     test = load_prepared(f"{gcs_bucket}/prepared", "test")
     predicted = np.array([p.class_id for p in predictor.predict(test.images.astype(np.float32))])
     metrics = json.loads(storage.read_text(f"{gcs_bucket}/reports/evaluate/metrics.json"))
-    assert metrics["test"]["accuracy"] == pytest.approx(float(np.mean(predicted == test.labels)), abs=1e-4)
+    assert metrics["accuracy"] == pytest.approx(float(np.mean(predicted == test.labels)), abs=1e-4)
     assert storage.exists(f"{gcs_bucket}/reports/evaluate/confusion_matrix.png")
 
     # A second run with --skip-if-trained finds the published model complete and does nothing.

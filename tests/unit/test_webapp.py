@@ -295,7 +295,20 @@ def test_result_links_to_the_model_card_which_the_webapp_shows(tmp_path: Path) -
         assert "<h1>Model card: tiny</h1>" in card.get_data(as_text=True)
 
 
-def test_a_model_without_a_card_gets_a_friendly_page(client: FlaskClient) -> None:
-    response = client.get("/model-card")
-    assert response.status_code == 404
-    assert "has no model card" in response.get_data(as_text=True)
+def test_a_model_without_a_card_gets_a_friendly_page(tmp_path: Path) -> None:
+    from edge.model import ModelParams, build_model, save_model
+    from edge.serving.app import create_app as create_server
+    from edge.serving.predictor import load_from_uri
+    from edge.serving.settings import ServerSettings
+    from tests.conftest import TINY_MODEL_METADATA
+    from tests.serving_helpers import serving
+
+    without_card = tmp_path / "models"
+    save_model(
+        build_model(ModelParams(filters=(8,), dense_units=16)), str(without_card), dict(TINY_MODEL_METADATA)
+    )
+    server = create_server(ServerSettings(reload_interval=0), predictor=load_from_uri(str(without_card)))
+    with serving(server) as model:
+        response = create_app({"MODEL_URL": model.url}).test_client().get("/model-card")
+        assert response.status_code == 404
+        assert "has no model card" in response.get_data(as_text=True)
