@@ -85,12 +85,16 @@ def _train(root: Path, model_dir: str, env: dict[str, str]) -> subprocess.Popen[
     )
 
 
-def _check_model(model_dir: str, versions: set[str]) -> str:
-    """The model there verifies, is one of `versions` (or a new complete one), and the server loads it."""
+def _check_model(model_dir: str) -> tuple[str, str]:
+    """The model there verifies and the server loads it; return its (version, created) stamp.
+
+    The version is a hash of the weights, and training is seeded: on a quiet machine a rerun gives the
+    same weights and so the same version. What tells one save from another is `created`.
+    """
     metadata = verify_model_uri(model_dir)
     predictor = load_from_uri(model_dir)
     assert predictor.version == metadata["version"]
-    return str(metadata["version"])
+    return str(metadata["version"]), str(metadata["created"])
 
 
 @pytest.mark.parametrize("where", ["local", "gcs"])
@@ -117,7 +121,7 @@ def test_train_killed_while_saving(where: str, trained_project: Path, request: p
 
     first = _train(root, model_dir, env)
     assert first.wait(600) == 0
-    versions = {_check_model(model_dir, set())}
+    saves = {_check_model(model_dir)}
     for delay in SAVE_KILL_DELAYS:
         if where == "gcs":
             seen = {o.split("/")[2] for o in emulator.objects(bucket) if "/_versions/" in o}
@@ -126,11 +130,12 @@ def test_train_killed_while_saving(where: str, trained_project: Path, request: p
         time.sleep(delay)
         _kill(process, f"train/{where}/+{delay}s")
         # Intact or complete: the previous model, or a new one saved whole.
-        versions.add(_check_model(model_dir, versions))
-    # Running it again converges: a new model, and no leftovers of the killed saves.
+        saves.add(_check_model(model_dir))
+    # Running it again converges: a model published by this run, and no leftovers of the killed saves.
+    time.sleep(1.1)  # `created` has one-second resolution
     final = _train(root, model_dir, env)
     assert final.wait(600) == 0
-    assert _check_model(model_dir, versions) not in versions
+    assert _check_model(model_dir) not in saves
     if where == "local":
         assert not list(root.glob(".models.edge-*")), "leftovers of killed saves were not swept"
     else:
