@@ -304,7 +304,7 @@ async def _predict(request: web.Request) -> web.Response:
         raw = await _read_body(request, settings)
         instances = _parse_body(raw)
         try:
-            batch = decode_instances(instances, settings.max_instances)
+            batch = decode_instances(instances, settings.max_instances, json_text=raw)
         except InstanceError as exc:
             raise RequestError(str(exc), instance=exc.index) from exc
         except TooManyInstancesError as exc:
@@ -329,7 +329,14 @@ async def _predict(request: web.Request) -> web.Response:
         "model": {"name": predictor.name, "version": predictor.version},
     }
     _notify(app, predictor, batch, predictions, time.perf_counter() - started, result.batch_size)
-    return _json(body)
+    response = _json(body)
+    # What the time inside the server went to: waiting for a batch, and the model call (batch size
+    # in its description). The middleware adds the whole, app.
+    response.headers["Server-Timing"] = (
+        f"queue;dur={result.queued_seconds * 1000:.3f}, "
+        f'model;dur={result.inference_seconds * 1000:.3f};desc="batch {result.batch_size}"'
+    )
+    return response
 
 
 def _notify(
@@ -458,7 +465,8 @@ async def _timing_and_errors(
     route = resource.canonical if resource is not None else "<unmatched>"
     request.app[METRICS].observe_request(route, request.method, response.status, seconds)
     # Lets clients and the benchmark see the server-side time apart from the network.
-    response.headers["Server-Timing"] = f"app;dur={seconds * 1000:.3f}"
+    parts = response.headers.get("Server-Timing")
+    response.headers["Server-Timing"] = f"app;dur={seconds * 1000:.3f}" + (f", {parts}" if parts else "")
     return response
 
 
