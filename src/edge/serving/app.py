@@ -321,9 +321,7 @@ async def _predict(request: web.Request) -> web.Response:
     predictor = result.model
     assert predictor is not None
     predictions = predictor.to_predictions(result.rows)
-    counter = app[METRICS].predictions
-    for prediction in predictions:
-        counter.labels(prediction.label).inc()
+    app[METRICS].observe_predictions([prediction.label for prediction in predictions])
     body = {
         "predictions": [p.to_json() for p in predictions],
         "model": {"name": predictor.name, "version": predictor.version},
@@ -377,6 +375,9 @@ async def _read_body(request: web.Request, settings: ServerSettings) -> bytes:
     limit = settings.max_request_bytes
     if request.content_length is not None and request.content_length > limit:
         raise web.HTTPRequestEntityTooLarge(max_size=limit, actual_size=request.content_length)
+    if request.content.is_eof():
+        # The whole body came with the headers (the common case): there is nothing to time out.
+        return await request.read()
     try:
         async with asyncio.timeout(settings.body_timeout):
             # aiohttp counts the bytes as they come, chunked or not, and stops past the limit.
