@@ -40,10 +40,10 @@ repro: setup ## Seed the data if missing and run the DVC pipeline (cached stages
 	$(BIN)/dvc metrics show
 
 test: setup ## Run the tests: unit, integration and browser (not the containers)
-	$(BIN)/pytest -m "not containers"
+	$(BIN)/pytest -m "not containers" --durations=15
 
 test-containers: setup ## Build the images and run them in a real Docker engine (pytest -m containers)
-	$(BIN)/pytest -m containers
+	$(BIN)/pytest -m containers --durations=10
 
 lint: setup ## Check style and types: ruff and mypy
 	$(BIN)/ruff check .
