@@ -3,13 +3,14 @@
 from __future__ import annotations
 
 import json
+import os
 import shutil
 from pathlib import Path
 
 import pytest
 from typer.testing import CliRunner
 
-from edge.cli import app
+from edge.cli import app, enable_onednn
 from tests.conftest import TINY_MODEL_METADATA
 
 
@@ -77,3 +78,14 @@ def test_missing_raw_data_says_which_file(in_tmp: Path) -> None:
     result = CliRunner().invoke(app, ["pipeline", "prepare", "--raw-dir", "nowhere"])
     assert result.exit_code == 1
     assert "train-images-idx3-ubyte" in result.output
+
+
+def test_onednn_is_on_for_x86_unless_the_user_chose(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv("TF_ENABLE_ONEDNN_OPTS", raising=False)
+    enable_onednn("arm64")
+    assert "TF_ENABLE_ONEDNN_OPTS" not in os.environ
+    enable_onednn("x86_64")
+    assert os.environ["TF_ENABLE_ONEDNN_OPTS"] == "1"
+    monkeypatch.setenv("TF_ENABLE_ONEDNN_OPTS", "0")
+    enable_onednn("x86_64")
+    assert os.environ["TF_ENABLE_ONEDNN_OPTS"] == "0"
