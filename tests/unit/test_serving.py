@@ -22,7 +22,7 @@ from edge.cli.serve import resolve_bind, resolve_model_uri
 from edge.data import CLASS_NAMES as FASHION_CLASSES
 from edge.model import content_manifest
 from edge.serving.app import HOLDER, create_app
-from edge.serving.predictor import ModelLoadError, Predictor, load_from_uri
+from edge.serving.predictor import InstanceError, ModelLoadError, Predictor, decode_instances, load_from_uri
 from edge.serving.settings import ServerSettings
 from tests.serving_helpers import Client, serving, wait_until
 
@@ -232,6 +232,54 @@ def test_bad_input_gets_a_json_error_naming_the_instance(
         assert response.json()["error"].startswith(f"instances[{index}]")
     # The server is still fine afterwards.
     assert client.post("/predict", json={"instances": [GOOD]}).status_code == 200
+
+
+@pytest.mark.parametrize(
+    "instances",
+    [
+        [[[7] * 28] * 28],
+        [[0.5] * 784, [[255] * 28] * 28, [[1] * 28] * 28],
+        [[[0] * 27 + [255.0]] * 28],
+    ],
+    ids=["28x28 integers", "flat floats with 28x28 integers", "floats at the limit"],
+)
+def test_numbers_decode_the_same_with_or_without_the_one_call_path(instances: list[Any]) -> None:
+    text = json.dumps({"instances": instances}).encode()
+    at_once = decode_instances(instances, 64, json_text=text)
+    one_by_one = decode_instances(instances, 64)
+    assert at_once.dtype == one_by_one.dtype == np.float32
+    np.testing.assert_array_equal(at_once, one_by_one)
+
+
+@pytest.mark.parametrize(
+    ("instances", "words"),
+    [
+        ([[0] * 783 + [1e-3 + 255]], "out of range"),
+        ([[0] * 783 + [-1e-9]], "out of range"),
+        ([[0] * 783 + [2**64]], "out of range"),
+        ([[0] * 783 + [True]], "boolean"),
+        ([[[0] * 28] * 27 + [[None] * 28]], "null"),
+        ([[0] * 784, [0] * 783], "wrong shape"),
+    ],
+    ids=["above 255", "below 0", "huge integer", "a boolean among numbers", "nulls", "ragged"],
+)
+def test_what_the_one_call_path_refuses_gets_the_usual_error(instances: list[Any], words: str) -> None:
+    text = json.dumps({"instances": instances}).encode()
+    with pytest.raises(InstanceError, match=words):
+        decode_instances(instances, 64, json_text=text)
+
+
+def test_a_lone_request_does_not_wait_for_the_batch_window(predictor: Predictor) -> None:
+    # A minute-long window: waiting it out would show in the queue time (and time the request out).
+    settings = ServerSettings(batch_wait=60.0, reload_interval=0)
+    with serving(create_app(settings, predictor=predictor)) as client:
+        response = client.post("/predict", json={"instances": [GOOD]})
+    assert response.status_code == 200
+    timing = {part.split(";")[0].strip(): part for part in response.headers["Server-Timing"].split(",")}
+    assert set(timing) == {"app", "queue", "model"}
+    queued_ms = float(timing["queue"].split("dur=")[1].split(";")[0])
+    assert queued_ms < 60_000
+    assert 'desc="batch 1"' in timing["model"]
 
 
 def test_body_above_the_limit_is_413(client: Client) -> None:

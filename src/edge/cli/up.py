@@ -7,13 +7,14 @@ import signal
 import socket
 import subprocess
 import sys
+import threading
 import time
 import urllib.error
 import urllib.request
 from dataclasses import dataclass
 from pathlib import Path
 from types import FrameType
-from typing import Annotated
+from typing import IO, Annotated
 
 import typer
 
@@ -23,6 +24,10 @@ from edge.data import DEFAULT_RAW_DIR, RAW_FILES
 
 HEALTH_TIMEOUT = 180.0
 STOP_TIMEOUT = 15.0
+# Each server's output, also shown in the terminal with its name in front (gitignored).
+LOG_DIR = Path("logs")
+# Shown in the terminal, so a user sees which server said what.
+_output_lock = threading.Lock()
 
 
 @dataclass
@@ -31,7 +36,9 @@ class Service:
 
     name: str
     url: str
+    log: Path
     process: subprocess.Popen[bytes]
+    copier: threading.Thread
 
     def healthy(self) -> bool:
         try:
@@ -40,19 +47,35 @@ class Service:
         except (urllib.error.URLError, OSError):
             return False
 
-    def stop(self) -> None:
+    def stop(self) -> bool:
+        """Stop the server and everything it started; tell whether it was still running."""
         if self.process.poll() is not None:
-            return
+            return False
         os.killpg(self.process.pid, signal.SIGTERM)
         try:
             self.process.wait(STOP_TIMEOUT)
         except subprocess.TimeoutExpired:
             os.killpg(self.process.pid, signal.SIGKILL)
             self.process.wait()
+        self.copier.join(STOP_TIMEOUT)
+        return True
+
+    def died(self, when: str) -> str:
+        """One line saying that this server exited, how, and where its log is."""
+        self.copier.join(5)  # its last lines first, so the error below is the last thing shown
+        code = self.process.returncode
+        how = f"was killed by {signal.Signals(-code).name}" if code < 0 else f"exited with code {code}"
+        return (
+            f"the {self.name} (pid {self.process.pid}) {how} {when}; its log is {self.log} "
+            f"(its last lines are above, marked '{self.name} |')"
+        )
 
 
 def _port_free(host: str, port: int) -> bool:
     with socket.socket() as probe:
+        # As the servers bind: a port whose last connections linger in TIME_WAIT (an `edge up`
+        # stopped a moment ago) is free; one with a listener is not.
+        probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         try:
             probe.bind((host, port))
         except OSError:
@@ -60,10 +83,45 @@ def _port_free(host: str, port: int) -> bool:
     return True
 
 
-def _start(name: str, argv: list[str], host: str, port: int, env: dict[str, str] | None = None) -> Service:
-    process = subprocess.Popen(argv, env=env, start_new_session=True)
-    console.print(f"Started the {name} (pid {process.pid}).")
-    return Service(name, f"http://{host}:{port}", process)
+def _check_ports(host: str, ports: dict[str, tuple[int, str, str]]) -> None:
+    """Fail before any work when a port is taken, naming the option that chooses another."""
+    (model, *_), (webapp, *_) = ports.values()
+    if model == webapp:
+        fail(f"the model server and the webapp cannot share port {model}: give them different ports")
+    for name, (port, option, envvar) in ports.items():
+        if not _port_free(host, port):
+            fail(
+                f"port {port} on {host} is in use (another program, or an `edge up` still running); "
+                f"stop it, or choose another port for the {name}: {option} PORT, or {envvar}=PORT "
+                f"(e.g. `{envvar}={port + 1} make up`)"
+            )
+
+
+def _copy_output(name: str, stream: IO[bytes], log: Path) -> None:
+    """Append the server's output to its log and show it in the terminal, each line marked with its name."""
+    with log.open("ab") as file:
+        for line in stream:
+            file.write(line)
+            file.flush()
+            with _output_lock:
+                sys.stderr.write(f"{name} | {line.decode(errors='replace')}")
+                sys.stderr.flush()
+
+
+def _start(name: str, argv: list[str], host: str, port: int, env: dict[str, str]) -> Service:
+    LOG_DIR.mkdir(exist_ok=True)
+    log = LOG_DIR / f"{name.replace(' ', '-')}.log"
+    log.write_bytes(b"")
+    # Unbuffered, so a line reaches the log (and the terminal) when it is written, not at exit.
+    env = dict(env, PYTHONUNBUFFERED="1")
+    process = subprocess.Popen(
+        argv, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, start_new_session=True
+    )
+    assert process.stdout is not None
+    copier = threading.Thread(target=_copy_output, args=(name, process.stdout, log), daemon=True)
+    copier.start()
+    console.print(f"Started the {name} (pid {process.pid}); its log: {log}.")
+    return Service(name, f"http://{host}:{port}", log, process, copier)
 
 
 def _train() -> None:
@@ -92,10 +150,18 @@ def up(
         bool, typer.Option(help="Run the pipeline first (--no-train: serve models/ as is).")
     ] = True,
 ) -> None:
-    """Seed the data, run the pipeline, then serve the model and the webapp until Ctrl-C."""
-    for name, port in (("model server", model_port), ("webapp", webapp_port)):
-        if not _port_free(host, port):
-            fail(f"port {port} on {host} is in use; stop what uses it or pick another port for the {name}")
+    """Seed the data, run the pipeline, then serve the model and the webapp until Ctrl-C.
+
+    Ctrl-C (or SIGTERM) stops both servers and exits 0; if either server dies, `edge up` says which
+    and where its log is, stops the other and exits 1.
+    """
+    _check_ports(
+        host,
+        {
+            "model server": (model_port, "--model-port", "EDGE_MODEL_PORT"),
+            "webapp": (webapp_port, "--webapp-port", "EDGE_WEBAPP_PORT"),
+        },
+    )
     if train:
         if all((DEFAULT_RAW_DIR / f.name).is_file() for f in RAW_FILES):
             console.print(f"The raw data is in {DEFAULT_RAW_DIR}; DVC tracks any change to it.")
@@ -130,9 +196,9 @@ def up(
             _announce(services)
             _watch(services, stopping)
     finally:
-        for service in reversed(services):
-            service.stop()
-        console.print("Stopped the model server and the webapp.")
+        stopped = [service.name for service in reversed(services) if service.stop()]
+        if stopped:
+            console.print(f"Stopped the {' and the '.join(reversed(stopped))}.")
 
 
 def _wait_healthy(services: list[Service], stopping: list[int]) -> None:
@@ -141,7 +207,7 @@ def _wait_healthy(services: list[Service], stopping: list[int]) -> None:
     while pending and not stopping:
         for service in list(pending):
             if service.process.poll() is not None:
-                fail(f"the {service.name} exited with code {service.process.returncode} (see above)")
+                fail(service.died("before it was healthy"))
             if service.healthy():
                 pending.remove(service)
         if time.monotonic() > deadline:
@@ -161,5 +227,5 @@ def _watch(services: list[Service], stopping: list[int]) -> None:
     while not stopping:
         for service in services:
             if service.process.poll() is not None:
-                fail(f"the {service.name} stopped unexpectedly with code {service.process.returncode}")
+                fail(service.died("while Edge was up"))
         time.sleep(0.5)

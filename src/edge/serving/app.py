@@ -304,7 +304,7 @@ async def _predict(request: web.Request) -> web.Response:
         raw = await _read_body(request, settings)
         instances = _parse_body(raw)
         try:
-            batch = decode_instances(instances, settings.max_instances)
+            batch = decode_instances(instances, settings.max_instances, json_text=raw)
         except InstanceError as exc:
             raise RequestError(str(exc), instance=exc.index) from exc
         except TooManyInstancesError as exc:
@@ -321,15 +321,20 @@ async def _predict(request: web.Request) -> web.Response:
     predictor = result.model
     assert predictor is not None
     predictions = predictor.to_predictions(result.rows)
-    counter = app[METRICS].predictions
-    for prediction in predictions:
-        counter.labels(prediction.label).inc()
+    app[METRICS].observe_predictions([prediction.label for prediction in predictions])
     body = {
         "predictions": [p.to_json() for p in predictions],
         "model": {"name": predictor.name, "version": predictor.version},
     }
     _notify(app, predictor, batch, predictions, time.perf_counter() - started, result.batch_size)
-    return _json(body)
+    response = _json(body)
+    # What the time inside the server went to: waiting for a batch, and the model call (batch size
+    # in its description). The middleware adds the whole, app.
+    response.headers["Server-Timing"] = (
+        f"queue;dur={result.queued_seconds * 1000:.3f}, "
+        f'model;dur={result.inference_seconds * 1000:.3f};desc="batch {result.batch_size}"'
+    )
+    return response
 
 
 def _notify(
@@ -370,6 +375,9 @@ async def _read_body(request: web.Request, settings: ServerSettings) -> bytes:
     limit = settings.max_request_bytes
     if request.content_length is not None and request.content_length > limit:
         raise web.HTTPRequestEntityTooLarge(max_size=limit, actual_size=request.content_length)
+    if request.content.is_eof():
+        # The whole body came with the headers (the common case): there is nothing to time out.
+        return await request.read()
     try:
         async with asyncio.timeout(settings.body_timeout):
             # aiohttp counts the bytes as they come, chunked or not, and stops past the limit.
@@ -458,7 +466,8 @@ async def _timing_and_errors(
     route = resource.canonical if resource is not None else "<unmatched>"
     request.app[METRICS].observe_request(route, request.method, response.status, seconds)
     # Lets clients and the benchmark see the server-side time apart from the network.
-    response.headers["Server-Timing"] = f"app;dur={seconds * 1000:.3f}"
+    parts = response.headers.get("Server-Timing")
+    response.headers["Server-Timing"] = f"app;dur={seconds * 1000:.3f}" + (f", {parts}" if parts else "")
     return response
 
 

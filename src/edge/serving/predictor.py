@@ -177,15 +177,49 @@ def _check_range(index: int, array: np.ndarray) -> None:
         raise InstanceError(index, f"pixel {position} is {array.flat[position]:g}, out of range 0-255")
 
 
-def decode_instances(instances: Any, max_instances: int) -> np.ndarray:
-    """Validate a request's `instances` and stack them into a float32 (N, 28, 28) batch."""
+def decode_instances(instances: Any, max_instances: int, *, json_text: bytes | None = None) -> np.ndarray:
+    """Validate a request's `instances` and stack them into a float32 (N, 28, 28) batch.
+
+    `json_text` is the body the instances were parsed from, if at hand: when it holds no `true` or
+    `false`, valid numeric instances are converted in one numpy call instead of checked one by one.
+    """
     if not isinstance(instances, list):
         raise ValueError(f"instances is {_describe(instances)}, expected a list")
     if not instances:
         raise ValueError("instances is empty, send at least one")
     if len(instances) > max_instances:
         raise TooManyInstancesError(len(instances), max_instances)
+    if json_text is not None and b"true" not in json_text and b"false" not in json_text:
+        batch = _numbers_at_once(instances)
+        if batch is not None:
+            return batch
     return np.stack([decode_instance(i, instance) for i, instance in enumerate(instances)])
+
+
+def _numbers_at_once(instances: list[Any]) -> np.ndarray | None:
+    """Convert instances that are all valid pixel arrays in one go; None if any is not.
+
+    This is the common request, and the server's busiest code: one numpy conversion of the whole
+    list costs a third of checking each value's type in Python. numpy turns booleans mixed with
+    numbers into numbers, which is why the caller only comes here when the JSON holds none; strings,
+    nulls, objects, ragged or wrongly shaped lists give a non-numeric dtype or another shape, and
+    whatever is not accepted here goes through `decode_instance`, which says what is wrong.
+    """
+    try:
+        array = np.array(instances)
+    except (ValueError, OverflowError):  # ragged lists, or integers too large for any dtype
+        return None
+    if array.dtype.kind not in "iuf":
+        return None
+    count = len(instances)
+    if array.shape == (count, PIXELS):
+        array = array.reshape(count, *IMAGE_SHAPE)
+    elif array.shape != (count, *IMAGE_SHAPE):
+        return None
+    # NaN fails both comparisons; the range is checked before float32 rounds anything into it.
+    if not (array.min() >= 0 and array.max() <= 255):
+        return None
+    return array.astype(np.float32)
 
 
 class TooManyInstancesError(ValueError):
