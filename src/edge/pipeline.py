@@ -175,7 +175,7 @@ def evaluate_stage(prepared_dir: str, model_dir: str, reports_dir: str, params: 
     with storage.local_dir_for_reading(model_dir) as local:
         metadata = verify_model_dir(local)
         result = behaviour.run_suite(serving_predictor(str(Path(local, SERVING_DIR))), test, params)
-    write_reports(reports_dir, test, result)
+    write_reports(reports_dir, test, result, model_version=str(metadata["version"]))
     card = modelcard.Card(metadata, result, with_checks=True)
     for name, text in modelcard.render(card).items():
         storage.write_text(storage.join(reports_dir, name), text)
@@ -183,11 +183,19 @@ def evaluate_stage(prepared_dir: str, model_dir: str, reports_dir: str, params: 
     return result
 
 
-def write_reports(reports_dir: str, test: Split, result: SuiteResult) -> None:
-    """The evaluate stage's files: a flat summary for `dvc metrics`, the detail, the plots' data."""
+def write_reports(
+    reports_dir: str, test: Split, result: SuiteResult, model_version: str | None = None
+) -> None:
+    """The evaluate stage's files: a flat summary for `dvc metrics`, the detail, the plots' data.
+
+    The detail names the model version it judged, so `pipeline run --skip-if-trained` reuses only a
+    model whose own evaluation passed the gate.
+    """
     evaluation = result.evaluation
     _write_json(storage.join(reports_dir, "metrics.json"), result.summary())
-    _write_json(storage.join(reports_dir, "details.json"), result.details())
+    _write_json(
+        storage.join(reports_dir, "details.json"), {"model_version": model_version, **result.details()}
+    )
     files = {
         "per_class.csv": behaviour.per_class_csv(result),
         "robustness.csv": behaviour.robustness_csv(result),

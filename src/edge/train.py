@@ -115,10 +115,28 @@ def _augment(batch: tf.Tensor, params: TrainParams) -> tf.Tensor:
         flip = tf.random.uniform([tf.shape(batch)[0], 1, 1], seed=params.seed) < 0.5
         batch = tf.where(flip, tf.reverse(batch, axis=[2]), batch)
     if params.shift:
-        s = params.shift
-        padded = tf.pad(batch, [[0, 0], [s, s], [s, s]])
-        batch = tf.image.random_crop(padded, tf.stack([tf.shape(batch)[0], *IMAGE_SHAPE]), seed=params.seed)
+        batch = shift_batch(batch, params.shift, seed=params.seed)
     return batch
+
+
+def shift_batch(batch: tf.Tensor, pixels: int, seed: int | None = None) -> tf.Tensor:
+    """Move each image of a [N, height, width] batch by its own random offset of up to `pixels` along
+    each axis, filling with black (zero) as the model test suite's shifts do.
+
+    One offset per image, not per batch (`tf.image.random_crop` of the padded batch would move all of
+    a batch's images the same way): every step sees every direction.
+    """
+    import tensorflow as tf
+
+    count = tf.shape(batch)[0]
+    height, width = batch.shape[1], batch.shape[2]
+    padded = tf.pad(batch, [[0, 0], [pixels, pixels], [pixels, pixels]])
+    offsets = tf.random.uniform([count, 2], 0, 2 * pixels + 1, dtype=tf.int32, seed=seed)
+    rows = offsets[:, :1] + tf.range(height)[tf.newaxis, :]
+    columns = offsets[:, 1:] + tf.range(width)[tf.newaxis, :]
+    # Gather each image's rows, then its columns: [N, height, width + 2p], then [N, height, width].
+    picked = tf.gather(padded, rows, axis=1, batch_dims=1)
+    return tf.gather(picked, columns, axis=2, batch_dims=1)
 
 
 def train(

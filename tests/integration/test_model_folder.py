@@ -107,6 +107,11 @@ def test_skip_if_trained_refuses_a_mixed_folder(
     monkeypatch.chdir(tmp_path)
     (tmp_path / "params.yaml").write_text("prepare: {}\n")
     _save(tiny_model, "models", "1")
+    # Its evaluation passed the gate (as the evaluate stage records it), so it alone would be reused.
+    (tmp_path / "reports" / "evaluate").mkdir(parents=True)
+    (tmp_path / "reports" / "evaluate" / "details.json").write_text(
+        json.dumps({"model_version": "1", "checks": []})
+    )
     result = CliRunner().invoke(app, ["pipeline", "run", "--skip-if-trained", "--raw-dir", "nowhere"])
     assert result.exit_code == 0 and "nothing to do" in result.output, result.output
     (tmp_path / "models" / "serving" / "fingerprint.pb").write_bytes(b"from another run")

@@ -2,13 +2,16 @@
 
 from __future__ import annotations
 
+import json
+import os
 import shutil
 from pathlib import Path
 
 import pytest
 from typer.testing import CliRunner
 
-from edge.cli import app
+from edge.cli import app, enable_onednn
+from tests.conftest import TINY_MODEL_METADATA
 
 
 @pytest.fixture
@@ -17,12 +20,48 @@ def in_tmp(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
     return tmp_path
 
 
-def test_run_skips_when_a_model_exists(in_tmp: Path, tiny_model_dir: Path) -> None:
+def evaluated(folder: Path, version: str, status: str = "pass") -> None:
+    """reports/evaluate/details.json as the evaluate stage writes it, judging `version`."""
+    (folder / "reports" / "evaluate").mkdir(parents=True)
+    details = {
+        "model_version": version,
+        "checks": [{"check": "accuracy", "measured": 0.9, "limit": 0.5, "status": status, "note": ""}],
+    }
+    (folder / "reports" / "evaluate" / "details.json").write_text(json.dumps(details))
+
+
+def test_run_skips_when_a_model_that_passed_the_gate_exists(in_tmp: Path, tiny_model_dir: Path) -> None:
     shutil.copytree(tiny_model_dir, in_tmp / "models")
+    evaluated(in_tmp, TINY_MODEL_METADATA["version"])
     result = CliRunner().invoke(app, ["pipeline", "run", "--skip-if-trained"])
     assert result.exit_code == 0, result.output
     assert "already holds a model: nothing to do" in result.output
     assert not (in_tmp / "data").exists()
+
+
+@pytest.mark.parametrize(
+    ("version", "status", "why"),
+    [
+        (TINY_MODEL_METADATA["version"], "FAIL", "it failed the quality gate (accuracy; see"),
+        ("another-version", "pass", "is not the evaluation of its version 0.0.0-test"),
+        (None, None, "reports/evaluate/details.json, its evaluation, is missing"),
+    ],
+)
+def test_run_retrains_a_model_that_did_not_pass_the_gate(
+    in_tmp: Path, tiny_model_dir: Path, version: str | None, status: str | None, why: str
+) -> None:
+    """A failed run leaves its model published; a rerun with --skip-if-trained must not reuse it."""
+    shutil.copytree(tiny_model_dir, in_tmp / "models")
+    if version is not None and status is not None:
+        evaluated(in_tmp, version, status)
+    (in_tmp / "params.yaml").write_text("prepare: {}\n")
+    result = CliRunner().invoke(app, ["pipeline", "run", "--skip-if-trained", "--raw-dir", "nowhere"])
+    said = " ".join(result.output.split())
+    assert "warning: not reusing the model in models: " in said and why in said, said
+    assert "nothing to do" not in result.output
+    # It went on to retrain: here it stops at the missing raw data, saying which file.
+    assert result.exit_code == 1 and "train-images-idx3-ubyte" in result.output
+    assert (in_tmp / "models" / "metadata.json").is_file(), "the old model was lost"
 
 
 def test_unknown_parameter_is_one_clear_line(in_tmp: Path, tiny_raw: Path) -> None:
@@ -39,3 +78,14 @@ def test_missing_raw_data_says_which_file(in_tmp: Path) -> None:
     result = CliRunner().invoke(app, ["pipeline", "prepare", "--raw-dir", "nowhere"])
     assert result.exit_code == 1
     assert "train-images-idx3-ubyte" in result.output
+
+
+def test_onednn_is_on_for_x86_unless_the_user_chose(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv("TF_ENABLE_ONEDNN_OPTS", raising=False)
+    enable_onednn("arm64")
+    assert "TF_ENABLE_ONEDNN_OPTS" not in os.environ
+    enable_onednn("x86_64")
+    assert os.environ["TF_ENABLE_ONEDNN_OPTS"] == "1"
+    monkeypatch.setenv("TF_ENABLE_ONEDNN_OPTS", "0")
+    enable_onednn("x86_64")
+    assert os.environ["TF_ENABLE_ONEDNN_OPTS"] == "0"

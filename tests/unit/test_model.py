@@ -14,7 +14,7 @@ from edge.model import (
     with_flip_tta,
     with_temperature,
 )
-from edge.train import TrainParams
+from edge.train import TrainParams, shift_batch
 
 
 def test_model_outputs_probabilities_per_class() -> None:
@@ -88,3 +88,26 @@ def test_unknown_parameters_are_named() -> None:
         TrainParams.from_dict({"epoch": 3})
     with pytest.raises(ValueError, match=r"unknown model parameter.*'layers'"):
         TrainParams.from_dict({"model": {"layers": 3}})
+
+
+def test_shift_moves_each_image_by_its_own_offset_within_the_limit() -> None:
+    # One lit pixel in the middle of each image: where it lands is the image's offset.
+    images = np.zeros((200, 28, 28), np.float32)
+    images[:, 14, 14] = 255.0
+    moved = np.asarray(shift_batch(images, 2, seed=3))
+    assert moved.shape == images.shape
+    assert np.all(moved.sum(axis=(1, 2)) == 255.0)  # nothing lost, nothing added
+    rows, columns = np.nonzero(moved.max(axis=2))[1], np.nonzero(moved.max(axis=1))[1]
+    offsets = set(zip((rows - 14).tolist(), (columns - 14).tolist(), strict=True))
+    assert all(abs(dy) <= 2 and abs(dx) <= 2 for dy, dx in offsets)
+    # Images of one batch move differently: all 25 offsets show up among 200 images.
+    assert len(offsets) == 25
+
+
+def test_shift_fills_with_black() -> None:
+    images = np.full((50, 28, 28), 200.0, np.float32)
+    moved = np.asarray(shift_batch(images, 1, seed=0))
+    # An image moved by (dy, dx) has |dy| black rows and |dx| black columns; some move, some don't.
+    black = (moved == 0).sum(axis=(1, 2))
+    assert set(black.tolist()) <= {0, 28, 55}
+    assert black.max() == 55 and black.min() == 0

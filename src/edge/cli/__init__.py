@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import platform
 
 import typer
 
@@ -45,4 +46,16 @@ def main() -> None:
     """Run the `edge` command line."""
     # TensorFlow's C++ start-up notices say nothing a user can act on.
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+    enable_onednn()
     app()
+
+
+def enable_onednn(machine: str | None = None) -> None:
+    """Turn on TensorFlow's oneDNN kernels on x86 unless the user chose (`TF_ENABLE_ONEDNN_OPTS`).
+
+    TensorFlow enables them by default only on x86 CPUs with AVX-512 features; on an AVX2-only core
+    they cut the CPU time of a float32 training step by about a third (docs/benchmarks.md). Must run
+    before TensorFlow is imported, as here: the CLI imports it lazily.
+    """
+    if (machine or platform.machine()).lower() in ("x86_64", "amd64"):
+        os.environ.setdefault("TF_ENABLE_ONEDNN_OPTS", "1")

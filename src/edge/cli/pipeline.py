@@ -190,11 +190,12 @@ def run(
     model_dir: ModelDirOpt = DEFAULT_MODEL_DIR,
     reports_dir: ReportsOpt = DEFAULT_REPORTS,
     skip_if_trained: Annotated[
-        bool, typer.Option(help="Do nothing when the model directory already holds a model.")
+        bool,
+        typer.Option(help="Do nothing when the model directory holds a complete model that passed the gate."),
     ] = False,
 ) -> None:
     """Run prepare, train and evaluate in one process, without DVC (containers, Vertex AI)."""
-    if skip_if_trained and _holds_complete_model(model_dir):
+    if skip_if_trained and _holds_approved_model(model_dir, f"{reports_dir}/evaluate"):
         console.print(
             f"{model_dir} already holds a model: nothing to do (omit --skip-if-trained to retrain)."
         )
@@ -210,16 +211,37 @@ def run(
     evaluate(params, prepared_dir, model_dir, f"{reports_dir}/evaluate")
 
 
-def _holds_complete_model(model_dir: str) -> bool:
-    """Tell whether `model_dir` holds a complete, unmixed model; say why an existing one is not."""
+def _holds_approved_model(model_dir: str, evaluate_dir: str) -> bool:
+    """Tell whether `model_dir` holds a complete, unmixed model whose evaluation in `evaluate_dir`
+    passed the quality gate; say why an existing one is not reused.
+
+    Training publishes the model before the gate judges it, so a failed run leaves a model behind:
+    without this a rerun (compose's trainer) would serve it.
+    """
     if not storage.exists(model_dir):
         return False
     try:
-        verify_model_uri(model_dir)
+        version = verify_model_uri(model_dir)["version"]
     except (ModelIntegrityError, FileNotFoundError) as exc:
-        console.print(f"[yellow]warning:[/] not reusing the model in {model_dir}: {exc}", highlight=False)
-        return False
+        return _not_reusing(model_dir, str(exc))
+    details_file = storage.join(evaluate_dir, "details.json")
+    try:
+        details = json.loads(storage.read_text(details_file))
+    except (FileNotFoundError, ValueError):
+        return _not_reusing(model_dir, f"{details_file}, its evaluation, is missing or unreadable")
+    if details.get("model_version") != version:
+        return _not_reusing(model_dir, f"{details_file} is not the evaluation of its version {version}")
+    failed = [check["check"] for check in details.get("checks", []) if check.get("status") == "FAIL"]
+    if failed:
+        return _not_reusing(
+            model_dir, f"it failed the quality gate ({', '.join(failed)}; see {details_file})"
+        )
     return True
+
+
+def _not_reusing(model_dir: str, why: str) -> bool:
+    console.print(f"[yellow]warning:[/] not reusing the model in {model_dir}: {why}", highlight=False)
+    return False
 
 
 def _lineage(params: dict[str, object]) -> dict[str, object]:
