@@ -29,7 +29,7 @@ from tests.gcs_emulator import gcs_bucket, gcs_emulator  # noqa: F401
 REPO_ROOT = Path(__file__).resolve().parent.parent
 
 # The local Google Cloud stand-ins' fixtures (local_cloud, cloud_env).
-pytest_plugins = ["tests.cloud_env"]
+pytest_plugins = ["tests.cloud_env", "tests.tracking_env"]
 
 # Nothing a test runs may phone home or reach Google: DVC analytics off, metadata server on a dead port.
 QUIET_ENV = {
