@@ -14,6 +14,7 @@ from tests.datagen import write_fashion_files
 # The Docker fixtures (engine, registry, built images), for any test folder: see tests/docker_env.py.
 from tests.docker_env import (  # noqa: F401
     DOCKER_FIXTURES,
+    IN_CI,
     base_image,
     docker_engine,
     local_registry,
@@ -28,7 +29,7 @@ from tests.gcs_emulator import gcs_bucket, gcs_emulator  # noqa: F401
 REPO_ROOT = Path(__file__).resolve().parent.parent
 
 # The local Google Cloud stand-ins' fixtures (local_cloud, cloud_env).
-pytest_plugins = ["tests.cloud_env"]
+pytest_plugins = ["tests.cloud_env", "tests.tracking_env"]
 
 # Nothing a test runs may phone home or reach Google: DVC analytics off, metadata server on a dead port.
 QUIET_ENV = {
@@ -83,6 +84,8 @@ def real_fashion_source() -> Path:
             return folder
     if configured:
         pytest.fail(f"EDGE_DATA_SOURCE={configured} holds no t10k-labels-idx1-ubyte.gz (the four .gz files)")
+    if IN_CI:  # .ci/run installs Debian's copy: there a missing one is a failure, not a skip
+        pytest.fail("CI must run the tests on real data, but dataset-fashion-mnist is not installed")
     pytest.skip(
         "no offline copy of Fashion-MNIST: set EDGE_DATA_SOURCE to a folder of the four .gz files "
         "or apt-get install dataset-fashion-mnist"

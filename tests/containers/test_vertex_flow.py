@@ -9,7 +9,6 @@ from __future__ import annotations
 import json
 import os
 import secrets
-import shutil
 import subprocess
 import sys
 import time
@@ -22,10 +21,11 @@ import requests
 
 from edge.pipeline import PrepareParams, prepare_stage
 from tests.cloud_env import PROJECT, endpoint_env
-from tests.conftest import QUIET_ENV, REPO_ROOT
+from tests.conftest import QUIET_ENV
 from tests.datagen import write_fashion_files
 from tests.docker_env import Registry, remove_image
 from tests.gcs_emulator import GcsEmulator
+from tests.integration.test_pipeline_dvc import copy_repository
 from tests.standin.cloud import LocalCloud
 from tests.standin.gcs_front import GcsFront
 from tests.standin.server import StandIn
@@ -56,21 +56,9 @@ evaluate:
 @pytest.fixture
 def workspace(tmp_path: Path) -> Path:
     """A git copy of this tree (committed: images are tagged by its commit), tiny data prepared."""
-    ws = tmp_path / "ws"
-    listed = subprocess.run(
-        ["git", "ls-files", "-co", "--exclude-standard"],
-        cwd=REPO_ROOT,
-        capture_output=True,
-        text=True,
-        check=True,
-    ).stdout.split()
-    for name in listed:
-        source = REPO_ROOT / name
-        if source.is_file():
-            (ws / name).parent.mkdir(parents=True, exist_ok=True)
-            shutil.copy2(source, ws / name)
+    ws = copy_repository(tmp_path / "ws")
     (ws / "params.yaml").write_text(TINY_PARAMS)
-    for command in (["git", "init", "-q"], ["git", "add", "-A"], ["git", "commit", "-qm", "test tree"]):
+    for command in (["git", "add", "-A"], ["git", "commit", "-qm", "tiny params"]):
         subprocess.run(command, cwd=ws, check=True, env={**os.environ, **GIT_IDENTITY})
     raw = write_fashion_files(tmp_path / "raw", compress=False)
     prepare_stage(str(raw), str(ws / "data" / "prepared"), PrepareParams(validation_size=40))

@@ -11,6 +11,7 @@ import secrets
 import signal
 import subprocess
 import sys
+import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -216,13 +217,24 @@ def test_ctrl_c_cancels_the_job(workspace: Path, gcs_emulator: GcsEmulator) -> N
         process = subprocess.Popen(
             command, env={**os.environ, **env}, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True
         )
+        assert process.stdout is not None
+        lines: list[str] = []
+        reader = threading.Thread(target=lambda: lines.extend(process.stdout or []), daemon=True)
+        reader.start()
         try:
+            # Ctrl-C once the job runs and the command has said which job it follows (before that,
+            # an interrupted submit has no job to cancel).
             deadline = time.monotonic() + 120
-            while not any(j.state == RUNNING for j in local.jobs.jobs.values()):
+            while not (
+                any(j.state == RUNNING for j in local.jobs.jobs.values())
+                and any(line.startswith("Vertex AI job ") for line in list(lines))
+            ):
                 assert time.monotonic() < deadline and process.poll() is None, "the job never ran"
                 time.sleep(0.2)
             process.send_signal(signal.SIGINT)
-            output, _ = process.communicate(timeout=60)
+            process.wait(60)
+            reader.join(10)
+            output = "".join(lines)
         finally:
             if process.poll() is None:
                 process.kill()

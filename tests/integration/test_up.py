@@ -94,9 +94,8 @@ def project(tmp_path: Path, tiny_model_dir: Path) -> Path:
     return tmp_path
 
 
-@pytest.fixture
-def up(project: Path) -> Iterator[Up]:
-    """`edge up --no-train` on free ports, healthy; stopped (by its PID) if the test left it running."""
+def launch(project: Path) -> Up:
+    """Start `edge up --no-train` on free ports in `project`, reading its output as it comes."""
     argv = [sys.executable, "-m", "edge", "up", "--no-train"]
     argv += ["--model-port", str(free_port()), "--webapp-port", str(free_port())]
     env = {**os.environ, "COLUMNS": "200"}  # one error per line, as wide terminals show it
@@ -106,16 +105,28 @@ def up(project: Path) -> Iterator[Up]:
     running = Up(process)
     assert process.stdout is not None
     threading.Thread(target=_read, args=(process.stdout, running.lines), daemon=True).start()
+    return running
+
+
+def clean_up(running: Up) -> None:
+    """Stop what a failed test left running: edge up by its PID, then its servers' sessions."""
+    if running.process.poll() is None:
+        running.process.send_signal(signal.SIGTERM)
+        running.process.wait(EXIT_TIMEOUT)
+    for pid in running.servers().values():
+        for member in session_members(pid):
+            os.kill(member, signal.SIGKILL)
+
+
+@pytest.fixture
+def up(project: Path) -> Iterator[Up]:
+    """`edge up --no-train`, both servers healthy."""
+    running = launch(project)
     try:
         running.wait_for("Press Ctrl-C to stop")
         yield running
     finally:
-        if process.poll() is None:
-            process.send_signal(signal.SIGTERM)
-            process.wait(EXIT_TIMEOUT)
-        for pid in running.servers().values():
-            for member in session_members(pid):
-                os.kill(member, signal.SIGKILL)
+        clean_up(running)
 
 
 def assert_all_gone(sessions: dict[int, set[int]]) -> None:
@@ -165,6 +176,23 @@ def test_ctrl_c_stops_both_servers_and_exits_0(up: Up, project: Path) -> None:
         with socket.socket() as probe:
             probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
             probe.bind(("127.0.0.1", port))
+
+
+def test_ctrl_c_while_the_servers_start_stops_both(project: Path) -> None:
+    """Ctrl-C before the model server is healthy (it loads TensorFlow for a while): nothing is left."""
+    running = launch(project)
+    try:
+        running.wait_for("Started the webapp")
+        servers = running.servers()
+        sessions = {pid: session_members(pid) for pid in servers.values()}
+        running.process.send_signal(signal.SIGINT)
+        code = running.finish()
+    finally:
+        clean_up(running)
+    assert code == 0, running.output
+    assert "Edge is up." not in running.output
+    assert "Stopped the model server and the webapp." in running.output
+    assert_all_gone(sessions)
 
 
 def run_up(project: Path, *args: str) -> subprocess.CompletedProcess[str]:

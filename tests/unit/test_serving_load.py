@@ -95,9 +95,34 @@ def test_concurrent_requests_are_batched_and_each_gets_its_own_answer(predictor:
     assert dict(sizes)[16.0] == total
 
 
+def test_batches_compute_at_once_on_each_inference_thread(predictor: Predictor) -> None:
+    # Each call waits at a barrier for a second call: both requests are answered only if two
+    # batches run at the same time (with one inference thread the barrier breaks: 500s).
+    both = threading.Barrier(2, timeout=20)
+
+    def serve(batch: np.ndarray) -> np.ndarray:
+        both.wait()
+        return predictor.serve(batch)
+
+    settings = ServerSettings(max_batch=1, batch_wait=0, inference_threads=2, reload_interval=0)
+    with (
+        serving(create_app(settings, predictor=Predictor(serve, predictor.metadata))) as client,
+        ThreadPoolExecutor(max_workers=2) as pool,
+    ):
+        url = client.url + "/predict"
+        answers = list(
+            pool.map(lambda i: requests.post(url, json={"instances": [image(i)]}, timeout=60), [1, 2])
+        )
+    assert [a.status_code for a in answers] == [200, 200], [a.text for a in answers]
+    for i, answer in zip([1, 2], answers, strict=True):
+        expected = predictor.serve(np.asarray([image(i)], dtype=np.float32))[0]
+        served = [answer.json()["predictions"][0]["probabilities"][n] for n in predictor.class_names]
+        np.testing.assert_allclose(served, expected, atol=1e-5)
+
+
 def test_a_full_queue_sheds_with_503_and_retry_after(predictor: Predictor) -> None:
     gate = threading.Event()
-    settings = ServerSettings(max_batch=1, max_queue=3, batch_wait=0, reload_interval=0)
+    settings = ServerSettings(max_batch=1, max_queue=3, batch_wait=0, inference_threads=1, reload_interval=0)
     app = create_app(settings, predictor=slowed(predictor, 0, gate))
     with serving(app) as client, ThreadPoolExecutor(max_workers=4) as pool:
         body = {"instances": [image(1)]}

@@ -148,7 +148,7 @@ def _ask(values: dict[str, Any], asked: set[str]) -> dict[str, Any]:
             if choices:
                 console.print(f"  e.g. {', '.join(choices)}", style="dim")
             answer = Prompt.ask(label, default=str(default) if default is not None else None, console=console)
-            error = _check(key, answer or "")
+            error = cfg.field_error(key, answer or "")
             if not error:
                 values[key] = answer
                 break
@@ -162,23 +162,3 @@ def _ask(values: dict[str, Any], asked: set[str]) -> dict[str, Any]:
             else "local"
         )
     return values
-
-
-def _check(key: str, value: str) -> str | None:
-    """The validation error for one setting, or None."""
-    validator = {
-        "project": cfg.Settings._project,
-        "region": cfg.Settings._region,
-        "bucket": cfg.Settings._bucket,
-        "repository": cfg.Settings._repository,
-        "service_account": cfg.Settings._account,
-        "machine_type": cfg.Settings._machine,
-        "accelerator_type": cfg.Settings._accelerator,
-        "tracking_secret": cfg.Settings._secret,
-        "endpoint_name": cfg.Settings._endpoint,
-    }[key]
-    try:
-        validator(value)
-    except ValueError as exc:
-        return str(exc)
-    return None

@@ -87,7 +87,7 @@ def serve(
 
     from edge.monitoring.settings import load_settings
     from edge.serving import server
-    from edge.serving.predictor import ModelLoadError, load_from_uri
+    from edge.serving.predictor import ModelLoadError, compute_each_call_on_one_thread, load_from_uri
     from edge.serving.settings import ServerSettings
 
     uri = resolve_model_uri(model_dir)
@@ -107,6 +107,7 @@ def serve(
     except ValueError as exc:
         typer.echo(f"error: {exc}", err=True)
         raise typer.Exit(1) from exc
+    compute_each_call_on_one_thread()
     # A missing or corrupt model stops here with one line and a non-zero exit, before any port opens.
     try:
         predictor = load_from_uri(uri)

@@ -26,7 +26,7 @@ HEALTH_TIMEOUT = 180.0
 STOP_TIMEOUT = 15.0
 # Each server's output, also shown in the terminal with its name in front (gitignored).
 LOG_DIR = Path("logs")
-# Shown in the terminal, so a user sees which server said what.
+# Both servers' lines go to one terminal: one at a time, never interleaved mid-line.
 _output_lock = threading.Lock()
 
 
@@ -64,11 +64,18 @@ class Service:
         """One line saying that this server exited, how, and where its log is."""
         self.copier.join(5)  # its last lines first, so the error below is the last thing shown
         code = self.process.returncode
-        how = f"was killed by {signal.Signals(-code).name}" if code < 0 else f"exited with code {code}"
+        how = f"was killed by {_signal_name(-code)}" if code < 0 else f"exited with code {code}"
         return (
             f"the {self.name} (pid {self.process.pid}) {how} {when}; its log is {self.log} "
             f"(its last lines are above, marked '{self.name} |')"
         )
+
+
+def _signal_name(number: int) -> str:
+    try:
+        return signal.Signals(number).name
+    except ValueError:  # a real-time signal has no name
+        return f"signal {number}"
 
 
 def _port_free(host: str, port: int) -> bool:

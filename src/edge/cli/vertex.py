@@ -55,9 +55,10 @@ def train_on_vertex(
     console.print(f"{'Uploaded' if uploaded else 'Reusing'} the prepared data: {data_uri}", highlight=False)
     with console.status("Submitting the training job..."):
         handle = training.submit(request, data_uri, data_hash)
-    console.print(f"Vertex AI job {handle.id}: {handle.console_url}", highlight=False, soft_wrap=True)
     poll = float(os.environ.get(POLL_ENV) or 15)
     try:
+        # From here on, Ctrl-C knows which job to cancel.
+        console.print(f"Vertex AI job {handle.id}: {handle.console_url}", highlight=False, soft_wrap=True)
         with console.status("Job queued") as status:
 
             def show(state: str, elapsed: float) -> None:

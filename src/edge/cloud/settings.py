@@ -14,7 +14,15 @@ from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    ValidationError,
+    ValidationInfo,
+    field_validator,
+    model_validator,
+)
 
 SCHEMA_VERSION = 1
 CONFIG_ENV = "EDGE_CONFIG"
@@ -88,11 +96,33 @@ APIS = (
     "run",
 )
 
-_PROJECT = re.compile(r"^[a-z][a-z0-9-]{4,28}[a-z0-9]$")
-_BUCKET = re.compile(r"^[a-z0-9][a-z0-9_-]{1,61}[a-z0-9]$")
-_ACCOUNT = re.compile(r"^[a-z][a-z0-9-]{4,28}[a-z0-9]$")
-_REPOSITORY = re.compile(r"^[a-z]([a-z0-9-]{0,61}[a-z0-9])?$")
-_SECRET = re.compile(r"^[A-Za-z0-9_-]{1,255}$")
+# The Google resource ids edge.yaml names: the pattern each must match, and what it is when it does not.
+_IDS: dict[str, tuple[re.Pattern[str], str]] = {
+    "project": (
+        re.compile(r"^[a-z][a-z0-9-]{4,28}[a-z0-9]$"),
+        "a project id: 6-30 lowercase letters, digits and dashes, starting with a letter and not "
+        "ending with a dash (see `gcloud projects list`)",
+    ),
+    "bucket": (
+        re.compile(r"^[a-z0-9][a-z0-9_-]{1,61}[a-z0-9]$"),
+        "a bucket name: 3-63 lowercase letters, digits, dashes and underscores, starting and ending "
+        "with a letter or digit, without 'goog' (e.g. <project>-edge)",
+    ),
+    "repository": (
+        re.compile(r"^[a-z]([a-z0-9-]{0,61}[a-z0-9])?$"),
+        "a repository id: lowercase letters, digits and dashes, starting with a letter, at most 63 "
+        "characters",
+    ),
+    "service_account": (
+        re.compile(r"^[a-z][a-z0-9-]{4,28}[a-z0-9]$"),
+        "a service account id: 6-30 lowercase letters, digits and dashes, starting with a letter "
+        "(e.g. edge-jobs)",
+    ),
+    "tracking_secret": (
+        re.compile(r"^[A-Za-z0-9_-]{1,255}$"),
+        "a secret id: letters, digits, dashes and underscores",
+    ),
+}
 
 
 class SettingsError(ValueError):
@@ -162,14 +192,23 @@ class Settings(BaseModel):
             )
         return value
 
-    @field_validator("project")
+    @field_validator("bucket", "service_account", mode="before")
     @classmethod
-    def _project(cls, value: str) -> str:
-        if not _PROJECT.match(value):
-            raise ValueError(
-                f"{value!r} is not a project id: 6-30 lowercase letters, digits and dashes, starting "
-                "with a letter and not ending with a dash (see `gcloud projects list`)"
-            )
+    def _bare_name(cls, value: Any, info: ValidationInfo) -> Any:
+        # People paste `gs://name/` and full service account emails: keep the id.
+        if not isinstance(value, str):
+            return value
+        return (
+            value.removeprefix("gs://").rstrip("/") if info.field_name == "bucket" else value.split("@", 1)[0]
+        )
+
+    @field_validator(*_IDS)
+    @classmethod
+    def _id(cls, value: str, info: ValidationInfo) -> str:
+        pattern, what = _IDS[str(info.field_name)]
+        reserved = info.field_name == "bucket" and (value.startswith("goog") or "google" in value)
+        if not pattern.match(value) or reserved:
+            raise ValueError(f"{value!r} is not {what}")
         return value
 
     @field_validator("region")
@@ -177,39 +216,6 @@ class Settings(BaseModel):
     def _region(cls, value: str) -> str:
         if value not in REGIONS:
             raise ValueError(f"{value!r} is not a Vertex AI region; choose one of {', '.join(REGIONS)}")
-        return value
-
-    @field_validator("bucket")
-    @classmethod
-    def _bucket(cls, value: str) -> str:
-        value = value.removeprefix("gs://").rstrip("/")
-        if not _BUCKET.match(value) or value.startswith("goog") or "google" in value:
-            raise ValueError(
-                f"{value!r} is not a bucket name: 3-63 lowercase letters, digits, dashes and "
-                "underscores, starting and ending with a letter or digit, without 'goog' (e.g. "
-                "<project>-edge)"
-            )
-        return value
-
-    @field_validator("repository")
-    @classmethod
-    def _repository(cls, value: str) -> str:
-        if not _REPOSITORY.match(value):
-            raise ValueError(
-                f"{value!r} is not a repository id: lowercase letters, digits and dashes, starting "
-                "with a letter, at most 63 characters"
-            )
-        return value
-
-    @field_validator("service_account")
-    @classmethod
-    def _account(cls, value: str) -> str:
-        value = value.split("@", 1)[0]
-        if not _ACCOUNT.match(value):
-            raise ValueError(
-                f"{value!r} is not a service account id: 6-30 lowercase letters, digits and dashes, "
-                "starting with a letter (e.g. edge-jobs)"
-            )
         return value
 
     @field_validator("machine_type")
@@ -227,13 +233,6 @@ class Settings(BaseModel):
             return None
         if value not in ACCELERATORS:
             raise ValueError(f"{value!r} is not a known accelerator; choose one of {', '.join(ACCELERATORS)}")
-        return value
-
-    @field_validator("tracking_secret")
-    @classmethod
-    def _secret(cls, value: str) -> str:
-        if not _SECRET.match(value):
-            raise ValueError(f"{value!r} is not a secret id: letters, digits, dashes and underscores")
         return value
 
     @field_validator("endpoint_name")
@@ -321,6 +320,15 @@ def describe(exc: ValidationError, source: str) -> str:
             message = "unknown setting; remove it (see `edge config show` for the known ones)"
         lines.append(f"{source}: {where}: {message}")
     return "\n".join(lines)
+
+
+def field_error(key: str, value: Any) -> str | None:
+    """What is wrong with one setting on its own (for the `edge config` prompts), or None."""
+    try:
+        Settings.__pydantic_validator__.validate_assignment(Settings.model_construct(), key, value)
+    except ValidationError as exc:
+        return "; ".join(str(error["msg"]).removeprefix("Value error, ") for error in exc.errors())
+    return None
 
 
 def load(path: Path | None = None, environ: dict[str, str] | None = None) -> Settings:

@@ -133,6 +133,7 @@ def create_app(
         max_batch=settings.max_batch,
         max_wait=settings.batch_wait,
         max_queue=settings.max_queue,
+        workers=settings.inference_threads,
         on_batch=metrics.observe_batch,
     )
     if predictor is not None:

@@ -2,9 +2,10 @@
 
 One TensorFlow call on 32 images costs far less than 32 calls on one, so requests that arrive
 together are stacked into one batch. The event loop keeps reading and validating requests while
-the batch runs in the inference thread; whatever arrived meanwhile forms the next batch. A lone
-request is sent at once (waiting only helps while other requests are on their way), and the queue
-is bounded: past it, callers are told to come back later instead of memory growing.
+batches run in the inference threads (one batch per thread); whatever arrived meanwhile forms the
+next batch as soon as a thread is free. A lone request is sent at once (waiting only helps while
+other requests are on their way), and the queue is bounded: past it, callers are told to come back
+later instead of memory growing.
 """
 
 from __future__ import annotations
@@ -49,7 +50,7 @@ class _Item:
 
 
 class Batcher(Generic[M]):
-    """A bounded queue in front of `run(model, batch)`, which computes in one inference thread.
+    """A bounded queue in front of `run(model, batch)`, which computes in `workers` inference threads.
 
     `current_model()` is read when a batch starts, so a model swapped in by a reload serves the
     next batch while the batch in flight finishes on the old one.
@@ -63,10 +64,11 @@ class Batcher(Generic[M]):
         max_batch: int,
         max_wait: float,
         max_queue: int,
+        workers: int = 1,
         on_batch: Callable[[int, float], None] | None = None,
     ) -> None:
-        if max_batch < 1 or max_queue < 1 or max_wait < 0:
-            raise ValueError("max_batch and max_queue must be at least 1 and max_wait at least 0")
+        if max_batch < 1 or max_queue < 1 or max_wait < 0 or workers < 1:
+            raise ValueError("max_batch, max_queue and workers must be at least 1 and max_wait at least 0")
         self._run = run
         self._current_model = current_model
         self.max_batch = max_batch
@@ -78,8 +80,12 @@ class Batcher(Generic[M]):
         self._arriving = 0  # requests read but not yet queued: worth waiting for
         self._wakeup: asyncio.Event | None = None
         self._task: asyncio.Task[None] | None = None
-        # One thread: TensorFlow already spreads one call over every core.
-        self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="edge-inference")
+        # Batches computing now, at most `workers`: with TensorFlow on one thread per call (as
+        # `edge serve` sets it), one batch per core keeps every core busy without the cost of
+        # splitting each small convolution across threads.
+        self.workers = workers
+        self._in_flight: set[asyncio.Task[None]] = set()
+        self._executor = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="edge-inference")
 
     @property
     def queued(self) -> int:
@@ -98,6 +104,10 @@ class Batcher(Generic[M]):
             with suppress(asyncio.CancelledError):
                 await self._task
             self._task = None
+        for task in list(self._in_flight):
+            task.cancel()
+        if self._in_flight:
+            await asyncio.gather(*self._in_flight, return_exceptions=True)
         for item in self._items:
             item.future.cancel()
         self._items.clear()
@@ -133,14 +143,21 @@ class Batcher(Generic[M]):
         while True:
             await self._wakeup.wait()
             self._wakeup.clear()
-            if not self._items:
-                continue
+            if not self._items or len(self._in_flight) >= self.workers:
+                continue  # a batch that finishes wakes the loop again
             await self._gather(loop)
             batch = self._take()
             if batch:
-                await self._compute(loop, batch)
+                task = loop.create_task(self._compute(loop, batch), name="edge-batch")
+                self._in_flight.add(task)
+                task.add_done_callback(self._finished)
             if self._items:
                 self._wakeup.set()
+
+    def _finished(self, task: asyncio.Task[None]) -> None:
+        self._in_flight.discard(task)
+        if self._wakeup is not None:
+            self._wakeup.set()
 
     async def _gather(self, loop: asyncio.AbstractEventLoop) -> None:
         """Wait up to max_wait for more instances, but only while requests are still being read."""
@@ -175,6 +192,10 @@ class Batcher(Generic[M]):
         try:
             # Never on the loop: a slow call (the first after a reload, say) must not hold /health.
             rows = await loop.run_in_executor(self._executor, self._run, model, stacked)
+        except asyncio.CancelledError:  # the server is stopping
+            for item in batch:
+                item.future.cancel()
+            raise
         except Exception as exc:
             # Inputs are validated before they are queued, so this is the model's fault: every caller
             # of this batch gets the error, the next batch starts afresh.

@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
+import os
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass, fields
+from dataclasses import dataclass, field, fields
 from typing import Any, TypeVar
 
 # Vertex AI refuses online prediction requests above 1.5 MB, so nothing larger can be legitimate.
@@ -12,6 +13,11 @@ DEFAULT_MAX_REQUEST_BYTES = 1_500_000
 DEFAULT_MAX_INSTANCES = 64
 
 T = TypeVar("T")
+
+
+def usable_cpus() -> int:
+    """Return how many CPUs this process may run on (a container's limit, not the host's count)."""
+    return len(os.sched_getaffinity(0))
 
 
 @dataclass(frozen=True)
@@ -30,6 +36,9 @@ class ServerSettings:
     # Instances allowed to wait for a batch; past it a request gets 503 and Retry-After. At about
     # 1,000 images a second this is one second of work, so a queued request is never very stale.
     max_queue: int = 1024
+    # Batches computed at once, each on one thread (`edge serve` makes TensorFlow compute a call on
+    # the calling thread alone): one per core, up to 4, since more would only split the batches.
+    inference_threads: int = field(default_factory=lambda: min(4, usable_cpus()))
     # A connection must deliver a request's headers this long after it opens or after the previous
     # answer, else it is closed: slow or idle clients cannot hold the server.
     header_timeout: float = 5.0
@@ -65,6 +74,7 @@ class ServerSettings:
         take("EDGE_MAX_BATCH", "max_batch", _positive_int)
         take("EDGE_BATCH_WAIT_MS", "batch_wait", lambda raw: _non_negative(raw) / 1000)
         take("EDGE_MAX_QUEUE", "max_queue", _positive_int)
+        take("EDGE_INFERENCE_THREADS", "inference_threads", _positive_int)
         take("EDGE_HEADER_TIMEOUT", "header_timeout", _positive)
         take("EDGE_BODY_TIMEOUT", "body_timeout", _positive)
         take("EDGE_EXPOSE_METADATA", "expose_metadata", _boolean)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import base64
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -20,6 +21,43 @@ class ModelServerError(Exception):
 
     def __str__(self) -> str:
         return self.message
+
+
+def post_image(
+    session: requests.Session, url: str, png: bytes, timeout: tuple[float, float], who: str
+) -> requests.Response:
+    """POST one PNG as a `{"b64": ...}` instance; a timeout or an unreachable `who` is a ModelServerError."""
+    payload = {"instances": [{"b64": base64.b64encode(png).decode("ascii")}]}
+    try:
+        return session.post(url, json=payload, timeout=timeout)
+    except requests.Timeout as exc:
+        raise ModelServerError(
+            f"The {who} took too long to answer. Please try again in a moment.", 504
+        ) from exc
+    except requests.RequestException as exc:
+        raise ModelServerError(
+            f"The {who} cannot be reached right now. Please try again in a moment.", 503
+        ) from exc
+
+
+def read_prediction(
+    response: requests.Response, who: str, model: Callable[[dict[str, Any]], dict[str, str]]
+) -> dict[str, Any]:
+    """The first prediction of a 200 answer, and which model gave it (`model` picks that from the body)."""
+    try:
+        body = response.json()
+        prediction = body["predictions"][0]
+        return {
+            "prediction": {
+                "label": str(prediction["label"]),
+                "class_id": int(prediction["class_id"]),
+                "confidence": float(prediction["confidence"]),
+                "probabilities": {str(k): float(v) for k, v in dict(prediction["probabilities"]).items()},
+            },
+            "model": model(body),
+        }
+    except (ValueError, KeyError, IndexError, TypeError, AttributeError) as exc:
+        raise ModelServerError(f"The {who} sent an answer we could not understand.") from exc
 
 
 class ModelClient:
@@ -58,44 +96,16 @@ class ModelClient:
         self.session.mount("https://", adapter)
 
     def predict_png(self, png: bytes) -> dict[str, Any]:
-        """Classify one 28x28 PNG; return the prediction and the model's metadata."""
-        payload = {"instances": [{"b64": base64.b64encode(png).decode("ascii")}]}
-        try:
-            response = self.session.post(self.url, json=payload, timeout=self.timeout)
-        except requests.Timeout as exc:
-            raise ModelServerError(
-                "The model server took too long to answer. Please try again in a moment.", 504
-            ) from exc
-        except requests.RequestException as exc:
-            raise ModelServerError(
-                "The model server cannot be reached right now. Please try again in a moment.", 503
-            ) from exc
+        """Classify one 28x28 PNG; return the prediction and which model answered."""
+        response = post_image(self.session, self.url, png, self.timeout, "model server")
         if response.status_code == 503:
             raise ModelServerError("The model is still loading. Please try again in a moment.", 503)
         if response.status_code != 200:
             raise ModelServerError(
                 f"The model server answered with an error (HTTP {response.status_code}).", 502
             )
-        try:
-            body = response.json()
-            prediction = body["predictions"][0]
-            result = {
-                "prediction": {
-                    "label": str(prediction["label"]),
-                    "class_id": int(prediction["class_id"]),
-                    "confidence": float(prediction["confidence"]),
-                    "probabilities": {str(k): float(v) for k, v in dict(prediction["probabilities"]).items()},
-                },
-                # Which model answered, nothing more: the lineage is not for the public page.
-                "model": {
-                    key: str(value)
-                    for key, value in dict(body.get("model") or {}).items()
-                    if key in ("name", "version")
-                },
-            }
-        except (ValueError, KeyError, IndexError, TypeError) as exc:
-            raise ModelServerError("The model server sent an answer we could not understand.") from exc
-        return result
+        # Which model answered, nothing more: the lineage is not for the public page.
+        return read_prediction(response, "model server", _name_and_version)
 
     def model_card(self) -> str:
         """The served model's card (self-contained HTML); raise with a friendly message."""
@@ -114,3 +124,9 @@ class ModelClient:
                 f"The model server answered with an error (HTTP {response.status_code}).", 502
             )
         return response.text
+
+
+def _name_and_version(body: dict[str, Any]) -> dict[str, str]:
+    return {
+        key: str(value) for key, value in dict(body.get("model") or {}).items() if key in ("name", "version")
+    }

@@ -31,7 +31,12 @@ _HOP_BY_HOP = frozenset({"connection", "keep-alive", "transfer-encoding", "conte
 
 class QuietBadRequests(logging.Filter):
     """Log a malformed request as one line, not a traceback: it is the client's fault, and an
-    attacker must not be able to fill the log at a few hundred bytes a request."""
+    attacker must not be able to fill the log at a few hundred bytes a request.
+
+    Its twin is in src/edge/serving/server.py:
+    the webapp's package must not depend on this one (nor this one on the webapp's), as each
+    image installs only its own.
+    """
 
     def filter(self, record: logging.LogRecord) -> bool:
         from aiohttp.http_exceptions import HttpProcessingError

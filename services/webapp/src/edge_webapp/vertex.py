@@ -9,14 +9,13 @@ It answers in the same shape as `ModelClient`, so the views do not know which on
 
 from __future__ import annotations
 
-import base64
 import re
 from collections.abc import Mapping
 from typing import Any
 
 import requests
 
-from edge_webapp.client import ModelServerError
+from edge_webapp.client import ModelServerError, post_image, read_prediction
 
 SCOPES = ["https://www.googleapis.com/auth/cloud-platform"]
 _ENDPOINT = re.compile(r"^projects/[^/]+/locations/(?P<location>[a-z0-9-]+)/endpoints/[^/]+$")
@@ -57,41 +56,14 @@ class VertexClient:
 
     def predict_png(self, png: bytes) -> dict[str, Any]:
         """Classify one 28x28 PNG through the endpoint; the prediction and which model answered."""
-        payload = {"instances": [{"b64": base64.b64encode(png).decode("ascii")}]}
-        try:
-            response = self.session.post(self.url, json=payload, timeout=self.timeout)
-        except requests.Timeout as exc:
-            raise ModelServerError(
-                "The model took too long to answer. Please try again in a moment.", 504
-            ) from exc
-        except requests.RequestException as exc:
-            raise ModelServerError(
-                "The model cannot be reached right now. Please try again in a moment.", 503
-            ) from exc
+        response = post_image(self.session, self.url, png, self.timeout, "model")
         if response.status_code in (401, 403):
             raise ModelServerError("The webapp is not allowed to call the model (check its service account).")
         if response.status_code == 429:
             raise ModelServerError("The model is busy. Please try again in a moment.", 503)
         if response.status_code != 200:
             raise ModelServerError(f"The model answered with an error (HTTP {response.status_code}).")
-        try:
-            body = response.json()
-            prediction = body["predictions"][0]
-            return {
-                "prediction": {
-                    "label": str(prediction["label"]),
-                    "class_id": int(prediction["class_id"]),
-                    "confidence": float(prediction["confidence"]),
-                    "probabilities": {str(k): float(v) for k, v in dict(prediction["probabilities"]).items()},
-                },
-                "model": {
-                    "name": str(body.get("modelDisplayName") or ""),
-                    "version": str(body.get("modelVersionId") or ""),
-                    "deployed_model_id": str(body.get("deployedModelId") or ""),
-                },
-            }
-        except (ValueError, KeyError, IndexError, TypeError) as exc:
-            raise ModelServerError("The model sent an answer we could not understand.") from exc
+        return read_prediction(response, "model", _deployed_model)
 
 
 def _session(anonymous: bool) -> requests.Session:
@@ -105,3 +77,11 @@ def _session(anonymous: bool) -> requests.Session:
     else:
         credentials, _project = google.auth.default(scopes=SCOPES)
     return AuthorizedSession(credentials)  # type: ignore[no-untyped-call, no-any-return]
+
+
+def _deployed_model(body: dict[str, Any]) -> dict[str, str]:
+    return {
+        "name": str(body.get("modelDisplayName") or ""),
+        "version": str(body.get("modelVersionId") or ""),
+        "deployed_model_id": str(body.get("deployedModelId") or ""),
+    }
