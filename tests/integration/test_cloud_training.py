@@ -232,7 +232,10 @@ def test_ctrl_c_cancels_the_job(workspace: Path, gcs_emulator: GcsEmulator) -> N
                 assert time.monotonic() < deadline and process.poll() is None, "the job never ran"
                 time.sleep(0.2)
             process.send_signal(signal.SIGINT)
-            process.wait(60)
+            try:
+                process.wait(60)
+            except subprocess.TimeoutExpired:
+                raise AssertionError("still running 60 s after Ctrl-C:\n" + "".join(lines)) from None
             reader.join(10)
             output = "".join(lines)
         finally:
