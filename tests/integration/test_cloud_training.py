@@ -215,7 +215,14 @@ def test_ctrl_c_cancels_the_job(workspace: Path, gcs_emulator: GcsEmulator) -> N
         command = [sys.executable, "-m", "edge", "pipeline", "train", "--on", "vertex", "--image", IMAGE]
         command.append("--cancel-on-interrupt")
         process = subprocess.Popen(
-            command, env={**os.environ, **env}, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True
+            command,
+            env={**os.environ, **env},
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            text=True,
+            # As from a terminal: a test run started in the background by a script (as CI may be)
+            # inherits SIGINT ignored, and Python then never turns Ctrl-C into KeyboardInterrupt.
+            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),
         )
         assert process.stdout is not None
         lines: list[str] = []
