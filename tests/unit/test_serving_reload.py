@@ -9,6 +9,7 @@ import json
 import logging
 import shutil
 import threading
+import time
 from collections import Counter
 from pathlib import Path
 
@@ -44,6 +45,8 @@ class Traffic:
     def __init__(self, url: str, threads: int = 4) -> None:
         self.statuses: Counter[int] = Counter()
         self.versions: list[str] = []
+        # (sent, answered, version) of each 200, on one monotonic clock.
+        self.answers: list[tuple[float, float, str]] = []
         self.errors: list[str] = []
         self._stop = threading.Event()
         self._lock = threading.Lock()
@@ -63,6 +66,7 @@ class Traffic:
         session = requests.Session()
         body = {"instances": [[0] * 784]}
         while not self._stop.is_set():
+            sent = time.monotonic()
             try:
                 response = session.post(url + "/predict", json=body, timeout=30)
             except requests.RequestException as exc:
@@ -72,7 +76,9 @@ class Traffic:
             with self._lock:
                 self.statuses[response.status_code] += 1
                 if response.status_code == 200:
-                    self.versions.append(response.json()["model"]["version"])
+                    version = response.json()["model"]["version"]
+                    self.versions.append(version)
+                    self.answers.append((sent, time.monotonic(), version))
 
 
 @pytest.fixture
@@ -99,9 +105,13 @@ def test_a_new_model_is_swapped_in_and_a_broken_one_refused_under_traffic(
         assert wait_until(lambda: len(traffic.versions) > seen_after_refusal + 20)
         assert client.get("/health").json()["model"]["version"] == "2"
     assert traffic.errors == [] and set(traffic.statuses) == {200}, (traffic.errors, traffic.statuses)
-    # Old answers, then new ones, never back: the swap is one step.
-    first_new = traffic.versions.index("2")
-    assert set(traffic.versions[:first_new]) == {"0.0.0-test"} and set(traffic.versions[first_new:]) == {"2"}
+    # Old answers, then new ones, never back: the swap is one step. Requests already computing when
+    # it happens may still finish on the old model (batches run side by side), so the order that
+    # counts is by sending: once a new answer has come back, no request sent after it gets the old one.
+    assert {version for _, _, version in traffic.answers} == {"0.0.0-test", "2"}
+    first_new_answer = min(answered for _, answered, version in traffic.answers if version == "2")
+    late_old = [sent for sent, _, version in traffic.answers if version != "2" and sent > first_new_answer]
+    assert late_old == [], f"{len(late_old)} request(s) sent after the swap got the old model"
     refusal = next(r.getMessage() for r in caplog.records if "refused the new model" in r.getMessage())
     # The reason follows: the broken SavedModel fails the folder's content check, or TensorFlow.
     assert "still serving fashion-mnist 2: " in refusal and str(models) in refusal
