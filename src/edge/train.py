@@ -50,6 +50,9 @@ class TrainParams:
     label_smoothing: float = 0.1
     flip: bool = True
     shift: int = 0
+    # Random contrast and brightness: each image's distance from its mean, then all its pixels, are
+    # multiplied by factors drawn from [1 - contrast, 1 + contrast].
+    contrast: float = 0.0
     # Fit a temperature on the validation split and ship it: confidences that mean what they say.
     calibrate: bool = True
     model: ModelParams = field(default_factory=ModelParams)
@@ -67,6 +70,8 @@ class TrainParams:
             raise ValueError("train.epochs and train.batch_size must be at least 1 in params.yaml")
         if params.shift < 0:
             raise ValueError("train.shift must be 0 or more pixels in params.yaml")
+        if not 0 <= params.contrast < 1:
+            raise ValueError("train.contrast must be in [0, 1) in params.yaml")
         return params
 
 
@@ -98,7 +103,7 @@ def _dataset(split: Split, params: TrainParams, training: bool) -> tf.data.Datas
     if training:
         ds = ds.shuffle(len(split.labels), seed=params.seed, reshuffle_each_iteration=True)
     ds = ds.batch(params.batch_size)
-    if training and (params.flip or params.shift):
+    if training and (params.flip or params.shift or params.contrast):
         ds = ds.map(
             lambda x, y: (_augment(tf.cast(x, tf.float32), params), y), num_parallel_calls=tf.data.AUTOTUNE
         )
@@ -116,7 +121,24 @@ def _augment(batch: tf.Tensor, params: TrainParams) -> tf.Tensor:
         batch = tf.where(flip, tf.reverse(batch, axis=[2]), batch)
     if params.shift:
         batch = shift_batch(batch, params.shift, seed=params.seed)
+    if params.contrast:
+        batch = vary_contrast(batch, params.contrast, seed=params.seed)
     return batch
+
+
+def vary_contrast(batch: tf.Tensor, amount: float, seed: int | None = None) -> tf.Tensor:
+    """Scale each image's contrast (around its mean), then its brightness, by its own random factors
+    in [1 - amount, 1 + amount], clipped to 0-255: the model test suite's darker and low-contrast
+    images, and their opposites.
+    """
+    import tensorflow as tf
+
+    count = tf.shape(batch)[0]
+    contrast, brightness = tf.unstack(
+        tf.random.uniform([2, count, 1, 1], 1 - amount, 1 + amount, seed=seed), axis=0
+    )
+    mean = tf.reduce_mean(batch, axis=[1, 2], keepdims=True)
+    return tf.clip_by_value((mean + (batch - mean) * contrast) * brightness, 0.0, 255.0)
 
 
 def shift_batch(batch: tf.Tensor, pixels: int, seed: int | None = None) -> tf.Tensor:

@@ -14,7 +14,7 @@ from edge.model import (
     with_flip_tta,
     with_temperature,
 )
-from edge.train import TrainParams, shift_batch
+from edge.train import TrainParams, shift_batch, vary_contrast
 
 
 def test_model_outputs_probabilities_per_class() -> None:
@@ -111,3 +111,26 @@ def test_shift_fills_with_black() -> None:
     black = (moved == 0).sum(axis=(1, 2))
     assert set(black.tolist()) <= {0, 28, 55}
     assert black.max() == 55 and black.min() == 0
+
+
+def test_contrast_and_brightness_vary_per_image_within_the_limit() -> None:
+    # Two levels per image, 40 and 160 (mean 100): contrast moves them apart or together around the
+    # mean, brightness scales both; the ratio of their distance to their mean undoes brightness.
+    images = np.full((300, 28, 28), 40.0, np.float32)
+    images[:, :, 14:] = 160.0
+    varied = np.asarray(vary_contrast(images, 0.3, seed=5))
+    assert varied.shape == images.shape
+    assert varied.min() >= 0 and varied.max() <= 255
+    low, high = varied[:, 0, 0], varied[:, 0, 27]
+    assert np.all(varied[:, :, :14] == low[:, None, None]) and np.all(
+        varied[:, :, 14:] == high[:, None, None]
+    )
+    brightness = (low + high) / 2 / 100.0
+    contrast = (high - low) / 2 / 60.0 / brightness
+    for factor in (brightness, contrast):
+        assert factor.min() >= 0.7 - 1e-4 and factor.max() <= 1.3 + 1e-4
+        # Each image draws its own: spread over the range, not one value for the batch.
+        assert factor.max() - factor.min() > 0.5
+    assert TrainParams.from_dict({"contrast": 0.3}).contrast == 0.3
+    with pytest.raises(ValueError, match=r"train\.contrast"):
+        TrainParams.from_dict({"contrast": 1.5})
