@@ -355,11 +355,7 @@ def _embeddings(
         end = start + 1
         while end < len(items) and items[end].version == items[start].version:
             end += 1
-        picked = [
-            (k, row)
-            for k in range(start, end)
-            for row in (range(len(items[k].class_ids)) if rows[k] is None else rows[k])
-        ]
+        picked = [(k, row) for k in range(start, end) for row in _picked_rows(items[k], rows[k])]
         images = np.stack([items[k].images[row] for k, row in picked]) if picked else items[start].images[:0]
         embedded = embed(replace(items[start], images=images))
         if embedded is not None and picked:
@@ -367,6 +363,10 @@ def _embeddings(
             vectors.update(zip(picked, values, strict=True))
         start = end
     return vectors
+
+
+def _picked_rows(predicted: Predicted, rows: Sequence[int] | None) -> Sequence[int]:
+    return range(len(predicted.class_ids)) if rows is None else rows
 
 
 def list_log_files(source: str) -> list[str]:
