@@ -293,12 +293,13 @@ def one_image() -> list[list[int]]:
 
 
 def make_model(tmp: Path) -> Path:
-    """Save an untrained model of the shipped architecture (default params, flip averaging included):
+    """Save an untrained model of the shipped architecture (params.yaml's, flip averaging included):
     the same arithmetic per image as a trained one."""
     from edge.data import CLASS_NAMES
-    from edge.model import ModelParams, build_model, save_model, with_flip_tta
+    from edge.model import build_model, save_model, with_flip_tta
+    from edge.pipeline import load_params
 
-    params = ModelParams()
+    params = load_params(ROOT / "params.yaml").train.model
     model = build_model(params)
     folder = tmp / "models"
     save_model(

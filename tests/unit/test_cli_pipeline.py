@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 from typer.testing import CliRunner
 
-from edge.cli import app, enable_onednn
+from edge.cli import app, computes_in_batches, enable_onednn
 from tests.conftest import TINY_MODEL_METADATA
 
 
@@ -89,3 +89,12 @@ def test_onednn_is_on_for_x86_unless_the_user_chose(monkeypatch: pytest.MonkeyPa
     monkeypatch.setenv("TF_ENABLE_ONEDNN_OPTS", "0")
     enable_onednn("x86_64")
     assert os.environ["TF_ENABLE_ONEDNN_OPTS"] == "0"
+
+
+def test_the_model_server_keeps_tensorflows_own_kernel_choice() -> None:
+    # One image computes twice as fast without oneDNN on an AVX2 core: serving leaves it to TensorFlow.
+    assert not computes_in_batches(["serve", "--model-dir", "models"])
+    assert not computes_in_batches(["up", "--port", "8080"])
+    assert computes_in_batches(["pipeline", "train", "--prepared-dir", "serve"])
+    assert computes_in_batches(["model", "gate"])
+    assert computes_in_batches([])

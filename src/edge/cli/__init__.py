@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import platform
+import sys
 
 import typer
 
@@ -46,8 +47,21 @@ def main() -> None:
     """Run the `edge` command line."""
     # TensorFlow's C++ start-up notices say nothing a user can act on.
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
-    enable_onednn()
+    if computes_in_batches(sys.argv[1:]):
+        enable_onednn()
     app()
+
+
+def computes_in_batches(args: list[str]) -> bool:
+    """Whether the command in `args` may run TensorFlow on large batches, where oneDNN pays."""
+    command = next((arg for arg in args if not arg.startswith("-")), "")
+    return command not in KEEP_TENSORFLOW_DEFAULTS
+
+
+# The model server computes small batches, where oneDNN costs more than it saves on an AVX2 core (one
+# image: 2.6 ms with it, 1.3 ms without; docs/benchmarks.md), so it keeps TensorFlow's own choice, as
+# does `up`, which only starts processes that choose for themselves (the server among them).
+KEEP_TENSORFLOW_DEFAULTS = ("serve", "up")
 
 
 def enable_onednn(machine: str | None = None) -> None:

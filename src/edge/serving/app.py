@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import gc
 import json
 import logging
 import time
@@ -162,6 +163,13 @@ def _run_model(predictor: Predictor | None, batch: np.ndarray) -> np.ndarray:
 def _publish(app: web.Application, predictor: Predictor) -> None:
     app[METRICS].model_ready(predictor.metadata)
     app[HOLDER].set(predictor)
+    # A loaded model is some 400,000 long-lived Python objects, TensorFlow's included. Left to the
+    # cyclic garbage collector, every full collection walks them all with the GIL held, which held
+    # each request in flight for up to a few hundred ms (p99 at concurrency 32: 236 ms, 69 ms frozen).
+    # Frozen, they are never walked again; a reload first thaws them, so the old model's cycles go.
+    gc.unfreeze()
+    gc.collect()
+    gc.freeze()
 
 
 async def _start(app: web.Application) -> None:
