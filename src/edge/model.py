@@ -81,7 +81,7 @@ def resolve_precision(
 class ModelParams:
     """Architecture hyperparameters, the `model` block of params.yaml."""
 
-    filters: tuple[int, ...] = (32, 64, 128)
+    filters: tuple[int, ...] = (16, 32, 64)
     convs_per_block: int = 1
     head: str = "flatten"
     batch_norm: bool = False

@@ -42,17 +42,17 @@ class TrainParams:
     """The `train` block of params.yaml."""
 
     seed: int = 42
-    epochs: int = 17
+    epochs: int = 15
     batch_size: int = 256
     learning_rate: float = 2e-3
     warmup_epochs: int = 1
     weight_decay: float = 1e-4
     label_smoothing: float = 0.1
     flip: bool = True
-    shift: int = 0
+    shift: int = 2
     # Random contrast and brightness: each image's distance from its mean, then all its pixels, are
     # multiplied by factors drawn from [1 - contrast, 1 + contrast].
-    contrast: float = 0.0
+    contrast: float = 0.3
     # Fit a temperature on the validation split and ship it: confidences that mean what they say.
     calibrate: bool = True
     model: ModelParams = field(default_factory=ModelParams)
