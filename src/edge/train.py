@@ -53,6 +53,8 @@ class TrainParams:
     # Random contrast and brightness: each image's distance from its mean, then all its pixels, are
     # multiplied by factors drawn from [1 - contrast, 1 + contrast].
     contrast: float = 0.3
+    # Gaussian noise of a standard deviation drawn per image from [0, noise] (0-255 units).
+    noise: float = 12.0
     # Fit a temperature on the validation split and ship it: confidences that mean what they say.
     calibrate: bool = True
     model: ModelParams = field(default_factory=ModelParams)
@@ -72,6 +74,8 @@ class TrainParams:
             raise ValueError("train.shift must be 0 or more pixels in params.yaml")
         if not 0 <= params.contrast < 1:
             raise ValueError("train.contrast must be in [0, 1) in params.yaml")
+        if not 0 <= params.noise <= 255:
+            raise ValueError("train.noise must be a standard deviation in [0, 255] in params.yaml")
         return params
 
 
@@ -103,7 +107,7 @@ def _dataset(split: Split, params: TrainParams, training: bool) -> tf.data.Datas
     if training:
         ds = ds.shuffle(len(split.labels), seed=params.seed, reshuffle_each_iteration=True)
     ds = ds.batch(params.batch_size)
-    if training and (params.flip or params.shift or params.contrast):
+    if training and (params.flip or params.shift or params.contrast or params.noise):
         ds = ds.map(
             lambda x, y: (_augment(tf.cast(x, tf.float32), params), y), num_parallel_calls=tf.data.AUTOTUNE
         )
@@ -113,7 +117,7 @@ def _dataset(split: Split, params: TrainParams, training: bool) -> tf.data.Datas
 
 
 def _augment(batch: tf.Tensor, params: TrainParams) -> tf.Tensor:
-    """Flip left-right and shift by up to `shift` pixels: a garment stays the same garment."""
+    """Flip, shift, vary contrast and add noise, each as configured: a garment stays the same garment."""
     import tensorflow as tf
 
     if params.flip:
@@ -123,7 +127,19 @@ def _augment(batch: tf.Tensor, params: TrainParams) -> tf.Tensor:
         batch = shift_batch(batch, params.shift, seed=params.seed)
     if params.contrast:
         batch = vary_contrast(batch, params.contrast, seed=params.seed)
+    if params.noise:
+        batch = add_noise(batch, params.noise, seed=params.seed)
     return batch
+
+
+def add_noise(batch: tf.Tensor, sd: float, seed: int | None = None) -> tf.Tensor:
+    """Add Gaussian noise to each image, of its own standard deviation drawn from [0, sd] (0-255
+    units), clipped to 0-255: the model test suite's noisy images, and everything milder.
+    """
+    import tensorflow as tf
+
+    scale = tf.random.uniform([tf.shape(batch)[0], 1, 1], 0.0, sd, seed=seed)
+    return tf.clip_by_value(batch + tf.random.normal(tf.shape(batch), seed=seed) * scale, 0.0, 255.0)
 
 
 def vary_contrast(batch: tf.Tensor, amount: float, seed: int | None = None) -> tf.Tensor:

@@ -14,7 +14,7 @@ from edge.model import (
     with_flip_tta,
     with_temperature,
 )
-from edge.train import TrainParams, shift_batch, vary_contrast
+from edge.train import TrainParams, add_noise, shift_batch, vary_contrast
 
 
 def test_model_outputs_probabilities_per_class() -> None:
@@ -134,3 +134,15 @@ def test_contrast_and_brightness_vary_per_image_within_the_limit() -> None:
     assert TrainParams.from_dict({"contrast": 0.3}).contrast == 0.3
     with pytest.raises(ValueError, match=r"train\.contrast"):
         TrainParams.from_dict({"contrast": 1.5})
+
+
+def test_noise_has_a_standard_deviation_of_its_own_per_image_up_to_the_limit() -> None:
+    images = np.full((400, 28, 28), 128.0, np.float32)
+    noisy = np.asarray(add_noise(images, 12.0, seed=2))
+    assert noisy.shape == images.shape and noisy.min() >= 0 and noisy.max() <= 255
+    spread = noisy.reshape(400, -1).std(axis=1)
+    # Drawn from [0, 12]: some images almost clean, some near 12, none far above it.
+    assert spread.min() < 1.0 and 10.5 < spread.max() < 13.0
+    assert abs(float(noisy.mean()) - 128.0) < 0.5
+    with pytest.raises(ValueError, match=r"train\.noise"):
+        TrainParams.from_dict({"noise": -1})
