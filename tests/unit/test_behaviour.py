@@ -141,6 +141,17 @@ def test_clear_example_selection_is_deterministic_and_unambiguous() -> None:
         assert CLASS_NAMES[int(test.labels[example["id"]])] == example["label"]
 
 
+def test_a_test_image_with_a_mixed_wider_neighbourhood_is_not_clear() -> None:
+    # Test image 0 sits on 12 training images of its class, then 14 of another: clear for its 10
+    # nearest neighbours, borderline for 25 (as Fashion-MNIST's test image 23, a strappy ankle boot).
+    near, far = np.full((12, 28, 28), 100, np.uint8), np.full((14, 28, 28), 100, np.uint8)
+    near[:, 0, 0], far[:, 0, 0] = 101, 103
+    train = Split(np.concatenate([near, far]), np.array([9] * 12 + [5] * 14, np.uint8))
+    test = Split(np.full((1, 28, 28), 100, np.uint8), np.array([9], np.uint8))
+    assert [e["id"] for e in behaviour.select_clear_examples(train, test, per_class=1, neighbours=10)] == [0]
+    assert behaviour.select_clear_examples(train, test, per_class=1) == []
+
+
 def test_the_shipped_curated_file_has_ten_examples_per_class() -> None:
     from tests.conftest import REPO_ROOT
 

@@ -103,20 +103,27 @@ def curate(
         "data/curated/clear-examples.json"
     ),
     per_class: Annotated[int, typer.Option(min=1, help="Examples per class.")] = 10,
+    neighbours: Annotated[
+        int | None,
+        typer.Option(min=1, help="Nearest training images that must all share the label [default: 25]."),
+    ] = None,
 ) -> None:
     """Choose the test suite's clear examples: per class, test images all of whose neighbours agree."""
-    from edge.behaviour import CLEAR_EXAMPLES_FORMAT, select_clear_examples
+    from edge.behaviour import CLEAR_EXAMPLES_FORMAT, CLEAR_NEIGHBOURS, select_clear_examples
+
+    neighbours = neighbours or CLEAR_NEIGHBOURS
 
     with friendly_errors():
         train = data.Split(*data.load_split(raw_dir, "train"))
         test = data.Split(*data.load_split(raw_dir, "t10k"))
-        examples = select_clear_examples(train, test, per_class=per_class)
+        examples = select_clear_examples(train, test, per_class=per_class, neighbours=neighbours)
     document = {
         "format": CLEAR_EXAMPLES_FORMAT,
         "description": "Clear examples the model must all get right (the test suite's minimum functionality)",
         "selection": (
             f"per class, the first {per_class} images of the Fashion-MNIST test set (t10k, by id) whose "
-            "10 nearest training images (raw pixels, Euclidean) all share its label; `edge data curate`"
+            f"{neighbours} nearest training images (raw pixels, Euclidean) all share its label; "
+            "`edge data curate`"
         ),
     }
     # One example a line: small diffs when the selection changes.
