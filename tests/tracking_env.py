@@ -22,11 +22,18 @@ from typer.testing import CliRunner
 
 from edge.cli import app
 from edge.tracking.experiment import Recorder, tracked_run
+from tests.datagen import NO_AUGMENTATION
 
 MOCK_URL = "mongodb://edge:pa55word@mongo.test:27017/edge"
 PARAMS = {
     "prepare": {"seed": 1, "validation_size": 100},
-    "train": {"epochs": 3, "batch_size": 64, "learning_rate": 0.003, "model": {"filters": [8]}},
+    "train": {
+        "epochs": 3,
+        "batch_size": 64,
+        "learning_rate": 0.003,
+        **NO_AUGMENTATION,
+        "model": {"filters": [8]},
+    },
 }
 GIT = {"commit": "a" * 40, "branch": "main", "remote": "https://example.com/edge.git", "dirty": False}
 DATA = [{"path": "data/raw/fashion-mnist", "md5": "0123456789abcdef0123456789abcdef.dir"}]

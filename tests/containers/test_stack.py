@@ -30,6 +30,7 @@ from PIL import Image
 
 from edge.cloud.images import BuiltImage
 from edge.data import CLASS_NAMES
+from tests.datagen import NO_AUGMENTATION
 from tests.docker_env import IN_CI, REPO_ROOT, unique_tag
 from tests.live_servers import free_port
 
@@ -38,7 +39,13 @@ pytestmark = pytest.mark.containers
 HEALTH_TIMEOUT = 300.0  # TensorFlow starts slowly in a container on a busy two-core machine
 TINY_PARAMS: dict[str, Any] = {
     "prepare": {"seed": 1, "validation_size": 500, "max_train_images": 3000, "max_test_images": 1000},
-    "train": {"seed": 1, "epochs": 1, "batch_size": 128, "model": {"filters": [8], "dense_units": 16}},
+    "train": {
+        "seed": 1,
+        "epochs": 1,
+        "batch_size": 128,
+        **NO_AUGMENTATION,
+        "model": {"filters": [8], "dense_units": 16},
+    },
     "evaluate": {"min_accuracy": 0.3},
 }
 

@@ -43,6 +43,9 @@ prepare:
 train:
   epochs: 1
   batch_size: 32
+  shift: 0  # synthetic classes differ by where their bar is (tests/datagen.py)
+  contrast: 0
+  noise: 0
   model:
     filters: [8]
     dense_units: 16

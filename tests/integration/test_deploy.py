@@ -23,7 +23,7 @@ from typer.testing import CliRunner, Result
 
 from edge.cli import app
 from tests.cloud_env import endpoint_env, write_settings
-from tests.datagen import write_fashion_files
+from tests.datagen import NO_AUGMENTATION, write_fashion_files
 from tests.standin.cloud import LocalCloud
 from tests.standin.server import ApiError
 from tests.standin.vertex_endpoints import DockerServers, ProcessServers, Servers, VertexEndpoints
@@ -53,6 +53,7 @@ def _train(prepared: Path, target: Path, epochs: int, seed: int) -> Path:
         batch_size=32,
         learning_rate=3e-3,
         warmup_epochs=0,
+        **NO_AUGMENTATION,  # type: ignore[arg-type]
         model=ModelParams(filters=(8,), dense_units=32, bfloat16=False, tta_flip=False),
     )
     lineage = {

@@ -19,7 +19,7 @@ import pytest
 import yaml
 
 from tests.conftest import REPO_ROOT
-from tests.datagen import write_fashion_files
+from tests.datagen import NO_AUGMENTATION, write_fashion_files
 
 pytestmark = pytest.mark.slow
 
@@ -30,7 +30,13 @@ pytestmark = pytest.mark.slow
 MIN_ACCURACY = 0.5
 TINY_PARAMS = {
     "prepare": {"seed": 1, "validation_size": 200, "max_train_images": None, "max_test_images": None},
-    "train": {"seed": 1, "epochs": 1, "batch_size": 64, "model": {"filters": [8], "dense_units": 16}},
+    "train": {
+        "seed": 1,
+        "epochs": 1,
+        "batch_size": 64,
+        **NO_AUGMENTATION,
+        "model": {"filters": [8], "dense_units": 16},
+    },
     "evaluate": {
         "min_accuracy": MIN_ACCURACY,
         "seed": 0,

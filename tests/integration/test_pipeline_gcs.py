@@ -16,6 +16,7 @@ from edge import storage
 from edge.model import verify_model_uri
 from edge.serving.predictor import load_from_uri
 from edge.train import load_prepared
+from tests.datagen import NO_AUGMENTATION
 from tests.gcs_emulator import GcsEmulator
 
 pytestmark = pytest.mark.slow
@@ -26,7 +27,13 @@ EDGE = str(Path(sys.executable).with_name("edge"))
 MIN_ACCURACY = 0.5
 TINY_PARAMS = {
     "prepare": {"seed": 1, "validation_size": 200, "max_train_images": 1000, "max_test_images": 300},
-    "train": {"seed": 1, "epochs": 3, "batch_size": 32, "model": {"filters": [8], "dense_units": 16}},
+    "train": {
+        "seed": 1,
+        "epochs": 3,
+        "batch_size": 32,
+        **NO_AUGMENTATION,
+        "model": {"filters": [8], "dense_units": 16},
+    },
     "evaluate": {"min_accuracy": MIN_ACCURACY},
 }
 

@@ -14,6 +14,7 @@ import pytest
 import yaml
 
 from edge.model import verify_model_uri
+from tests.datagen import NO_AUGMENTATION
 
 pytestmark = pytest.mark.slow
 
@@ -22,7 +23,13 @@ EDGE = str(Path(sys.executable).with_name("edge"))
 MIN_ACCURACY = 0.5
 PARAMS = {
     "prepare": {"seed": 1, "validation_size": 100},
-    "train": {"seed": 1, "epochs": 3, "batch_size": 32, "model": {"filters": [8], "dense_units": 16}},
+    "train": {
+        "seed": 1,
+        "epochs": 3,
+        "batch_size": 32,
+        **NO_AUGMENTATION,
+        "model": {"filters": [8], "dense_units": 16},
+    },
     "evaluate": {"min_accuracy": MIN_ACCURACY},
 }
 

@@ -29,14 +29,20 @@ from typer.testing import CliRunner
 
 from edge.cli import app
 from edge.pipeline import load_params
-from tests.datagen import write_fashion_files
+from tests.datagen import NO_AUGMENTATION, write_fashion_files
 
 pytestmark = pytest.mark.slow
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 TINY_PARAMS = {
     "prepare": {"seed": 1, "validation_size": 100, "max_train_images": None, "max_test_images": None},
-    "train": {"seed": 1, "epochs": 1, "batch_size": 64, "model": {"filters": [8], "dense_units": 16}},
+    "train": {
+        "seed": 1,
+        "epochs": 1,
+        "batch_size": 64,
+        **NO_AUGMENTATION,
+        "model": {"filters": [8], "dense_units": 16},
+    },
     "evaluate": {"min_accuracy": 0.0},
 }
 REMOTE_TOKEN = "ghp-secret-token"
