@@ -340,7 +340,8 @@ def main() -> None:
     load_before = load_average()
     with tempfile.TemporaryDirectory(prefix="edge-bench-") as tmp_name:
         tmp = Path(tmp_name)
-        model_dir = args.model_dir
+        # Absolute: the previous server and the naive one run from other folders.
+        model_dir = args.model_dir.resolve() if args.model_dir else None
         if model_dir is None:
             model_dir = ROOT / "models" if (ROOT / "models" / "metadata.json").is_file() else make_model(tmp)
         metadata = json.loads((model_dir / "metadata.json").read_text())
