@@ -107,7 +107,7 @@ def serve(
     except ValueError as exc:
         typer.echo(f"error: {exc}", err=True)
         raise typer.Exit(1) from exc
-    compute_each_call_on_one_thread()
+    compute_each_call_on_one_thread(settings.inference_threads)
     # A missing or corrupt model stops here with one line and a non-zero exit, before any port opens.
     try:
         predictor = load_from_uri(uri)
