@@ -27,7 +27,8 @@ from typing import Any
 import numpy as np
 
 REPO = Path(__file__).resolve().parents[1]
-TARGET_ACCURACY = 0.93
+# Issue 12 asks for a median of 93.5% over 3 seeds; this benchmark runs one seed, the default.
+TARGET_ACCURACY = 0.935
 TARGET_PIPELINE_SECONDS = 360.0
 TARGET_NOOP_SECONDS = 3.0
 KNN_K = 3
