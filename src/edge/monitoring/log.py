@@ -41,12 +41,12 @@ FileWriter = Callable[[str, str], None]
 # Returns the (projected) embeddings of a request's images, or None when there are none to give.
 Embedder = Callable[["Predicted"], np.ndarray | None]
 FILE_PREFIX = "predictions-"
+FILE_SUFFIX = ".jsonl"
 # The writer takes every request queued since its last turn, up to this many, and builds their records
 # together; a turn starts this long after its first request arrived, so that others join it. Records
 # reach the drift gauges and files that much later, which nothing notices.
 DRAIN_REQUESTS = 512
 GATHER_SECONDS = 0.05
-FILE_SUFFIX = ".jsonl"
 
 
 @dataclass(frozen=True)
@@ -272,9 +272,6 @@ class PredictionLog:
             return
         self.metrics.written.inc(len(lines))
         self.metrics.files.inc()
-
-
-_NOTHING: Any = object()
 
 
 def _with_time(predicted: Predicted) -> Predicted:
