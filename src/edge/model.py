@@ -50,6 +50,28 @@ def cpu_flags(cpuinfo: str) -> set[str]:
     return set()
 
 
+def machine(cpuinfo: str | None = None) -> dict[str, Any]:
+    """The kind of CPU a model is trained on: what decides its exact bits (`edge.train.train`)."""
+    import os
+
+    import tensorflow as tf
+
+    if cpuinfo is None:
+        cpuinfo = CPUINFO.read_text() if CPUINFO.is_file() else ""
+    name = next(
+        (line.partition(":")[2].strip() for line in cpuinfo.splitlines() if line.startswith("model name")),
+        "unknown",
+    )
+    flags = cpu_flags(cpuinfo) & {"avx2", "avx512f", *BF16_CPU_FLAGS}
+    return {
+        "cpu": name,
+        "flags": sorted(flags),
+        "cores": len(os.sched_getaffinity(0)),
+        "tensorflow": tf.__version__,
+        "onednn": os.environ.get("TF_ENABLE_ONEDNN_OPTS", "default"),
+    }
+
+
 def resolve_precision(
     setting: bool | str, *, cpuinfo: str | None = None, gpus: int | None = None
 ) -> Precision:

@@ -22,6 +22,7 @@ from edge.model import (
     Precision,
     build_model,
     logits_model,
+    machine,
     resolve_precision,
     with_flip_tta,
     with_temperature,
@@ -30,6 +31,9 @@ from edge.model import (
 if TYPE_CHECKING:
     import keras
     import tensorflow as tf
+
+Seed = Any
+"""Two integers (a tuple or an int64 tensor of shape [2]) that decide a stateless random draw."""
 
 EpochCallback = Callable[[int, dict[str, float]], None]
 """Called after each epoch with its number (1-based) and its metrics."""
@@ -98,51 +102,69 @@ class TrainResult:
         return {**self.history[-1], **self.shipped_validation}
 
 
-def _dataset(split: Split, params: TrainParams, training: bool) -> tf.data.Dataset:
+def _dataset(split: Split, params: TrainParams, *, epochs: int | None = None) -> tf.data.Dataset:
+    """The split as float32 batches; with `epochs`, the training stream: every epoch reshuffled and
+    augmented, reproducibly.
+
+    Reproducible means the same batches in every run: the shuffle is seeded, and each batch's
+    augmentation is drawn statelessly from (seed, batch number) across all epochs, so it does not
+    depend on which thread of the parallel map computes it, or in which order.
+    """
     import tensorflow as tf
 
     # uint8 in memory (a quarter of float32's size), cast per batch where it costs nothing.
     labels = tf.one_hot(split.labels.astype(np.int32), len(CLASS_NAMES))
     ds = tf.data.Dataset.from_tensor_slices((split.images, labels))
-    if training:
-        ds = ds.shuffle(len(split.labels), seed=params.seed, reshuffle_each_iteration=True)
-    ds = ds.batch(params.batch_size)
-    if training and (params.flip or params.shift or params.contrast or params.noise):
-        ds = ds.map(
-            lambda x, y: (_augment(tf.cast(x, tf.float32), params), y), num_parallel_calls=tf.data.AUTOTUNE
-        )
-    else:
-        ds = ds.map(lambda x, y: (tf.cast(x, tf.float32), y))
+    if epochs is None:
+        return ds.batch(params.batch_size).map(lambda x, y: (tf.cast(x, tf.float32), y)).prefetch(2)
+    # A new order each epoch (the shuffle is iterated again by repeat), the same orders in every run.
+    ds = ds.shuffle(len(split.labels), seed=params.seed, reshuffle_each_iteration=True)
+    ds = ds.batch(params.batch_size).repeat(epochs).enumerate()
+
+    def prepare(number: tf.Tensor, batch: tuple[tf.Tensor, tf.Tensor]) -> tuple[tf.Tensor, tf.Tensor]:
+        images, onehot = batch
+        seed = tf.stack([tf.constant(params.seed, tf.int64), number])
+        return augment(tf.cast(images, tf.float32), params, seed), onehot
+
+    ds = ds.map(prepare, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
     return ds.prefetch(tf.data.AUTOTUNE)
 
 
-def _augment(batch: tf.Tensor, params: TrainParams) -> tf.Tensor:
-    """Flip, shift, vary contrast and add noise, each as configured: a garment stays the same garment."""
+def augment(batch: tf.Tensor, params: TrainParams, seed: tf.Tensor) -> tf.Tensor:
+    """Flip, shift, vary contrast and add noise, each as configured: a garment stays the same garment.
+
+    `seed` (two integers) decides every random draw: the same seed gives the same batch.
+    """
     import tensorflow as tf
 
+    flip_seed, shift_seed, contrast_seed, noise_seed = tf.unstack(
+        tf.random.experimental.stateless_split(seed, num=4)
+    )
     if params.flip:
-        flip = tf.random.uniform([tf.shape(batch)[0], 1, 1], seed=params.seed) < 0.5
+        flip = tf.random.stateless_uniform([tf.shape(batch)[0], 1, 1], seed=flip_seed) < 0.5
         batch = tf.where(flip, tf.reverse(batch, axis=[2]), batch)
     if params.shift:
-        batch = shift_batch(batch, params.shift, seed=params.seed)
+        batch = shift_batch(batch, params.shift, shift_seed)
     if params.contrast:
-        batch = vary_contrast(batch, params.contrast, seed=params.seed)
+        batch = vary_contrast(batch, params.contrast, contrast_seed)
     if params.noise:
-        batch = add_noise(batch, params.noise, seed=params.seed)
+        batch = add_noise(batch, params.noise, noise_seed)
     return batch
 
 
-def add_noise(batch: tf.Tensor, sd: float, seed: int | None = None) -> tf.Tensor:
+def add_noise(batch: tf.Tensor, sd: float, seed: Seed) -> tf.Tensor:
     """Add Gaussian noise to each image, of its own standard deviation drawn from [0, sd] (0-255
     units), clipped to 0-255: the model test suite's noisy images, and everything milder.
     """
     import tensorflow as tf
 
-    scale = tf.random.uniform([tf.shape(batch)[0], 1, 1], 0.0, sd, seed=seed)
-    return tf.clip_by_value(batch + tf.random.normal(tf.shape(batch), seed=seed) * scale, 0.0, 255.0)
+    scale_seed, noise_seed = tf.unstack(tf.random.experimental.stateless_split(seed, num=2))
+    scale = tf.random.stateless_uniform([tf.shape(batch)[0], 1, 1], scale_seed, 0.0, sd)
+    noise = tf.random.stateless_normal(tf.shape(batch), noise_seed)
+    return tf.clip_by_value(batch + noise * scale, 0.0, 255.0)
 
 
-def vary_contrast(batch: tf.Tensor, amount: float, seed: int | None = None) -> tf.Tensor:
+def vary_contrast(batch: tf.Tensor, amount: float, seed: Seed) -> tf.Tensor:
     """Scale each image's contrast (around its mean), then its brightness, by its own random factors
     in [1 - amount, 1 + amount], clipped to 0-255: the model test suite's darker and low-contrast
     images, and their opposites.
@@ -151,13 +173,13 @@ def vary_contrast(batch: tf.Tensor, amount: float, seed: int | None = None) -> t
 
     count = tf.shape(batch)[0]
     contrast, brightness = tf.unstack(
-        tf.random.uniform([2, count, 1, 1], 1 - amount, 1 + amount, seed=seed), axis=0
+        tf.random.stateless_uniform([2, count, 1, 1], seed, 1 - amount, 1 + amount), axis=0
     )
     mean = tf.reduce_mean(batch, axis=[1, 2], keepdims=True)
     return tf.clip_by_value((mean + (batch - mean) * contrast) * brightness, 0.0, 255.0)
 
 
-def shift_batch(batch: tf.Tensor, pixels: int, seed: int | None = None) -> tf.Tensor:
+def shift_batch(batch: tf.Tensor, pixels: int, seed: Seed) -> tf.Tensor:
     """Move each image of a [N, height, width] batch by its own random offset of up to `pixels` along
     each axis, filling with black (zero) as the model test suite's shifts do.
 
@@ -169,7 +191,7 @@ def shift_batch(batch: tf.Tensor, pixels: int, seed: int | None = None) -> tf.Te
     count = tf.shape(batch)[0]
     height, width = batch.shape[1], batch.shape[2]
     padded = tf.pad(batch, [[0, 0], [pixels, pixels], [pixels, pixels]])
-    offsets = tf.random.uniform([count, 2], 0, 2 * pixels + 1, dtype=tf.int32, seed=seed)
+    offsets = tf.random.stateless_uniform([count, 2], seed, 0, 2 * pixels + 1, dtype=tf.int32)
     rows = offsets[:, :1] + tf.range(height)[tf.newaxis, :]
     columns = offsets[:, 1:] + tf.range(width)[tf.newaxis, :]
     # Gather each image's rows, then its columns: [N, height, width + 2p], then [N, height, width].
@@ -185,10 +207,18 @@ def train(
     on_epoch_end: EpochCallback | None = None,
     verbose: int | None = None,
 ) -> TrainResult:
-    """Train a fresh model with AdamW, warmup then cosine decay, and label smoothing."""
+    """Train a fresh model with AdamW, warmup then cosine decay, and label smoothing.
+
+    The same splits, params and seed give the same weights, bit for bit, on the same kind of CPU: the
+    seeds are set, TensorFlow runs only deterministic kernels, and the input stream is reproducible
+    (`_dataset`). Another CPU (another instruction set, thread count or precision) sums in another
+    order and gives a slightly different model of the same quality.
+    """
     import keras
+    import tensorflow as tf
 
     keras.utils.set_random_seed(params.seed)
+    tf.config.experimental.enable_op_determinism()
     precision = resolve_precision(params.model.bfloat16)
     model = build_model(params.model, precision)
     steps = int(np.ceil(len(train_split.labels) / params.batch_size))
@@ -219,19 +249,70 @@ def train(
             if on_epoch_end:
                 on_epoch_end(epoch + 1, row)
 
+    callbacks: list[keras.callbacks.Callback] = [Recorder()]
+    quiet = verbose == 0
+    if not quiet:
+        callbacks.append(_progress(params.epochs, steps, precision))
     start = time.perf_counter()
     model.fit(
-        _dataset(train_split, params, training=True),
-        validation_data=_dataset(validation, params, training=False),
+        _dataset(train_split, params, epochs=params.epochs),
+        validation_data=_dataset(validation, params),
         epochs=params.epochs,
-        callbacks=[Recorder()],
+        steps_per_epoch=steps,
+        callbacks=callbacks,
         # The dataset shuffles itself, reproducibly from the seed.
         shuffle=False,
-        # A live bar on a terminal; one line per epoch in logs (DVC, containers, Vertex AI).
-        verbose=verbose if verbose is not None else (1 if sys.stdout.isatty() else 2),
+        # A live bar on a terminal; in logs (DVC, containers, Vertex AI) _Progress's lines suffice.
+        verbose=verbose if verbose is not None else (1 if sys.stdout.isatty() else 0),
     )
     seconds = time.perf_counter() - start
     return _ship(model, validation, params, TrainResult(model, history, seconds, precision))
+
+
+def _duration(seconds: float) -> str:
+    minutes, seconds = divmod(round(seconds), 60)
+    return f"{minutes} min {seconds:02d} s" if minutes else f"{seconds} s"
+
+
+# The estimate comes after this many steps: enough to be past TensorFlow's first, slower steps.
+ESTIMATE_AFTER_STEPS = 20
+
+
+def _progress(epochs: int, steps: int, precision: Precision) -> keras.callbacks.Callback:
+    """Say how training will go: the precision and epochs first, an estimate after the first steps,
+    then a line per epoch with the time to go. Whole lines on stderr, so logs read as a terminal does.
+    """
+    import keras
+
+    def say(line: str) -> None:
+        print(line, file=sys.stderr, flush=True)
+
+    class Progress(keras.callbacks.Callback):  # type: ignore[misc]
+        started = 0.0
+
+        def on_train_begin(self, logs: dict[str, Any] | None = None) -> None:
+            self.started = time.perf_counter()
+            say(
+                f"Training {epochs} epochs of {steps} steps in {precision.policy} ({precision.reason}); "
+                f"an estimate follows the first {ESTIMATE_AFTER_STEPS} steps."
+            )
+
+        def on_train_batch_end(self, batch: int, logs: dict[str, Any] | None = None) -> None:
+            if batch + 1 == ESTIMATE_AFTER_STEPS and epochs * steps > ESTIMATE_AFTER_STEPS:
+                per_step = (time.perf_counter() - self.started) / ESTIMATE_AFTER_STEPS
+                say(f"Estimated training time: {_duration(per_step * epochs * steps)}.")
+
+        def on_epoch_end(self, epoch: int, logs: dict[str, Any] | None = None) -> None:
+            elapsed = time.perf_counter() - self.started
+            left = elapsed / (epoch + 1) * (epochs - epoch - 1)
+            metrics = logs or {}
+            say(
+                f"epoch {epoch + 1}/{epochs}: accuracy {metrics.get('accuracy', 0):.4f}, validation "
+                f"{metrics.get('val_accuracy', 0):.4f}; {_duration(elapsed)} so far"
+                + (f", about {_duration(left)} to go" if left else "")
+            )
+
+    return Progress()
 
 
 def _ship(model: keras.Model, validation: Split, params: TrainParams, result: TrainResult) -> TrainResult:
@@ -281,7 +362,8 @@ def model_metadata(result: TrainResult, params: TrainParams, lineage: dict[str, 
         "validation": {k: result.final[k] for k in ("val_accuracy", "val_loss") if k in result.final},
         "precision": result.precision.as_dict(),
         "calibration": result.calibration or None,
-        "lineage": lineage,
+        # The same inputs give the same bits only on the same kind of machine: say which it was.
+        "lineage": {**lineage, "machine": machine()},
     }
 
 
