@@ -133,7 +133,7 @@ def vertex(
     monkeypatch.chdir(tmp_path)
     shutil.copytree(models.prepared, tmp_path / "data" / "prepared")
     (tmp_path / "params.yaml").write_text(
-        "evaluate:\n  min_accuracy: 0.5\ngate:\n  max_regression: 0.05\n  min_class_recall: 0.0\n"
+        "evaluate:\n  min_accuracy: 0.5\n  min_class_recall: 0.0\ngate:\n  max_regression: 0.05\n"
     )
     try:
         yield Vertex(cloud, registry, endpoints, tmp_path, image)

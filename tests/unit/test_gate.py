@@ -10,10 +10,11 @@ from typer.testing import CliRunner
 
 from edge.cli import app
 from edge.data import CLASS_NAMES
-from edge.gate import GateParams, Scored, judge
+from edge.gate import Floors, GateParams, Scored, judge
 from edge.pipeline import PrepareParams, prepare_stage
 
 SPLIT = {"count": 100, "sha256": "ab" * 32}
+FLOORS = Floors(min_accuracy=0.9, min_class_recall=0.6)
 
 
 def scored(accuracy: float, recall: float = 0.9, **overrides: float) -> Scored:
@@ -26,36 +27,37 @@ def failed(report_checks: list) -> set[str]:  # type: ignore[type-arg]
 
 
 def test_a_better_candidate_passes() -> None:
-    report = judge(scored(0.93), scored(0.92), GateParams(), 0.9, SPLIT)
+    report = judge(scored(0.93), scored(0.92), GateParams(), FLOORS, SPLIT)
     assert report.passed and not report.failures()
 
 
 def test_regression_within_the_tolerance_passes_beyond_it_fails() -> None:
     rules = GateParams(max_regression=0.005)
-    assert judge(scored(0.916), scored(0.92), rules, 0.9, SPLIT).passed
-    report = judge(scored(0.91), scored(0.92), rules, 0.9, SPLIT)
+    assert judge(scored(0.916), scored(0.92), rules, FLOORS, SPLIT).passed
+    report = judge(scored(0.91), scored(0.92), rules, FLOORS, SPLIT)
     assert not report.passed
     assert failed(report.checks) == {"no regression"}
     assert "-0.0100" in report.failures()[0].detail
 
 
 def test_the_accuracy_floor_holds_even_without_production() -> None:
-    report = judge(scored(0.85), None, GateParams(), 0.9, SPLIT)
+    report = judge(scored(0.85), None, GateParams(), FLOORS, SPLIT)
     assert failed(report.checks) == {"accuracy floor"}
     assert "no production model" in report.to_markdown()
 
 
 def test_one_weak_class_fails_the_gate_and_per_class_floors_override() -> None:
     candidate = scored(0.93, Shirt=0.55)
-    assert failed(judge(candidate, None, GateParams(min_class_recall=0.6), 0.9, SPLIT).checks) == {
-        "recall of Shirt"
-    }
-    looser = GateParams(min_class_recall=0.6, class_recall={"Shirt": 0.5})
-    assert judge(candidate, None, looser, 0.9, SPLIT).passed
+    assert failed(judge(candidate, None, GateParams(), FLOORS, SPLIT).checks) == {"recall of Shirt"}
+    looser = GateParams(class_recall={"Shirt": 0.5})
+    report = judge(candidate, None, looser, FLOORS, SPLIT)
+    assert report.passed
+    assert {c.name: c.detail for c in report.checks}["recall of Shirt"] == "gate.class_recall.Shirt"
+    assert {c.name: c.detail for c in report.checks}["recall of Bag"] == "evaluate.min_class_recall"
 
 
 def test_report_round_trips_as_json_and_reads_as_markdown() -> None:
-    report = judge(scored(0.91), scored(0.93), GateParams(), 0.9, SPLIT)
+    report = judge(scored(0.91), scored(0.93), GateParams(), FLOORS, SPLIT)
     data = json.loads(report.to_json())
     assert data["passed"] is False
     assert data["production"]["accuracy"] == 0.93
@@ -71,7 +73,9 @@ def test_report_round_trips_as_json_and_reads_as_markdown() -> None:
     [
         ({"max_regresion": 0.1}, "max_regresion"),
         ({"class_recall": {"Shirts": 0.5}}, "Shirts"),
-        ({"min_class_recall": 1.5}, "between 0 and 1"),
+        ({"class_recall": {"Shirt": 1.5}}, "between 0 and 1"),
+        # One place for each floor: the class recall floor is the test suite's, evaluate.min_class_recall.
+        ({"min_class_recall": 0.7}, "min_class_recall"),
     ],
 )
 def test_bad_gate_settings_say_what_is_wrong(block: dict, words: str) -> None:  # type: ignore[type-arg]
@@ -88,8 +92,8 @@ def project(tmp_path: Path, tiny_raw: Path, tiny_model_dir: Path, monkeypatch: p
 
 def write_params(project: Path, min_accuracy: float, min_class_recall: float) -> None:
     (project / "params.yaml").write_text(
-        f"evaluate:\n  min_accuracy: {min_accuracy}\n"
-        f"gate:\n  max_regression: 0.0\n  min_class_recall: {min_class_recall}\n"
+        f"evaluate:\n  min_accuracy: {min_accuracy}\n  min_class_recall: {min_class_recall}\n"
+        "gate:\n  max_regression: 0.0\n"
     )
 
 

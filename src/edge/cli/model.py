@@ -67,7 +67,8 @@ def run_gate(
         production = gate.Scored.of(_identity(production_dir, read_metadata(production_dir)), production_eval)
     test_file = storage.join(storage.resolve_dir(prepared_dir), "test.npz")
     split = gate.split_identity(storage.read_bytes(test_file), len(test.labels))
-    return gate.judge(candidate, production, settings.gate, settings.evaluate.min_accuracy, split)
+    floors = gate.Floors(settings.evaluate.min_accuracy, settings.evaluate.min_class_recall)
+    return gate.judge(candidate, production, settings.gate, floors, split)
 
 
 def _identity(model_dir: str, metadata: dict[str, Any]) -> dict[str, Any]:
