@@ -25,6 +25,7 @@ import numpy as np
 from edge import calibration
 from edge.data import CLASS_NAMES, Split
 from edge.evaluate import Evaluation, evaluate
+from edge.verdict import FailedCheck, Verdict, content_sha256
 
 Predict = Callable[[np.ndarray], np.ndarray]
 """Class probabilities [N, 10] for uint8 images [N, 28, 28]."""
@@ -434,6 +435,39 @@ def robustness_csv(result: SuiteResult) -> str:
         f"{r.perturbation.name},{round(r.accuracy, 4)},{round(r.unchanged, 4)}" for r in result.robustness
     ]
     return "\n".join(rows) + "\n"
+
+
+# Why each kind of check matters, for the people a failed model would answer (by check name prefix).
+WHY_IT_MATTERS = {
+    "accuracy": "more test images are classified wrong than the floor allows",
+    "worst class recall": "one kind of garment is missed too often: its users get wrong answers",
+    "class recall": "one kind of garment is missed too often: its users get wrong answers",
+    "worst class precision": "one class is predicted for garments that are something else",
+    "class precision": "one class is predicted for garments that are something else",
+    "expected calibration error": "its confidence does not mean what it says",
+    "clear examples right": "it got wrong a garment that people and the training data agree on",
+    "unchanged": "its answer changes when the photo changes a little (position, light, noise), as "
+    "real photos do",
+}
+
+
+def why_it_matters(check: Check) -> str:
+    return next((why for name, why in WHY_IT_MATTERS.items() if check.name.startswith(name)), "")
+
+
+def verdict_of(result: SuiteResult, metadata: dict[str, Any]) -> Verdict:
+    """The suite's verdict on the model that `metadata` describes, with every check it failed."""
+    failed = [
+        FailedCheck(
+            check.name,
+            check.measured,
+            f"{'>=' if check.higher_is_better else '<='} {check.limit:g}",
+            check.note if "class" in check.name else "",
+            why_it_matters(check),
+        )
+        for check in result.failed
+    ]
+    return Verdict(str(metadata["version"]), content_sha256(metadata), not failed, failed)
 
 
 def check_gate(result: SuiteResult) -> None:

@@ -256,12 +256,15 @@ class ModelIntegrityError(ValueError):
 
 
 def content_manifest(folder: str | Path) -> dict[str, Any]:
-    """Hash every file of a local model folder but the metadata: per file and for the whole."""
+    """Hash every file of a local model folder but the metadata and the verdict: per file and for the
+    whole. The verdict is written after the save, by the stage that judges the model."""
+    from edge.verdict import VERDICT_FILE
+
     root = Path(folder)
     files = {
         path.relative_to(root).as_posix(): _sha256(path)
         for path in sorted(root.rglob("*"))
-        if path.is_file() and path.relative_to(root).as_posix() != METADATA_FILE
+        if path.is_file() and path.relative_to(root).as_posix() not in (METADATA_FILE, VERDICT_FILE)
     }
     whole = hashlib.sha256("".join(f"{name}\0{digest}\n" for name, digest in files.items()).encode())
     return {"algorithm": "sha256", "sha256": whole.hexdigest(), "files": files}

@@ -147,6 +147,15 @@ def _failure_modes(card: Card) -> list[str]:
     ]
 
 
+def verdict_line(card: Card) -> str:
+    """The suite's verdict in one line: passed, or how many checks failed and which."""
+    failed = card.suite.failed
+    if not failed:
+        return f"Verdict: passed, all {len(card.suite.checks)} checks."
+    names = "; ".join(check.name + (f" ({check.note})" if "class" in check.name else "") for check in failed)
+    return f"Verdict: FAILED, {len(failed)} of {len(card.suite.checks)} checks ({names}): not to be served."
+
+
 def markdown(card: Card) -> str:
     """The card as Markdown."""
     m = card.metadata
@@ -180,7 +189,7 @@ def markdown(card: Card) -> str:
             )
         )
     if card.with_checks:
-        parts.append("## Quality gate\n\n```\n" + card.suite.table() + "\n```")
+        parts.append(f"## Quality gate\n\n**{verdict_line(card)}**\n\n```\n" + card.suite.table() + "\n```")
     parts.append("## Training parameters\n\n" + _md_table(("parameter", "value"), _params_rows(m)))
     return "\n\n".join(parts) + "\n"
 
@@ -279,7 +288,10 @@ def html_page(card: Card, plots: dict[str, bytes] | None = None) -> str:
         + "</ul>",
     ]
     if card.with_checks:
-        sections.append(f"<h2>Quality gate</h2><pre>{html.escape(card.suite.table())}</pre>")
+        sections.append(
+            f"<h2>Quality gate</h2><p><strong>{html.escape(verdict_line(card))}</strong></p>"
+            f"<pre>{html.escape(card.suite.table())}</pre>"
+        )
     sections.append("<h2>Plots</h2>")
     for name, png in plots.items():
         encoded = base64.b64encode(png).decode("ascii")

@@ -14,7 +14,7 @@ from typing import Any
 import numpy as np
 import yaml
 
-from edge import behaviour, calibration, modelcard, storage
+from edge import behaviour, calibration, modelcard, storage, verdict
 from edge.behaviour import SuiteParams, SuiteResult
 from edge.data import Split, check_split, load_split, split_train_validation, subsample
 from edge.evaluate import (
@@ -124,15 +124,17 @@ def train_stage(
     *,
     suite: SuiteParams | None = None,
     on_epoch_end: EpochCallback | None = None,
-) -> tuple[TrainResult, dict[str, Any]]:
+) -> tuple[TrainResult, dict[str, Any], SuiteResult | None]:
     """Train on the prepared splits; write the model, its metadata, reference profile and model card,
-    history and metrics. The card measures the model with the test suite's perturbations (`suite`)."""
+    history and metrics. The card measures the model with the test suite (`suite`), whose result is
+    returned too (None without a suite)."""
     validation = load_prepared(prepared_dir, "validation")
     result = train(load_prepared(prepared_dir, "train"), validation, params, on_epoch_end=on_epoch_end)
     metadata = model_metadata(result, params, lineage)
     # Monitoring judges live traffic against the validation data as this model sees it.
     profile = compute_profile(result.model, validation.images, metadata["class_names"])
     extra_files = {PROFILE_FILE: profile.to_json().encode()}
+    measured = None
     if suite is not None:
         measured = behaviour.run_suite(
             modelcard.keras_predictor(result.model), load_prepared(prepared_dir, "test"), suite
@@ -153,7 +155,7 @@ def train_stage(
             **{k: round(v, 4) for k, v in result.calibration.items()},
         },
     )
-    return result, metadata
+    return result, metadata, measured
 
 
 def score_on_test(prepared_dir: str, model_dir: str) -> tuple[Split, Evaluation]:
@@ -166,9 +168,11 @@ def score_on_test(prepared_dir: str, model_dir: str) -> tuple[Split, Evaluation]
 
 
 def evaluate_stage(prepared_dir: str, model_dir: str, reports_dir: str, params: SuiteParams) -> SuiteResult:
-    """Run the model test suite on the exported model, write metrics and plots, then apply the gate.
+    """Run the model test suite on the exported model, write metrics and plots and the verdict, then
+    apply the gate.
 
-    The reports are written before the gate is checked, so a failing model leaves its evidence.
+    The reports are written before the gate is checked, so a failing model leaves its evidence; the
+    verdict goes into the model's folder, so whatever serves the model knows whether it passed.
     """
     test = load_prepared(prepared_dir, "test")
     # The published folder as a whole (on gs://, the version its pointer names), checked complete.
@@ -176,6 +180,7 @@ def evaluate_stage(prepared_dir: str, model_dir: str, reports_dir: str, params: 
         metadata = verify_model_dir(local)
         result = behaviour.run_suite(serving_predictor(str(Path(local, SERVING_DIR))), test, params)
     write_reports(reports_dir, test, result, model_version=str(metadata["version"]))
+    verdict.write(model_dir, behaviour.verdict_of(result, metadata))
     card = modelcard.Card(metadata, result, with_checks=True)
     for name, text in modelcard.render(card).items():
         storage.write_text(storage.join(reports_dir, name), text)

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import os
 import shutil
 from pathlib import Path
@@ -11,7 +10,8 @@ import pytest
 from typer.testing import CliRunner
 
 from edge.cli import app, computes_in_batches, enable_onednn
-from tests.conftest import TINY_MODEL_METADATA
+from edge.verdict import VERDICT_FILE
+from tests.verdicts import judge
 
 
 @pytest.fixture
@@ -20,19 +20,8 @@ def in_tmp(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
     return tmp_path
 
 
-def evaluated(folder: Path, version: str, status: str = "pass") -> None:
-    """reports/evaluate/details.json as the evaluate stage writes it, judging `version`."""
-    (folder / "reports" / "evaluate").mkdir(parents=True)
-    details = {
-        "model_version": version,
-        "checks": [{"check": "accuracy", "measured": 0.9, "limit": 0.5, "status": status, "note": ""}],
-    }
-    (folder / "reports" / "evaluate" / "details.json").write_text(json.dumps(details))
-
-
 def test_run_skips_when_a_model_that_passed_the_gate_exists(in_tmp: Path, tiny_model_dir: Path) -> None:
-    shutil.copytree(tiny_model_dir, in_tmp / "models")
-    evaluated(in_tmp, TINY_MODEL_METADATA["version"])
+    shutil.copytree(tiny_model_dir, in_tmp / "models")  # with its verdict: passed
     result = CliRunner().invoke(app, ["pipeline", "run", "--skip-if-trained"])
     assert result.exit_code == 0, result.output
     assert "already holds a model: nothing to do" in result.output
@@ -40,20 +29,24 @@ def test_run_skips_when_a_model_that_passed_the_gate_exists(in_tmp: Path, tiny_m
 
 
 @pytest.mark.parametrize(
-    ("version", "status", "why"),
+    ("verdict", "why"),
     [
-        (TINY_MODEL_METADATA["version"], "FAIL", "it failed the quality gate (accuracy; see"),
-        ("another-version", "pass", "is not the evaluation of its version 0.0.0-test"),
-        (None, None, "reports/evaluate/details.json, its evaluation, is missing"),
+        ("failed", "failed 1 check(s) of its test suite: accuracy: 0.5000, needs >= 0.92"),
+        ("on another version", "its test suite never judged it"),
+        ("none", "its test suite never judged it"),
     ],
 )
 def test_run_retrains_a_model_that_did_not_pass_the_gate(
-    in_tmp: Path, tiny_model_dir: Path, version: str | None, status: str | None, why: str
+    in_tmp: Path, tiny_model_dir: Path, verdict: str, why: str
 ) -> None:
     """A failed run leaves its model published; a rerun with --skip-if-trained must not reuse it."""
     shutil.copytree(tiny_model_dir, in_tmp / "models")
-    if version is not None and status is not None:
-        evaluated(in_tmp, version, status)
+    if verdict == "failed":
+        judge(in_tmp / "models", passed=False)
+    elif verdict == "on another version":
+        judge(in_tmp / "models", version="another-version")
+    else:
+        (in_tmp / "models" / VERDICT_FILE).unlink()
     (in_tmp / "params.yaml").write_text("prepare: {}\n")
     result = CliRunner().invoke(app, ["pipeline", "run", "--skip-if-trained", "--raw-dir", "nowhere"])
     said = " ".join(result.output.split())

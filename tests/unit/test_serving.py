@@ -25,6 +25,7 @@ from edge.serving.app import HOLDER, create_app
 from edge.serving.predictor import InstanceError, ModelLoadError, Predictor, decode_instances, load_from_uri
 from edge.serving.settings import ServerSettings
 from tests.serving_helpers import Client, serving, wait_until
+from tests.verdicts import judge
 
 CLASS_NAMES = list(FASHION_CLASSES)
 
@@ -80,7 +81,7 @@ def test_every_instance_form_gets_a_prediction(client: Client) -> None:
     for same in (body["predictions"][1], body["predictions"][3]):
         assert same["probabilities"] == pytest.approx(first, abs=1e-6)
     # Only which model answered; the lineage is on its own route.
-    assert body["model"] == {"name": "fashion-mnist", "version": "0.0.0-test"}
+    assert body["model"] == {"name": "fashion-mnist", "version": "0.0.0-test", "verdict": "passed"}
 
 
 def test_server_predictions_match_the_keras_model(client: Client, tiny_model_dir: Path) -> None:
@@ -162,7 +163,11 @@ def test_health_is_503_until_the_model_has_loaded(tiny_model_dir: Path) -> None:
         assert app[HOLDER].wait(60)
         ready = client.get("/health")
         assert ready.status_code == 200
-        assert ready.json()["model"] == {"name": "fashion-mnist", "version": "0.0.0-test"}
+        assert ready.json()["model"] == {
+            "name": "fashion-mnist",
+            "version": "0.0.0-test",
+            "verdict": "passed",
+        }
 
 
 def test_health_reports_a_model_that_failed_to_load_without_its_path(
@@ -345,6 +350,7 @@ def corrupt_model_dir(tiny_model_dir: Path, tmp_path: Path) -> Iterator[Path]:
     metadata = json.loads((broken / "metadata.json").read_text())
     metadata["content"] = content_manifest(broken)
     (broken / "metadata.json").write_text(json.dumps(metadata))
+    judge(broken)
     yield broken
 
 
@@ -382,6 +388,7 @@ def test_model_card_is_served_when_saved_with_the_model(tmp_path: Path) -> None:
     }
     model = build_model(ModelParams(filters=(8,), dense_units=16))
     save_model(model, str(with_card), dict(TINY_MODEL_METADATA), extra_files=card)
+    judge(with_card)
     with serving(create_app(ServerSettings(reload_interval=0), predictor=load_from_uri(str(with_card)))) as c:
         page = c.get("/model-card")
         assert page.status_code == 200 and page.headers["Content-Type"].startswith("text/html")
@@ -403,6 +410,7 @@ def test_a_model_without_a_card_says_so(tmp_path: Path) -> None:
     save_model(
         build_model(ModelParams(filters=(8,), dense_units=16)), str(without_card), dict(TINY_MODEL_METADATA)
     )
+    judge(without_card)
     with serving(
         create_app(ServerSettings(reload_interval=0), predictor=load_from_uri(str(without_card)))
     ) as c:

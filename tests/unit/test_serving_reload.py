@@ -17,26 +17,37 @@ import numpy as np
 import pytest
 import requests
 from PIL import Image
+from typer.testing import CliRunner
 
+from edge.cli import app as cli_app
 from edge.serving.app import WATCHER, create_app
-from edge.serving.predictor import Predictor, load_from_uri
+from edge.serving.predictor import ModelLoadError, Predictor, load_from_uri
 from edge.serving.settings import ServerSettings
+from edge.verdict import VERDICT_FILE
 from tests.conftest import TINY_MODEL_METADATA
 from tests.serving_helpers import serving, wait_until
+from tests.verdicts import judge
 
 
-def publish(models: Path, source: Path, version: str, *, break_it: bool = False) -> None:
-    """Publish `source` as a new version behind the `models` symlink, switched atomically."""
+def publish(
+    models: Path, source: Path, version: str, *, break_it: bool = False, verdict: str = "passed"
+) -> Path:
+    """Publish `source` as a new version behind the `models` symlink, switched atomically, with a
+    verdict that says `passed`, `failed`, or none at all (`unjudged`)."""
     target = models.parent / f"v-{version}"
     shutil.copytree(source, target)
+    (target / VERDICT_FILE).unlink(missing_ok=True)
     # The saved metadata (with the folder's content hash), under a new version.
     metadata = {**json.loads((source / "metadata.json").read_text()), "version": version}
     (target / "metadata.json").write_text(json.dumps(metadata))
+    if verdict != "unjudged":
+        judge(target, passed=verdict == "passed")
     if break_it:
         (target / "serving" / "saved_model.pb").write_bytes(b"not a SavedModel")
     link = models.parent / "models.next"
     link.symlink_to(target.name)
     link.replace(models)
+    return target
 
 
 class Traffic:
@@ -129,6 +140,67 @@ def test_a_reload_can_be_asked_for_instead_of_polled(models: Path, tiny_model_di
         assert wait_until(lambda: client.get("/health").json()["model"]["version"] == "2")
 
 
+def test_the_reload_takes_a_model_only_once_it_passed_its_test_suite(
+    models: Path, tiny_model_dir: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Training publishes a model before the evaluate stage judges it: the reload waits for the
+    verdict, swaps in a model that passed, and never one that failed."""
+    caplog.set_level(logging.INFO, logger="edge.serving")
+    app = create_app(
+        ServerSettings(model_uri=str(models), reload_interval=0.1), predictor=load_from_uri(str(models))
+    )
+
+    def served() -> str:
+        return str(client.get("/health").json()["model"]["version"])
+
+    with serving(app) as client:
+        failed = publish(models, tiny_model_dir, "2-failed", verdict="failed")
+        assert wait_until(lambda: any("2-failed failed 1 check" in r.getMessage() for r in caplog.records))
+        assert served() == "0.0.0-test"
+        judge(failed, passed=False)  # judged again, the same verdict: still refused
+        unjudged = publish(models, tiny_model_dir, "3", verdict="unjudged")
+        assert wait_until(lambda: any("3 in" in r.getMessage() for r in caplog.records))
+        assert served() == "0.0.0-test"
+        judge(unjudged)  # the evaluate stage's verdict arrives: passed
+        assert wait_until(lambda: served() == "3")
+        body = client.post("/predict", json={"instances": [[0] * 784]}).json()
+        assert body["model"] == {"name": "fashion-mnist", "version": "3", "verdict": "passed"}
+
+
+def test_a_failed_model_is_served_only_when_asked_and_then_every_answer_says_so(
+    tmp_path: Path, tiny_model_dir: Path
+) -> None:
+    failed = tmp_path / "models"
+    shutil.copytree(tiny_model_dir, failed)
+    judge(failed, passed=False)
+    with pytest.raises(ModelLoadError, match=r"failed 1 check\(s\).*--allow-failed-model"):
+        load_from_uri(str(failed))
+    (failed / VERDICT_FILE).unlink()
+    with pytest.raises(ModelLoadError, match="has not been judged by its test suite"):
+        load_from_uri(str(failed))
+    judge(failed, passed=False)
+    settings = ServerSettings(model_uri=str(failed), reload_interval=0, allow_failed_model=True)
+    with serving(create_app(settings)) as client:
+        assert wait_until(lambda: client.get("/health").status_code == 200)
+        health = client.get("/health").json()
+        assert health["model"]["verdict"] == "failed"
+        assert "accuracy: 0.5000, needs >= 0.92" in health["warning"]
+        assert "--allow-failed-model" in health["warning"]
+        body = client.post("/predict", json={"instances": [[0] * 784]}).json()
+        assert body["model"]["verdict"] == "failed"
+
+
+def test_edge_serve_refuses_a_failed_model_in_one_line(tmp_path: Path, tiny_model_dir: Path) -> None:
+    failed = tmp_path / "models"
+    shutil.copytree(tiny_model_dir, failed)
+    judge(failed, passed=False)
+    result = CliRunner().invoke(cli_app, ["serve", "--model-dir", str(failed), "--port", "1"])
+    assert result.exit_code == 1
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("error: model 0.0.0-test failed 1 check(s)")
+    assert "dvc exp run -S train.seed=1" in lines[0] and "--allow-failed-model" in lines[0]
+
+
 # --- What goes out ---------------------------------------------------------------------------------
 
 
@@ -140,7 +212,7 @@ def predictor(tiny_model_dir: Path) -> Predictor:
 def test_predictions_name_the_model_and_the_lineage_has_its_own_route(predictor: Predictor) -> None:
     with serving(create_app(ServerSettings(reload_interval=0), predictor=predictor)) as client:
         body = client.post("/predict", json={"instances": [[0] * 784]}).json()
-        assert body["model"] == {"name": "fashion-mnist", "version": "0.0.0-test"}
+        assert body["model"] == {"name": "fashion-mnist", "version": "0.0.0-test", "verdict": "passed"}
         assert "lineage" not in str(body)
         metadata = client.get("/v1/models/fashion-mnist")
         assert metadata.status_code == 200

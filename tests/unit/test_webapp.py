@@ -279,11 +279,13 @@ def test_result_links_to_the_model_card_which_the_webapp_shows(tmp_path: Path) -
     from edge.serving.settings import ServerSettings
     from tests.conftest import TINY_MODEL_METADATA
     from tests.serving_helpers import serving
+    from tests.verdicts import judge
 
     with_card = tmp_path / "models"
     card = {"model-card.html": b"<!DOCTYPE html><h1>Model card: tiny</h1><table></table>"}
     model = build_model(ModelParams(filters=(8,), dense_units=16))
     save_model(model, str(with_card), dict(TINY_MODEL_METADATA), extra_files=card)
+    judge(with_card)
     server = create_server(ServerSettings(reload_interval=0), predictor=load_from_uri(str(with_card)))
     with serving(server) as model:
         webapp = create_app({"MODEL_URL": model.url}).test_client()
@@ -302,11 +304,13 @@ def test_a_model_without_a_card_gets_a_friendly_page(tmp_path: Path) -> None:
     from edge.serving.settings import ServerSettings
     from tests.conftest import TINY_MODEL_METADATA
     from tests.serving_helpers import serving
+    from tests.verdicts import judge
 
     without_card = tmp_path / "models"
     save_model(
         build_model(ModelParams(filters=(8,), dense_units=16)), str(without_card), dict(TINY_MODEL_METADATA)
     )
+    judge(without_card)
     server = create_server(ServerSettings(reload_interval=0), predictor=load_from_uri(str(without_card)))
     with serving(server) as model:
         response = create_app({"MODEL_URL": model.url}).test_client().get("/model-card")

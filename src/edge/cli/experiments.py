@@ -63,6 +63,7 @@ def _find(source: RunSource, key: str) -> RunRecord:
 LIST_PRIORITY = (
     "id",
     "status",
+    "verdict",
     "test acc",
     "start (UTC)",
     "commit",
@@ -98,6 +99,14 @@ def _status(status: str) -> str:
     return f"[{STATUS_STYLE.get(status, 'white')}]{status}[/]"
 
 
+def _verdict(run: RunRecord) -> tuple[str, list[str]]:
+    """The test suite's verdict recorded with the run (passed or failed) and its failed checks."""
+    recorded = run.info.get("verdict") or {}
+    status = str(recorded.get("status") or "-")
+    style = {"passed": "green", "failed": "red"}.get(status, "white")
+    return f"[{style}]{status}[/]", [str(check) for check in recorded.get("failed_checks") or []]
+
+
 def _print_json(content: Any) -> None:
     out.print_json(json.dumps(content, default=str))
 
@@ -122,6 +131,7 @@ def list_runs(
     columns = {
         "id": [run.id for run in runs],
         "status": [_status(run.status) for run in runs],
+        "verdict": [_verdict(run)[0] for run in runs],
         "start (UTC)": [run.start.strftime("%Y-%m-%d %H:%M") if run.start else "-" for run in runs],
         "duration": [report.duration(run.duration) for run in runs],
         "user": [run.user or "-" for run in runs],
@@ -174,6 +184,7 @@ def _show(run: RunRecord) -> None:
     host = run.host
     rows = [
         ("run", f"{run.id}  {_status(run.status)}  (uuid {run.uuid})"),
+        ("verdict", "; ".join([_verdict(run)[0], *_verdict(run)[1]])),
         ("experiment", f"{run.experiment or '-'}, command {run.command or '-'}"),
         ("started", f"{run.start:%Y-%m-%d %H:%M:%S} UTC" if run.start else "-"),
         ("stopped", f"{run.stop:%Y-%m-%d %H:%M:%S} UTC" if run.stop else "-"),

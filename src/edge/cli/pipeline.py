@@ -10,7 +10,7 @@ from typing import Annotated
 import typer
 from rich.table import Table
 
-from edge import lineage, storage, tracking
+from edge import lineage, storage, tracking, verdict
 from edge.cli.common import console, fail, friendly_errors, out
 from edge.data import DEFAULT_RAW_DIR
 from edge.model import ModelIntegrityError, verify_model_uri
@@ -195,7 +195,7 @@ def run(
     ] = False,
 ) -> None:
     """Run prepare, train and evaluate in one process, without DVC (containers, Vertex AI)."""
-    if skip_if_trained and _holds_approved_model(model_dir, f"{reports_dir}/evaluate"):
+    if skip_if_trained and _holds_approved_model(model_dir):
         console.print(
             f"{model_dir} already holds a model: nothing to do (omit --skip-if-trained to retrain)."
         )
@@ -211,31 +211,24 @@ def run(
     evaluate(params, prepared_dir, model_dir, f"{reports_dir}/evaluate")
 
 
-def _holds_approved_model(model_dir: str, evaluate_dir: str) -> bool:
-    """Tell whether `model_dir` holds a complete, unmixed model whose evaluation in `evaluate_dir`
-    passed the quality gate; say why an existing one is not reused.
+def _holds_approved_model(model_dir: str) -> bool:
+    """Tell whether `model_dir` holds a complete, unmixed model that passed its test suite; say why
+    an existing one is not reused.
 
-    Training publishes the model before the gate judges it, so a failed run leaves a model behind:
-    without this a rerun (compose's trainer) would serve it.
+    Training publishes the model before the suite judges it, so a failed run leaves a model behind:
+    without this a rerun (compose's trainer) would keep it.
     """
     if not storage.exists(model_dir):
         return False
     try:
-        version = verify_model_uri(model_dir)["version"]
+        metadata = verify_model_uri(model_dir)
     except (ModelIntegrityError, FileNotFoundError) as exc:
         return _not_reusing(model_dir, str(exc))
-    details_file = storage.join(evaluate_dir, "details.json")
-    try:
-        details = json.loads(storage.read_text(details_file))
-    except (FileNotFoundError, ValueError):
-        return _not_reusing(model_dir, f"{details_file}, its evaluation, is missing or unreadable")
-    if details.get("model_version") != version:
-        return _not_reusing(model_dir, f"{details_file} is not the evaluation of its version {version}")
-    failed = [check["check"] for check in details.get("checks", []) if check.get("status") == "FAIL"]
-    if failed:
-        return _not_reusing(
-            model_dir, f"it failed the quality gate ({', '.join(failed)}; see {details_file})"
-        )
+    judged = verdict.read(model_dir, metadata)
+    if judged is None:
+        return _not_reusing(model_dir, "its test suite never judged it")
+    if not judged.passed:
+        return _not_reusing(model_dir, judged.describe())
     return True
 
 

@@ -74,6 +74,14 @@ def serve(
     threads: Annotated[
         int | None, typer.Option(hidden=True, help="Ignored: the server no longer uses request threads.")
     ] = None,
+    allow_failed_model: Annotated[
+        bool,
+        typer.Option(
+            "--allow-failed-model",
+            help="Serve a model that failed its test suite or was never judged; /health and every "
+            "answer say so [default: $EDGE_ALLOW_FAILED_MODEL, else off]",
+        ),
+    ] = False,
     timeout: Annotated[
         float | None,
         typer.Option(
@@ -101,6 +109,7 @@ def serve(
             max_queue=max_queue,
             reload_interval=reload_interval,
             header_timeout=timeout,
+            allow_failed_model=allow_failed_model or None,
         )
         # The prediction log and drift gauges: EDGE_MONITOR_* (docs/monitoring.md).
         monitoring = load_settings(os.environ)
@@ -110,10 +119,17 @@ def serve(
     compute_each_call_on_one_thread(settings.inference_threads)
     # A missing or corrupt model stops here with one line and a non-zero exit, before any port opens.
     try:
-        predictor = load_from_uri(uri)
+        predictor = load_from_uri(uri, allow_failed=settings.allow_failed_model)
     except ModelLoadError as exc:
         typer.echo(f"error: {exc}", err=True)
         raise typer.Exit(1) from exc
+    if predictor.verdict_status != "passed":
+        typer.echo(
+            f"warning: serving model {predictor.version}, which did not pass its test suite "
+            f"({predictor.verdict.describe() if predictor.verdict else 'never judged'}), "
+            "because --allow-failed-model was given",
+            err=True,
+        )
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     typer.echo(
         f"serving {predictor.name} {predictor.version} from {uri} on http://{bind_host}:{bind_port}", err=True

@@ -18,10 +18,13 @@ from typing import IO, Annotated
 
 import typer
 
+from edge import verdict
 from edge.cli.common import console, fail, friendly_errors, out
 from edge.cli.data import seed_data
 from edge.data import DEFAULT_RAW_DIR, RAW_FILES
+from edge.model import ModelIntegrityError, verify_model_uri
 
+MODEL_DIR = "models"
 HEALTH_TIMEOUT = 180.0
 STOP_TIMEOUT = 15.0
 # Each server's output, also shown in the terminal with its name in front (gitignored).
@@ -135,15 +138,84 @@ def _train() -> None:
     """Run the pipeline through DVC, which skips every stage whose inputs did not change."""
     if Path(".dvc").is_dir():
         console.print("Running the pipeline (dvc repro; unchanged stages are skipped)...")
-        # The stages call `edge`: find ours even when its virtualenv is not activated.
-        bin_dir = str(Path(sys.executable).parent)
-        env = dict(os.environ, PATH=os.pathsep.join([bin_dir, os.environ.get("PATH", "")]))
-        if subprocess.run([sys.executable, "-m", "dvc", "repro"], env=env).returncode != 0:
-            fail("the pipeline failed (see above); fix it, then run `make up` again")
+        if _edge_subprocess([sys.executable, "-m", "dvc", "repro"]) != 0:
+            _fail_pipeline()
     else:
         console.print("Not in a DVC repository: running the pipeline directly.")
-        if subprocess.run([sys.executable, "-m", "edge", "pipeline", "run"]).returncode != 0:
-            fail("the pipeline failed (see above)")
+        if _edge_subprocess([sys.executable, "-m", "edge", "pipeline", "run"]) != 0:
+            _fail_pipeline()
+
+
+def _edge_subprocess(argv: list[str]) -> int:
+    # The stages call `edge`: find ours even when its virtualenv is not activated.
+    bin_dir = str(Path(sys.executable).parent)
+    env = dict(os.environ, PATH=os.pathsep.join([bin_dir, os.environ.get("PATH", "")]))
+    return subprocess.run(argv, env=env).returncode
+
+
+def _fail_pipeline() -> None:
+    """Stop with what to do: the model's failed checks when its test suite failed it."""
+    judged = _verdict_of_served_model()
+    if judged is not None and not judged.passed:
+        fail(_what_to_do(judged))
+    fail("the pipeline failed (see above); fix it, then run `make up` again")
+
+
+def _verdict_of_served_model() -> verdict.Verdict | None:
+    try:
+        metadata = verify_model_uri(MODEL_DIR)
+    except (ModelIntegrityError, OSError):
+        return None
+    return verdict.read(MODEL_DIR, metadata)
+
+
+def _what_to_do(judged: verdict.Verdict) -> str:
+    """Which checks failed, why each matters, and the ways on."""
+    checks = "\n".join(
+        f"  - {failed.describe()}" + (f": {failed.why}" if failed.why else "") for failed in judged.failed
+    )
+    return (
+        f"the model was trained but failed its test suite, so it is not served.\n"
+        f"Model {judged.model_version} failed {len(judged.failed)} check(s):\n{checks}\n"
+        "Ways on:\n"
+        "  - train with another seed: `dvc exp run -S train.seed=1`, then `make up` again (the "
+        "pipeline is then up to date);\n"
+        "  - go back to the last model that passed: `git checkout HEAD -- dvc.lock reports && dvc "
+        "checkout models` (from DVC's cache; `dvc pull` first when a remote holds it);\n"
+        "  - serve this one knowingly: `edge up --no-train --allow-failed-model` (/health, every answer "
+        "and the webapp then say it failed).\n"
+        "Its full report: reports/evaluate/model-card.md"
+    )
+
+
+def _check_model(allow_failed: bool, judge: bool) -> None:
+    """Serve only a model that passed its test suite; judge one that has no verdict here yet."""
+    try:
+        metadata = verify_model_uri(MODEL_DIR)
+    except (ModelIntegrityError, OSError) as exc:
+        fail(f"{exc}; run `make up` to train one")
+    judged = verdict.read(MODEL_DIR, metadata)
+    if judged is None and judge:
+        # A model from `dvc pull` or `dvc checkout`: DVC keeps no verdicts, the evaluate stage does.
+        console.print(f"Model {metadata['version']} has no verdict here yet: running its test suite...")
+        _edge_subprocess([sys.executable, "-m", "edge", "pipeline", "evaluate"])
+        judged = verdict.read(MODEL_DIR, metadata)
+    if allow_failed or (judged is not None and judged.passed):
+        if judged is None or not judged.passed:
+            console.print(
+                f"[yellow]warning:[/] serving model {metadata['version']}, which "
+                f"{'failed its test suite' if judged else 'was never judged'}, because of "
+                "--allow-failed-model",
+                highlight=False,
+            )
+        return
+    if judged is None:
+        fail(
+            f"model {metadata['version']} in {MODEL_DIR} has not been judged by its test suite: run "
+            "`make up` (without --no-train) or `edge pipeline evaluate`, or serve it knowingly with "
+            "`edge up --no-train --allow-failed-model`"
+        )
+    fail(_what_to_do(judged))
 
 
 def up(
@@ -156,6 +228,13 @@ def up(
     train: Annotated[
         bool, typer.Option(help="Run the pipeline first (--no-train: serve models/ as is).")
     ] = True,
+    allow_failed_model: Annotated[
+        bool,
+        typer.Option(
+            "--allow-failed-model",
+            help="Serve the model even if it failed its test suite; /health, answers and the webapp say so.",
+        ),
+    ] = False,
 ) -> None:
     """Seed the data, run the pipeline, then serve the model and the webapp until Ctrl-C.
 
@@ -176,6 +255,7 @@ def up(
             with friendly_errors():
                 seed_data(DEFAULT_RAW_DIR, source)
         _train()
+    _check_model(allow_failed_model, judge=train)
 
     stopping: list[int] = []
 
@@ -184,8 +264,10 @@ def up(
 
     signal.signal(signal.SIGINT, request_stop)
     signal.signal(signal.SIGTERM, request_stop)
-    model_argv = [sys.executable, "-m", "edge", "serve", "--model-dir", "models"]
+    model_argv = [sys.executable, "-m", "edge", "serve", "--model-dir", MODEL_DIR]
     model_argv += ["--host", host, "--port", str(model_port)]
+    if allow_failed_model:
+        model_argv.append("--allow-failed-model")
     # As in the webapp's image: one process, 8 threads, slow clients held by the asyncio front.
     webapp_argv = [sys.executable, "-m", "edge_webapp", "--host", host, "--port", str(webapp_port)]
     webapp_argv += ["--threads", "8", "--header-timeout", "5", "--body-timeout", "30"]

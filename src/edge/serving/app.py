@@ -14,12 +14,14 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import gc
 import json
 import logging
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
+from html import escape
 from typing import Any
 
 import numpy as np
@@ -108,10 +110,12 @@ def create_app(
     settings: ServerSettings | None = None,
     *,
     predictor: Predictor | None = None,
-    loader: Loader = load_from_uri,
+    loader: Loader | None = None,
 ) -> web.Application:
     """Create the server; without `predictor`, the model loads in the background while health says 503."""
     settings = settings or ServerSettings.from_environ({})
+    if loader is None:
+        loader = functools.partial(load_from_uri, allow_failed=settings.allow_failed_model)
     app = web.Application(
         client_max_size=settings.max_request_bytes,
         middlewares=[_timing_and_errors],
@@ -234,11 +238,19 @@ async def _health(request: web.Request) -> web.Response:
     holder = request.app[HOLDER]
     if holder.predictor is not None:
         model = holder.predictor
-        return _json({"status": "ok", "model": {"name": model.name, "version": model.version}})
+        health: dict[str, Any] = {"status": "ok", "model": model.model_json()}
+        if model.verdict_status != "passed":
+            health["warning"] = _not_passed_warning(model)
+        return _json(health)
     if holder.error is not None:
         # The reason (with paths) is in the server log; a health probe's body is not the place.
         return _json({"status": "failed", "error": "the model could not be loaded; see the server log"}, 503)
     return _json({"status": "loading"}, 503)
+
+
+def _not_passed_warning(model: Predictor) -> str:
+    judged = model.verdict.describe() if model.verdict else f"model {model.version} was never judged"
+    return f"{judged}; it is served only because the server was started with --allow-failed-model"
 
 
 async def _metadata(request: web.Request) -> web.Response:
@@ -262,6 +274,16 @@ async def _model_card(request: web.Request) -> web.Response:
     text = predictor.card.get(modelcard.MARKDOWN_FILE if markdown else modelcard.HTML_FILE)
     if text is None:
         raise RequestError("this model was saved without a model card (trained before cards existed)", 404)
+    if predictor.verdict_status != "passed":
+        # The card was made at training time; the verdict came after: put it first.
+        warning = _not_passed_warning(predictor)
+        text = (
+            f"> **Warning:** {warning}\n\n{text}"
+            if markdown
+            else text.replace(
+                "<body>", f'<body><p role="alert"><strong>Warning:</strong> {escape(warning)}</p>', 1
+            )
+        )
     content_type = "text/markdown" if markdown else "text/html"
     return web.Response(text=text, content_type=content_type, charset="utf-8")
 
@@ -333,7 +355,7 @@ async def _predict(request: web.Request) -> web.Response:
     app[METRICS].observe_predictions([prediction.label for prediction in predictions])
     body = {
         "predictions": [p.to_json() for p in predictions],
-        "model": {"name": predictor.name, "version": predictor.version},
+        "model": predictor.model_json(),
     }
     _notify(app, predictor, batch, predictions, time.perf_counter() - started, result.batch_size)
     response = _json(body)

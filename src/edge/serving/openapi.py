@@ -47,10 +47,15 @@ _SCHEMAS: dict[str, Any] = {
     },
     "Model": {
         "type": "object",
-        "description": "Which model answered.",
-        "required": ["name", "version"],
+        "description": "Which model answered, and its test suite's verdict: `passed`, or `failed` / "
+        "`unjudged` when the server was started with --allow-failed-model.",
+        "required": ["name", "version", "verdict"],
         "additionalProperties": False,
-        "properties": {"name": {"type": "string"}, "version": {"type": "string"}},
+        "properties": {
+            "name": {"type": "string"},
+            "version": {"type": "string"},
+            "verdict": {"type": "string", "enum": ["passed", "failed", "unjudged"]},
+        },
     },
     "ModelMetadata": {
         "type": "object",
@@ -84,7 +89,11 @@ _SCHEMAS: dict[str, Any] = {
         "required": ["status"],
         "properties": {
             "status": {"type": "string", "enum": ["ok", "loading", "failed"]},
-            "model": {"type": "object"},
+            "model": {"$ref": "#/components/schemas/Model"},
+            "warning": {
+                "type": "string",
+                "description": "Present when the model served did not pass its test suite.",
+            },
             "error": {"type": "string"},
         },
     },

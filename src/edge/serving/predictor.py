@@ -22,6 +22,8 @@ from typing import Any
 import numpy as np
 
 from edge.data import IMAGE_SHAPE
+from edge.verdict import Status, UnservableModelError, Verdict, refuse_unless_passed, status_of
+from edge.verdict import read as read_verdict
 
 PIXELS = IMAGE_SHAPE[0] * IMAGE_SHAPE[1]
 IMAGE_FORMATS = ("PNG", "JPEG")
@@ -257,8 +259,11 @@ class Predictor:
         metadata: dict[str, Any],
         card: dict[str, str] | None = None,
         embed: Callable[[np.ndarray], np.ndarray] | None = None,
+        verdict: Verdict | None = None,
     ) -> None:
         self._serve = serve
+        # The test suite's verdict, from the model's folder; None for a model never judged.
+        self.verdict = verdict
         # The penultimate layer's features, for drift monitoring; None for an export without them.
         self.embed = embed
         self.metadata = metadata
@@ -276,9 +281,21 @@ class Predictor:
         """Return the model's version from its metadata."""
         return str(self.metadata["version"])
 
+    @property
+    def verdict_status(self) -> Status:
+        """passed, failed or unjudged: what the model's test suite said of it."""
+        return status_of(self.verdict)
+
+    def model_json(self) -> dict[str, str]:
+        """Which model this is, as responses and /health name it."""
+        return {"name": self.name, "version": self.version, "verdict": self.verdict_status}
+
     @classmethod
-    def load(cls, model_dir: str) -> Predictor:
-        """Load the serving export and metadata from a local directory, checking them with a call."""
+    def load(cls, model_dir: str, *, allow_failed: bool = False) -> Predictor:
+        """Load the serving export and metadata from a local directory, checking them with a call.
+
+        A model that did not pass its test suite is refused unless `allow_failed`.
+        """
         from edge import model as edge_model
 
         root = Path(model_dir)
@@ -291,6 +308,12 @@ class Predictor:
         except edge_model.ModelIntegrityError as exc:
             raise ModelLoadError(str(exc)) from exc
         _check_metadata(metadata, root / edge_model.METADATA_FILE)
+        judged = read_verdict(model_dir, metadata)
+        if not allow_failed:
+            try:
+                refuse_unless_passed(model_dir, metadata, judged)
+            except UnservableModelError as exc:
+                raise ModelLoadError(str(exc)) from exc
         serving = root / edge_model.SERVING_DIR
         if not (serving / "saved_model.pb").is_file():
             raise ModelLoadError(f"{serving} holds no SavedModel (saved_model.pb is missing)")
@@ -329,12 +352,13 @@ class Predictor:
         # A save published while we were reading would have swapped the folder under us.
         if edge_model.read_metadata(model_dir).get("content") != metadata["content"]:
             raise ModelLoadError(f"{model_dir} was replaced by a new save while loading; load it again")
-        return cls(_ServingFunction(serve, loaded, tf.constant), metadata, card, embed)
+        return cls(_ServingFunction(serve, loaded, tf.constant), metadata, card, embed, judged)
 
     @property
     def fingerprint(self) -> str:
-        """Return a digest of the metadata, which changes whenever a new model is published."""
-        return metadata_fingerprint(self.metadata)
+        """Return a digest of the metadata and the verdict: it changes whenever a new model is
+        published, and when a model is judged."""
+        return metadata_fingerprint(self.metadata, self.verdict_status)
 
     def serve(self, batch: np.ndarray) -> np.ndarray:
         """Return the (N, classes) probabilities of a float32 (N, 28, 28) batch."""
@@ -360,9 +384,9 @@ class Predictor:
         return results
 
 
-def metadata_fingerprint(metadata: dict[str, Any]) -> str:
-    """Return a digest of a model's metadata, independent of key order and formatting."""
-    canonical = json.dumps(metadata, sort_keys=True, separators=(",", ":"), default=str)
+def metadata_fingerprint(metadata: dict[str, Any], verdict: Status) -> str:
+    """Return a digest of a model's metadata and verdict, independent of key order and formatting."""
+    canonical = json.dumps([metadata, verdict], sort_keys=True, separators=(",", ":"), default=str)
     return hashlib.sha256(canonical.encode()).hexdigest()
 
 
@@ -411,13 +435,13 @@ def compute_each_call_on_one_thread(calls: int = 1) -> bool:
     return True
 
 
-def load_from_uri(uri: str) -> Predictor:
-    """Load a predictor from a local path or a `gs://` URI."""
+def load_from_uri(uri: str, *, allow_failed: bool = False) -> Predictor:
+    """Load a predictor from a local path or a `gs://` URI (see `Predictor.load`)."""
     from edge import storage
 
     try:
         with storage.local_dir_for_reading(uri) as local:
-            return Predictor.load(local)
+            return Predictor.load(local, allow_failed=allow_failed)
     except FileNotFoundError as exc:
         raise ModelLoadError(f"model directory {uri} does not exist") from exc
     except storage.StorageError as exc:

@@ -4,7 +4,9 @@ The watcher reads the model directory's metadata.json every few seconds (and at 
 which `edge serve` calls on SIGHUP). When it describes a different model, the new one is loaded in
 full in a thread beside the old one, which keeps serving meanwhile; the loader's own check (a call
 of the serving function) must pass before the swap, a single assignment. A model that fails is
-refused with a log line and retried only after REFUSED_RETRY seconds.
+refused with a log line and retried only after REFUSED_RETRY seconds; so is a model that did not
+pass its test suite (the verdict in its folder), unless the server was told to serve one anyway. A
+model published before it is judged is taken once its verdict says passed.
 """
 
 from __future__ import annotations
@@ -29,8 +31,10 @@ class _ReloadMetrics(Protocol):
 
 
 def read_fingerprint(uri: str) -> str | None:
-    """Return the fingerprint of the metadata.json at `uri`, or None while it is unreadable."""
+    """Return the fingerprint of the model at `uri` (its metadata and verdict), or None while its
+    metadata is unreadable."""
     from edge import model as edge_model
+    from edge import verdict
 
     try:
         # Through the model module: on gs:// the published version is behind a pointer.
@@ -39,7 +43,7 @@ def read_fingerprint(uri: str) -> str | None:
         return None
     if not isinstance(metadata, dict):
         return None
-    return metadata_fingerprint(metadata)
+    return metadata_fingerprint(metadata, verdict.status_of(verdict.read(uri, metadata)))
 
 
 class ModelWatcher:

@@ -49,6 +49,9 @@ class ServerSettings:
     expose_metadata: bool = True
     # Seconds between checks of the model directory for a newly published model; 0 turns it off.
     reload_interval: float = 2.0
+    # Serve a model that failed its test suite, or was never judged, and say so in every answer.
+    # Off, such a model is refused at start and by the hot reload.
+    allow_failed_model: bool = False
 
     @classmethod
     def from_environ(cls, environ: Mapping[str, str], **overrides: Any) -> ServerSettings:
@@ -79,6 +82,7 @@ class ServerSettings:
         take("EDGE_BODY_TIMEOUT", "body_timeout", _positive)
         take("EDGE_EXPOSE_METADATA", "expose_metadata", _boolean)
         take("EDGE_RELOAD_INTERVAL", "reload_interval", _non_negative)
+        take("EDGE_ALLOW_FAILED_MODEL", "allow_failed_model", _boolean)
         values.update({k: v for k, v in overrides.items() if v is not None})
         known = {f.name for f in fields(cls)}
         unknown = set(values) - known

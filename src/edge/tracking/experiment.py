@@ -65,11 +65,16 @@ class Recorder:
 
     def __init__(self, run: Any) -> None:
         self._run = run
+        self.failure: str | None = None
 
     @property
     def info(self) -> dict[str, Any]:
         info: dict[str, Any] = self._run.info
         return info
+
+    def fail_after_recording(self, reason: str) -> None:
+        """End the run as FAILED, with `reason`, once the body has returned."""
+        self.failure = reason
 
     def log_metrics(self, step: int, values: dict[str, float]) -> None:
         for name, value in values.items():
@@ -115,8 +120,11 @@ def tracked_run(
 
     def main(_run: Any) -> Any:
         holder["run"] = _run
-        value = body(Recorder(_run))
+        recorder = Recorder(_run)
+        value = body(recorder)
         holder["value"] = value
+        if recorder.failure is not None:
+            raise RunFailedError(recorder.failure)
         return _run.info.get("result")
 
     ex.main(main)
@@ -124,13 +132,21 @@ def tracked_run(
     mongo = _mongo_observer(url, warn, lambda: str(journal / str(holder["run"]._id))) if url else None
     if mongo:
         ex.observers.append(mongo)
-    run = ex.run(
-        info={**info, "run_uuid": run_uuid, "user": current_user()},
-        meta_info={"run_uuid": run_uuid},
-        # Sacred's own capture of stdout/stderr, without its fd-level tee process.
-        options={"--capture": "sys"},
-    )
-    return TrackedRun(holder["value"], run_uuid, journal / str(run._id), mongo.run_id if mongo else None)
+    try:
+        run = ex.run(
+            info={**info, "run_uuid": run_uuid, "user": current_user()},
+            meta_info={"run_uuid": run_uuid},
+            # Sacred's own capture of stdout/stderr, without its fd-level tee process.
+            options={"--capture": "sys"},
+        )
+        run_id = run._id
+    except RunFailedError:  # recorded as FAILED; the body's work stands
+        run_id = holder["run"]._id
+    return TrackedRun(holder["value"], run_uuid, journal / str(run_id), mongo.run_id if mongo else None)
+
+
+class RunFailedError(Exception):
+    """The body finished, and its run is to be recorded as FAILED for the reason given."""
 
 
 def _mongo_observer(url: str, warn: observers.Warn, journal_hint: Callable[[], str]) -> Any:
@@ -201,7 +217,7 @@ def run_training(
         # The model names its run (and the registry entry names both): model, run and registry
         # point at each other. The uuid is the run's key in the journal and in MongoDB alike.
         run_lineage = {**lineage, "tracking_run_id": recorder.info["run_uuid"]}
-        result, metadata = pipeline.train_stage(
+        result, metadata, measured = pipeline.train_stage(
             prepared_dir,
             model_dir,
             reports_dir,
@@ -227,6 +243,16 @@ def run_training(
         recorder.add_artifact(CONFUSION_PNG, evaluate.confusion_png(scores), "image/png")
         final = {"summary": summary, **scores.metrics()}
         recorder.add_artifact(METRICS_JSON, (json.dumps(final, indent=2) + "\n").encode(), "application/json")
+        if measured is not None:
+            judged = behaviour.verdict_of(measured, metadata)
+            recorder.info["verdict"] = {
+                "status": judged.status,
+                "failed_checks": [check.describe() for check in judged.failed],
+            }
+            if not judged.passed:
+                # Recorded as FAILED, with the checks as its reason; the stage itself goes on, so
+                # that the evaluate stage judges the exported model and leaves its evidence.
+                recorder.fail_after_recording(judged.describe())
         return result, metadata
 
     tracked = tracked_run(

@@ -104,8 +104,8 @@ class ModelClient:
             raise ModelServerError(
                 f"The model server answered with an error (HTTP {response.status_code}).", 502
             )
-        # Which model answered, nothing more: the lineage is not for the public page.
-        return read_prediction(response, "model server", _name_and_version)
+        # Which model answered and its verdict, nothing more: the lineage is not for the public page.
+        return read_prediction(response, "model server", _model_identity)
 
     def model_card(self) -> str:
         """The served model's card (self-contained HTML); raise with a friendly message."""
@@ -126,7 +126,9 @@ class ModelClient:
         return response.text
 
 
-def _name_and_version(body: dict[str, Any]) -> dict[str, str]:
+def _model_identity(body: dict[str, Any]) -> dict[str, str]:
     return {
-        key: str(value) for key, value in dict(body.get("model") or {}).items() if key in ("name", "version")
+        key: str(value)
+        for key, value in dict(body.get("model") or {}).items()
+        if key in ("name", "version", "verdict")
     }
