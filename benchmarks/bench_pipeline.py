@@ -1,13 +1,15 @@
 """Benchmark the training pipeline on the real data against its quality targets.
 
 In a fresh clone of the repository at HEAD (so uncommitted edits do not leak in), seed Fashion-MNIST
-from a local folder, run `dvc repro` with the default params.yaml and time each stage, time a second
-`dvc repro` (it must do nothing), read the test accuracy, and run the original example's baseline, a
-k=3 nearest-neighbour classifier on raw pixels. Prints a table against the targets and writes
-bench-results/pipeline.json.
+from a local folder and run `dvc repro` with the default params.yaml once per seed (42, 1, 2, 3, 4,
+as many as --seeds asks), timing each stage; time a second `dvc repro` (it must do nothing); run the
+original example's baseline, a k=3 nearest-neighbour classifier on raw pixels. Prints a table per
+seed against the targets (median test accuracy, pipeline time, the share of seeds whose model
+passes its whole test suite) and writes bench-results/pipeline.json. --repeat 2 trains every seed
+twice from a clean cache: the same seed must give the same model (DVC's md5 of `models`).
 
-    EDGE_DATA_SOURCE=/path/to/fashion-mnist python benchmarks/bench_pipeline.py
-    python benchmarks/bench_pipeline.py --source /path/to/fashion-mnist --keep
+    EDGE_DATA_SOURCE=/path/to/fashion-mnist python benchmarks/bench_pipeline.py --seeds 3
+    python benchmarks/bench_pipeline.py --source DIR --seeds 5 --precision float32 --skip-knn
 """
 
 from __future__ import annotations
@@ -17,6 +19,7 @@ import json
 import os
 import re
 import shutil
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -27,9 +30,11 @@ from typing import Any
 import numpy as np
 
 REPO = Path(__file__).resolve().parents[1]
-# Issue 12 asks for a median of 93.5% over 3 seeds; this benchmark runs one seed, the default.
+SEEDS = (42, 1, 2, 3, 4)
+# The median test accuracy over the seeds run, and the time of one whole pipeline: 6 minutes on
+# 2 cores in bfloat16 (12 in float32, where the CPU has no bfloat16 units).
 TARGET_ACCURACY = 0.935
-TARGET_PIPELINE_SECONDS = 360.0
+TARGET_PIPELINE_SECONDS = {"mixed_bfloat16": 360.0, "float32": 720.0}
 TARGET_NOOP_SECONDS = 3.0
 KNN_K = 3
 STAGES = ("prepare", "train", "evaluate")
@@ -62,11 +67,11 @@ def clone(repo: Path, into: Path, source: str) -> Path:
     return work
 
 
-def timed_repro(work: Path) -> tuple[float, dict[str, float], str]:
+def timed_repro(work: Path, *extra: str) -> tuple[float, dict[str, float], str, int]:
     """Run `dvc repro`, timing it whole and each stage from when DVC announces it to the next."""
     start = time.perf_counter()
     proc = subprocess.Popen(
-        [sys.executable, "-m", "dvc", "repro"],
+        [sys.executable, "-m", "dvc", "repro", *extra],
         cwd=work,
         env=_env(),
         stdout=subprocess.PIPE,
@@ -78,17 +83,64 @@ def timed_repro(work: Path) -> tuple[float, dict[str, float], str]:
     lines: list[str] = []
     for line in proc.stdout:
         lines.append(line)
+        if line.startswith(("Training ", "Estimated ", "epoch ")):
+            print(f"    {line.rstrip()}", flush=True)
         found = re.search(r"Running stage '([^']+)'", line)
         if found:
             marks.append((found.group(1), time.perf_counter() - start))
     proc.wait()
     total = time.perf_counter() - start
     output = "".join(lines)
-    if proc.returncode != 0:
-        sys.exit(f"dvc repro failed in {work}:\n{output}")
     ends = [t for _, t in marks[1:]] + [total]
     stages = {name: round(end - begin, 1) for (name, begin), end in zip(marks, ends, strict=False)}
-    return total, stages, output
+    return total, stages, output, proc.returncode
+
+
+def set_params(work: Path, seed: int, precision: str | None) -> None:
+    """Set train.seed (and train.model.bfloat16) in the clone's params.yaml, keeping its comments."""
+    text = (work / "params.yaml").read_text()
+    text = re.sub(r"(?m)^(train:\n  seed: )\d+", rf"\g<1>{seed}", text)
+    if precision is not None:
+        value = {"float32": "false", "bfloat16": "true"}[precision]
+        text = re.sub(r"(?m)^(    bfloat16: )\S+", rf"\g<1>{value}", text)
+    (work / "params.yaml").write_text(text)
+
+
+def model_md5(work: Path) -> str:
+    import yaml
+
+    lock = yaml.safe_load((work / "dvc.lock").read_text())
+    return str(next(o["md5"] for o in lock["stages"]["train"]["outs"] if o["path"] == "models"))
+
+
+def run_seed(work: Path, seed: int, precision: str | None, force: bool) -> dict[str, Any]:
+    """One whole pipeline at `seed`: its times, test scores and whether the model passed its suite."""
+    set_params(work, seed, precision)
+    print(f"  seed {seed}: dvc repro{' --force' if force else ''}", flush=True)
+    total, stages, output, code = timed_repro(work, *(("--force",) if force else ()))
+    train_metrics = json.loads((work / "reports/train/metrics.json").read_text())
+    test_metrics = json.loads((work / "reports/evaluate/metrics.json").read_text())
+    metadata = json.loads((work / "models/metadata.json").read_text())
+    verdict = json.loads((work / "models/verdict.json").read_text())
+    failed = [c["check"] + (f" ({c['note']})" if c["note"] else "") for c in verdict["failed"]]
+    row = {
+        "seed": seed,
+        "precision": metadata["precision"]["policy"],
+        "seconds": round(total, 1),
+        "stages": stages,
+        "train_seconds": train_metrics["train_seconds"],
+        "epochs": train_metrics["epochs"],
+        "val_accuracy": train_metrics["val_accuracy"],
+        "test_accuracy": test_metrics["accuracy"],
+        "metrics": test_metrics,
+        "passed": verdict["passed"] and code == 0,
+        "failed_checks": failed,
+        "model_md5": model_md5(work) if code == 0 else None,
+        "model_version": metadata["version"],
+    }
+    status = "passed" if row["passed"] else f"FAILED {'; '.join(failed) or output[-500:]}"
+    print(f"  seed {seed}: {total:.1f} s, test {row['test_accuracy']:.4f}, {status}", flush=True)
+    return row
 
 
 def knn_baseline(raw_dir: Path, k: int = KNN_K, chunk: int = 500) -> dict[str, float]:
@@ -131,42 +183,87 @@ def mark(passed: bool) -> str:
 
 
 def report(results: dict[str, Any]) -> str:
-    """Render the figures side by side with their targets."""
-    p, knn = results["pipeline"], results["knn_baseline"]
+    """Render the figures per seed, then the summary against the targets."""
+    runs, knn = results["runs"], results["knn_baseline"]
+    lines = [
+        f"{'seed':>5}  {'precision':>14}  {'test':>7}  {'val':>7}  {'pipeline':>9}  {'train':>8}  "
+        f"{'model md5':>10}  verdict"
+    ]
+    for run in runs:
+        verdict = "passed" if run["passed"] else "FAILED: " + "; ".join(run["failed_checks"])
+        lines.append(
+            f"{run['seed']:>5}  {run['precision']:>14}  {run['test_accuracy']:>7.2%}  "
+            f"{run['val_accuracy']:>7.2%}  {run['seconds']:>7.1f} s  {run['train_seconds']:>6.1f} s  "
+            f"{(run['model_md5'] or '-')[:10]:>10}  {verdict}"
+        )
+    summary = results["summary"]
+    limit = summary["pipeline_target_seconds"]
     rows = [
         (
-            "test accuracy, CNN (default params)",
-            f"{p['test_accuracy']:.2%}",
-            f">= {TARGET_ACCURACY:.0%}",
-            mark(p["test_accuracy"] >= TARGET_ACCURACY),
+            f"median test accuracy ({len(runs)} runs)",
+            f"{summary['median_test_accuracy']:.2%}",
+            f">= {TARGET_ACCURACY:.1%}",
+            mark(summary["median_test_accuracy"] >= TARGET_ACCURACY),
         ),
-        (f"test accuracy, k={knn['k']} nearest neighbours", f"{knn['accuracy']:.2%}", "baseline", ""),
         (
-            "pipeline wall clock (dvc repro)",
-            f"{p['seconds']:.1f} s",
-            f"<= {TARGET_PIPELINE_SECONDS:.0f} s",
-            mark(p["seconds"] <= TARGET_PIPELINE_SECONDS),
+            "whole test suite passed",
+            f"{summary['passed']} of {len(runs)}",
+            "all",
+            mark(summary["all_passed"]),
         ),
-        *((f"  stage {name}", f"{secs:.1f} s", "", "") for name, secs in p["stages"].items()),
-        ("  of which model.fit", f"{p['train_seconds']:.1f} s", "", ""),
+        (
+            "slowest pipeline (dvc repro)",
+            f"{summary['max_seconds']:.1f} s",
+            f"<= {limit:.0f} s",
+            mark(summary["max_seconds"] <= limit),
+        ),
         (
             "second dvc repro (no-op)",
             f"{results['noop']['seconds']:.1f} s",
             f"<= {TARGET_NOOP_SECONDS:.0f} s",
             mark(results["noop"]["seconds"] <= TARGET_NOOP_SECONDS and results["noop"]["no_op"]),
         ),
-        (f"k={knn['k']} nearest neighbours, wall clock", f"{knn['seconds']:.1f} s", "", ""),
     ]
+    if summary["repeats_identical"] is not None:
+        rows.append(
+            (
+                "same seed, same model md5",
+                str(summary["repeats_identical"]),
+                "True",
+                mark(summary["repeats_identical"]),
+            )
+        )
+    if knn:
+        rows.append(
+            (
+                f"k={knn['k']} nearest neighbours (baseline)",
+                f"{knn['accuracy']:.2%}",
+                "",
+                f"{knn['seconds']:.1f} s",
+            )
+        )
     width = max(len(r[0]) for r in rows)
-    lines = [
-        f"{'':{width}}  {'measured':>10}  {'target':>9}",
-        *(
-            f"{name:{width}}  {value:>10}  {target:>9}  {status}".rstrip()
-            for name, value, target, status in rows
-        ),
+    lines += ["", f"{'':{width}}  {'measured':>10}  {'target':>9}"]
+    lines += [
+        f"{name:{width}}  {value:>10}  {target:>9}  {status}".rstrip() for name, value, target, status in rows
     ]
-    lines.append(f"load average (1 min) before/after: {results['load_before']} / {results['load_after']}")
+    lines.append(
+        f"CPU: {results['cpu']}; load average (1 min) before/after: "
+        f"{results['load_before']} / {results['load_after']}"
+    )
     return "\n".join(lines)
+
+
+def cpu_description() -> str:
+    sys.path.insert(0, str(REPO / "src"))
+    from edge.model import CPUINFO, cpu_flags
+
+    text = CPUINFO.read_text() if CPUINFO.is_file() else ""
+    name = next(
+        (line.split(":", 1)[1].strip() for line in text.splitlines() if line.startswith("model name")), "?"
+    )
+    flags = sorted(cpu_flags(text) & {"avx2", "avx512_bf16", "amx_bf16"})
+    return f"{name}, {os.cpu_count()} cores, flags {', '.join(flags) or 'none of avx2/avx512_bf16/amx_bf16'}"
 
 
 def main() -> None:
@@ -175,6 +272,17 @@ def main() -> None:
         "--source",
         default=os.environ.get("EDGE_DATA_SOURCE"),
         help="Folder with the Fashion-MNIST files (default: $EDGE_DATA_SOURCE).",
+    )
+    parser.add_argument(
+        "--seeds", type=int, default=1, choices=range(1, len(SEEDS) + 1), help="How many of 42, 1, 2, 3, 4."
+    )
+    parser.add_argument(
+        "--precision",
+        choices=("bfloat16", "float32"),
+        help="Force train.model.bfloat16 (default: params.yaml's).",
+    )
+    parser.add_argument(
+        "--repeat", type=int, default=1, help="Train each seed this many times (2: check determinism)."
     )
     parser.add_argument("--output", type=Path, default=REPO / "bench-results" / "pipeline.json")
     parser.add_argument("--keep", action="store_true", help="Keep the temporary clone and print where.")
@@ -190,43 +298,45 @@ def main() -> None:
     try:
         work = clone(REPO, temp, source)
         commit = _run(["git", "rev-parse", "--short", "HEAD"], cwd=work).stdout.strip()
-        print(f"Benchmarking commit {commit} in {work}", flush=True)
+        print(f"Benchmarking commit {commit} in {work} on {cpu_description()}", flush=True)
         load_before = _load()
-        total, stages, _ = timed_repro(work)
-        train_metrics = json.loads((work / "reports/train/metrics.json").read_text())
-        test_metrics = json.loads((work / "reports/evaluate/metrics.json").read_text())
-        print(f"dvc repro: {total:.1f} s, test accuracy {test_metrics['accuracy']:.4f}", flush=True)
-        noop_seconds, noop_stages, noop_output = timed_repro(work)
+        runs = []
+        noop: dict[str, Any] = {}
+        for seed in SEEDS[: args.seeds]:
+            for attempt in range(args.repeat):
+                runs.append(run_seed(work, seed, args.precision, force=attempt > 0))
+                if not noop and runs[-1]["passed"]:
+                    noop_seconds, noop_stages, noop_output, _ = timed_repro(work)
+                    noop = {
+                        "seconds": round(noop_seconds, 2),
+                        "no_op": not noop_stages,
+                        "output": noop_output.strip(),
+                    }
         knn = knn_baseline(work / "data/raw/fashion-mnist") if not args.skip_knn else None
+        precision = runs[0]["precision"]
+        by_seed: dict[int, set[str | None]] = {}
+        for run in runs:
+            by_seed.setdefault(run["seed"], set()).add(run["model_md5"])
         results: dict[str, Any] = {
             "commit": commit,
-            "cpus": os.cpu_count(),
+            "cpu": cpu_description(),
             "load_before": load_before,
             "load_after": _load(),
-            "pipeline": {
-                "seconds": round(total, 1),
-                "stages": stages,
-                "train_seconds": train_metrics["train_seconds"],
-                "epochs": train_metrics["epochs"],
-                "val_accuracy": train_metrics["val_accuracy"],
-                "test_accuracy": test_metrics["accuracy"],
-            },
-            "noop": {
-                "seconds": round(noop_seconds, 2),
-                "no_op": not noop_stages,
-                "output": noop_output.strip(),
-            },
-            "knn_baseline": knn or {"k": KNN_K, "accuracy": float("nan"), "seconds": float("nan")},
-            "targets": {
-                "test_accuracy": TARGET_ACCURACY,
-                "pipeline_seconds": TARGET_PIPELINE_SECONDS,
-                "noop_seconds": TARGET_NOOP_SECONDS,
-            },
+            "runs": runs,
+            "noop": noop or {"seconds": float("nan"), "no_op": False, "output": "no run passed"},
+            "knn_baseline": knn,
         }
-        results["passed"] = {
-            "test_accuracy": results["pipeline"]["test_accuracy"] >= TARGET_ACCURACY,
-            "pipeline_seconds": total <= TARGET_PIPELINE_SECONDS,
-            "noop_seconds": noop_seconds <= TARGET_NOOP_SECONDS and not noop_stages,
+        results["summary"] = {
+            "median_test_accuracy": statistics.median(r["test_accuracy"] for r in runs),
+            "passed": sum(r["passed"] for r in runs),
+            "all_passed": all(r["passed"] for r in runs),
+            "max_seconds": max(r["seconds"] for r in runs),
+            "pipeline_target_seconds": TARGET_PIPELINE_SECONDS.get(
+                precision, TARGET_PIPELINE_SECONDS["float32"]
+            ),
+            "repeats_identical": all(len(v) == 1 and None not in v for v in by_seed.values())
+            if args.repeat > 1
+            else None,
         }
         print(report(results))
         args.output.parent.mkdir(parents=True, exist_ok=True)

@@ -106,6 +106,9 @@ class ModelParams:
     filters: tuple[int, ...] = (16, 32, 64)
     convs_per_block: int = 1
     head: str = "flatten"
+    # Standardize each image (zero mean, unit variance) before the first convolution: the network
+    # then sees one image at any brightness or contrast, as a photo's exposure should not matter.
+    standardize: bool = False
     batch_norm: bool = False
     dense_units: int = 256
     dropout: float = 0.15
@@ -151,6 +154,12 @@ def build_model(params: ModelParams, precision: Precision | None = None) -> kera
     # layers stay float32, so the softmax, the loss and the serving signature are float32 either way.
     dtype = (precision or resolve_precision(params.bfloat16)).policy
     x = layers.Rescaling(1.0 / 255.0, dtype=dtype)(inputs)
+    if params.standardize:
+        # A built-in layer (no custom objects in the .keras file): per image, over its pixels. Its
+        # epsilon is far under any real image's variance, so a faint image is not treated apart.
+        x = layers.LayerNormalization(
+            axis=[1, 2], epsilon=1e-6, center=False, scale=False, name="standardize", dtype=dtype
+        )(x)
     x = layers.Reshape((*IMAGE_SHAPE, 1), dtype=dtype)(x)
     for block, filters in enumerate(params.filters):
         for conv in range(params.convs_per_block):

@@ -6,6 +6,7 @@ pipeline, which tests/integration/test_pipeline_dvc.py runs through `edge up` on
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import shutil
@@ -15,13 +16,17 @@ import subprocess
 import sys
 import threading
 import time
+import urllib.request
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import pytest
+import yaml
 
+from tests.datagen import NO_AUGMENTATION, write_fashion_files
 from tests.live_servers import free_port
+from tests.verdicts import judge
 
 START_TIMEOUT = 180.0  # TensorFlow starts slowly on a busy two-core machine
 EXIT_TIMEOUT = 60.0
@@ -94,9 +99,9 @@ def project(tmp_path: Path, tiny_model_dir: Path) -> Path:
     return tmp_path
 
 
-def launch(project: Path) -> Up:
+def launch(project: Path, *extra: str) -> Up:
     """Start `edge up --no-train` on free ports in `project`, reading its output as it comes."""
-    argv = [sys.executable, "-m", "edge", "up", "--no-train"]
+    argv = [sys.executable, "-m", "edge", "up", "--no-train", *extra]
     argv += ["--model-port", str(free_port()), "--webapp-port", str(free_port())]
     env = {**os.environ, "COLUMNS": "200"}  # one error per line, as wide terminals show it
     process = subprocess.Popen(
@@ -228,3 +233,72 @@ def test_one_port_for_both_servers_is_refused(tmp_path: Path) -> None:
     assert done.returncode == 1
     assert f"the model server and the webapp cannot share port {port}" in done.stderr
     assert list(tmp_path.iterdir()) == []
+
+
+def test_a_failed_model_is_refused_with_the_ways_on_and_served_only_when_asked(project: Path) -> None:
+    judge(project / "models", passed=False)
+    ports = ["--model-port", str(free_port()), "--webapp-port", str(free_port())]
+    done = run_up(project, "--no-train", *ports)
+    said = " ".join(done.stderr.split())
+    assert done.returncode == 1, done.stdout + done.stderr
+    assert "the model was trained but failed its test suite, so it is not served" in said
+    assert "accuracy: 0.5000, needs >= 0.92: too many wrong" in said
+    assert "dvc exp run -S train.seed=1" in said and "edge up --no-train --allow-failed-model" in said
+    assert "Started" not in done.stderr and "Traceback" not in done.stderr
+
+    running = launch(project, "--allow-failed-model")
+    try:
+        running.wait_for("Press Ctrl-C to stop")
+        output = " ".join(running.output.split())
+        assert "which failed its test suite, because of --allow-failed-model" in output
+        model_api = re.search(r"model API (http://127\.0\.0\.1:\d+)/predict", output)
+        assert model_api, output
+        with urllib.request.urlopen(f"{model_api.group(1)}/health", timeout=5) as response:
+            health = json.loads(response.read())
+        assert health["model"]["verdict"] == "failed" and "--allow-failed-model" in health["warning"]
+    finally:
+        clean_up(running)
+
+
+def test_quick_trains_its_own_model_with_its_own_floors_and_serves_it(tmp_path: Path) -> None:
+    """`edge up --quick`: params-quick.yaml, trained into quick/, never the default model's folder."""
+    write_fashion_files(tmp_path / "data" / "raw" / "fashion-mnist", compress=False)
+    quick = {
+        "prepare": {"validation_size": 100},
+        "train": {
+            "epochs": 1,
+            "batch_size": 64,
+            **NO_AUGMENTATION,
+            "model": {"filters": [8], "dense_units": 16},
+        },
+        "evaluate": {"min_accuracy": 0.0},
+    }
+    (tmp_path / "params-quick.yaml").write_text(yaml.safe_dump(quick))
+    argv = [sys.executable, "-m", "edge", "up", "--quick"]
+    argv += ["--model-port", str(free_port()), "--webapp-port", str(free_port())]
+    process = subprocess.Popen(
+        argv,
+        cwd=tmp_path,
+        env={**os.environ, "COLUMNS": "200"},
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
+    running = Up(process)
+    assert process.stdout is not None
+    threading.Thread(target=_read, args=(process.stdout, running.lines), daemon=True).start()
+    try:
+        running.wait_for("Press Ctrl-C to stop", timeout=240)
+        assert "Training the quick demo model (params-quick.yaml) into quick/" in running.output
+        assert (tmp_path / "quick" / "models" / "verdict.json").is_file()
+        assert not (tmp_path / "models").exists(), "the quick model replaced the default one"
+        model_api = re.search(
+            r"model API (http://127\.0\.0\.1:\d+)/predict", " ".join(running.output.split())
+        )
+        assert model_api, running.output
+        with urllib.request.urlopen(f"{model_api.group(1)}/health", timeout=5) as response:
+            served = json.loads(response.read())["model"]
+        quick_model = json.loads((tmp_path / "quick" / "models" / "metadata.json").read_text())
+        assert served == {"name": quick_model["name"], "version": quick_model["version"], "verdict": "passed"}
+    finally:
+        clean_up(running)

@@ -146,3 +146,23 @@ def test_noise_has_a_standard_deviation_of_its_own_per_image_up_to_the_limit() -
     assert abs(float(noisy.mean()) - 128.0) < 0.5
     with pytest.raises(ValueError, match=r"train\.noise"):
         TrainParams.from_dict({"noise": -1})
+
+
+def test_a_standardizing_model_sees_one_image_at_any_brightness_or_contrast() -> None:
+    model = build_model(ModelParams(filters=(8, 16), dense_units=16, standardize=True, bfloat16=False))
+    images = np.random.default_rng(1).integers(0, 200, size=(8, 28, 28)).astype(np.float32)
+    mean = images.mean(axis=(1, 2), keepdims=True)
+    darker, low_contrast = images * 0.7, mean + (images - mean) * 0.7
+    reference = np.asarray(model(images, training=False))
+    for changed in (darker, low_contrast):
+        np.testing.assert_allclose(np.asarray(model(changed, training=False)), reference, atol=1e-4)
+    plain = build_model(ModelParams(filters=(8, 16), dense_units=16))
+    assert not np.allclose(
+        np.asarray(plain(darker, training=False)), np.asarray(plain(images, training=False))
+    )
+
+
+def test_weight_averaging_is_a_momentum() -> None:
+    assert TrainParams.from_dict({"weight_averaging": 0.999}).weight_averaging == 0.999
+    with pytest.raises(ValueError, match=r"train\.weight_averaging"):
+        TrainParams.from_dict({"weight_averaging": 1.0})

@@ -25,6 +25,10 @@ from edge.data import DEFAULT_RAW_DIR, RAW_FILES
 from edge.model import ModelIntegrityError, verify_model_uri
 
 MODEL_DIR = "models"
+# The quick demo model: its own settings (fewer epochs, a smaller network, its own floors) and its
+# own folder, so it never replaces the default model or DVC's outputs.
+QUICK_PARAMS = "params-quick.yaml"
+QUICK_DIR = "quick"
 HEALTH_TIMEOUT = 180.0
 STOP_TIMEOUT = 15.0
 # Each server's output, also shown in the terminal with its name in front (gitignored).
@@ -134,16 +138,26 @@ def _start(name: str, argv: list[str], host: str, port: int, env: dict[str, str]
     return Service(name, f"http://{host}:{port}", log, process, copier)
 
 
+def _train_quick() -> None:
+    """Train the quick demo model into quick/ (no DVC: it is not the pipeline's model)."""
+    console.print(f"Training the quick demo model ({QUICK_PARAMS}) into {QUICK_DIR}/...")
+    argv = [sys.executable, "-m", "edge", "pipeline", "run", "--params", QUICK_PARAMS]
+    argv += ["--prepared-dir", f"{QUICK_DIR}/prepared", "--model-dir", f"{QUICK_DIR}/models"]
+    argv += ["--reports-dir", f"{QUICK_DIR}/reports"]
+    if _edge_subprocess(argv) != 0:
+        _fail_pipeline(f"{QUICK_DIR}/models")
+
+
 def _train() -> None:
     """Run the pipeline through DVC, which skips every stage whose inputs did not change."""
     if Path(".dvc").is_dir():
         console.print("Running the pipeline (dvc repro; unchanged stages are skipped)...")
         if _edge_subprocess([sys.executable, "-m", "dvc", "repro"]) != 0:
-            _fail_pipeline()
+            _fail_pipeline(MODEL_DIR)
     else:
         console.print("Not in a DVC repository: running the pipeline directly.")
         if _edge_subprocess([sys.executable, "-m", "edge", "pipeline", "run"]) != 0:
-            _fail_pipeline()
+            _fail_pipeline(MODEL_DIR)
 
 
 def _edge_subprocess(argv: list[str]) -> int:
@@ -153,20 +167,15 @@ def _edge_subprocess(argv: list[str]) -> int:
     return subprocess.run(argv, env=env).returncode
 
 
-def _fail_pipeline() -> None:
+def _fail_pipeline(model_dir: str) -> None:
     """Stop with what to do: the model's failed checks when its test suite failed it."""
-    judged = _verdict_of_served_model()
+    try:
+        judged = verdict.read(model_dir, verify_model_uri(model_dir))
+    except (ModelIntegrityError, OSError):
+        judged = None
     if judged is not None and not judged.passed:
         fail(_what_to_do(judged))
     fail("the pipeline failed (see above); fix it, then run `make up` again")
-
-
-def _verdict_of_served_model() -> verdict.Verdict | None:
-    try:
-        metadata = verify_model_uri(MODEL_DIR)
-    except (ModelIntegrityError, OSError):
-        return None
-    return verdict.read(MODEL_DIR, metadata)
 
 
 def _what_to_do(judged: verdict.Verdict) -> str:
@@ -188,18 +197,18 @@ def _what_to_do(judged: verdict.Verdict) -> str:
     )
 
 
-def _check_model(allow_failed: bool, judge: bool) -> None:
+def _check_model(model_dir: str, allow_failed: bool, judge: bool) -> None:
     """Serve only a model that passed its test suite; judge one that has no verdict here yet."""
     try:
-        metadata = verify_model_uri(MODEL_DIR)
+        metadata = verify_model_uri(model_dir)
     except (ModelIntegrityError, OSError) as exc:
         fail(f"{exc}; run `make up` to train one")
-    judged = verdict.read(MODEL_DIR, metadata)
+    judged = verdict.read(model_dir, metadata)
     if judged is None and judge:
         # A model from `dvc pull` or `dvc checkout`: DVC keeps no verdicts, the evaluate stage does.
         console.print(f"Model {metadata['version']} has no verdict here yet: running its test suite...")
-        _edge_subprocess([sys.executable, "-m", "edge", "pipeline", "evaluate"])
-        judged = verdict.read(MODEL_DIR, metadata)
+        _edge_subprocess([sys.executable, "-m", "edge", "pipeline", "evaluate", "--model-dir", model_dir])
+        judged = verdict.read(model_dir, metadata)
     if allow_failed or (judged is not None and judged.passed):
         if judged is None or not judged.passed:
             console.print(
@@ -211,7 +220,7 @@ def _check_model(allow_failed: bool, judge: bool) -> None:
         return
     if judged is None:
         fail(
-            f"model {metadata['version']} in {MODEL_DIR} has not been judged by its test suite: run "
+            f"model {metadata['version']} in {model_dir} has not been judged by its test suite: run "
             "`make up` (without --no-train) or `edge pipeline evaluate`, or serve it knowingly with "
             "`edge up --no-train --allow-failed-model`"
         )
@@ -235,6 +244,14 @@ def up(
             help="Serve the model even if it failed its test suite; /health, answers and the webapp say so.",
         ),
     ] = False,
+    quick: Annotated[
+        bool,
+        typer.Option(
+            "--quick",
+            help=f"Train and serve the quick demo model ({QUICK_PARAMS}, about a minute of training, its "
+            f"own floors) from {QUICK_DIR}/ instead of the default model.",
+        ),
+    ] = False,
 ) -> None:
     """Seed the data, run the pipeline, then serve the model and the webapp until Ctrl-C.
 
@@ -254,8 +271,12 @@ def up(
         else:
             with friendly_errors():
                 seed_data(DEFAULT_RAW_DIR, source)
-        _train()
-    _check_model(allow_failed_model, judge=train)
+        if quick:
+            _train_quick()
+        else:
+            _train()
+    model_dir = f"{QUICK_DIR}/models" if quick else MODEL_DIR
+    _check_model(model_dir, allow_failed_model, judge=train and not quick)
 
     stopping: list[int] = []
 
@@ -264,7 +285,7 @@ def up(
 
     signal.signal(signal.SIGINT, request_stop)
     signal.signal(signal.SIGTERM, request_stop)
-    model_argv = [sys.executable, "-m", "edge", "serve", "--model-dir", MODEL_DIR]
+    model_argv = [sys.executable, "-m", "edge", "serve", "--model-dir", model_dir]
     model_argv += ["--host", host, "--port", str(model_port)]
     if allow_failed_model:
         model_argv.append("--allow-failed-model")
