@@ -59,9 +59,6 @@ class TrainParams:
     contrast: float = 0.3
     # Gaussian noise of a standard deviation drawn per image from [0, noise] (0-255 units).
     noise: float = 12.0
-    # Ship an exponential moving average of the weights (this momentum per step; 0 ships the last
-    # weights): an average over the last epochs' steps generalizes better than any one of them.
-    weight_averaging: float = 0.0
     # Fit a temperature on the validation split and ship it: confidences that mean what they say.
     calibrate: bool = True
     model: ModelParams = field(default_factory=ModelParams)
@@ -83,8 +80,6 @@ class TrainParams:
             raise ValueError("train.contrast must be in [0, 1) in params.yaml")
         if not 0 <= params.noise <= 255:
             raise ValueError("train.noise must be a standard deviation in [0, 255] in params.yaml")
-        if not 0 <= params.weight_averaging < 1:
-            raise ValueError("train.weight_averaging must be a momentum in [0, 1) in params.yaml")
         return params
 
 
@@ -234,9 +229,7 @@ def train(
         warmup_target=params.learning_rate if warmup else None,
         warmup_steps=warmup,
     )
-    averaging = {"use_ema": True, "ema_momentum": params.weight_averaging} if params.weight_averaging else {}
-    # With averaging, fit() ends by writing the averaged weights into the model.
-    optimizer = keras.optimizers.AdamW(learning_rate=schedule, weight_decay=params.weight_decay, **averaging)
+    optimizer = keras.optimizers.AdamW(learning_rate=schedule, weight_decay=params.weight_decay)
     if precision.policy == "mixed_float16":
         # float16 gradients underflow without loss scaling (bfloat16 has float32's exponent range).
         optimizer = keras.optimizers.LossScaleOptimizer(optimizer)

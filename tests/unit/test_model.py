@@ -160,9 +160,3 @@ def test_a_standardizing_model_sees_one_image_at_any_brightness_or_contrast() ->
     assert not np.allclose(
         np.asarray(plain(darker, training=False)), np.asarray(plain(images, training=False))
     )
-
-
-def test_weight_averaging_is_a_momentum() -> None:
-    assert TrainParams.from_dict({"weight_averaging": 0.999}).weight_averaging == 0.999
-    with pytest.raises(ValueError, match=r"train\.weight_averaging"):
-        TrainParams.from_dict({"weight_averaging": 1.0})
