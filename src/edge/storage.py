@@ -21,6 +21,11 @@ Atomicity, the promise every writer here keeps:
   GCS versions) are never inside the published directory; later writes remove those whose process is
   gone (GCS: unpublished versions older than `STALE_VERSION_AGE`).
 
+What a publish deletes on GCS: only version folders `<dir>/_versions/<id>/` it named itself (the
+`_VERSION_NAME` pattern) that no pointer names any more, never any other object. A prefix is
+published into only when it is Edge's alone: a bucket root is refused, and so is a first publish
+into a prefix that already holds objects some other writer put there (`check_publish_target`).
+
 The GCS endpoint follows `STORAGE_EMULATOR_HOST` (as google-cloud-storage does): when set, requests
 go there anonymously, which is how the tests run against `gcp-storage-emulator`.
 """
@@ -53,6 +58,10 @@ _TEMP_NAME = re.compile(
     r"^\.(?P<name>.+)\.edge-(?P<kind>tmp|stage|old)-(?P<pid>\d+)-[0-9a-f]+(?P<suffix>\.\w+)?$"
 )
 _VERSION_TIME = "%Y%m%dT%H%M%S%fZ"
+# The folder name a publish gives each version (`_VERSION_TIME`, a dash, 8 hex digits): the only
+# names a publish ever deletes.
+_VERSION_NAME = re.compile(r"^\d{8}T\d{12}Z-[0-9a-f]{8}$")
+FOREIGN_EXAMPLES = 3  # how many foreign objects a refusal names
 
 
 class StorageError(ValueError):
@@ -257,7 +266,7 @@ def publish_dir(uri: str) -> Iterator[str]:
     docstring for how: one rename locally, a version prefix and a pointer switched last on GCS.
     """
     if is_remote(uri):
-        remote = _check_remote(uri)  # before the work, not after it
+        remote = check_publish_target(uri)  # before the work, not after it
         with tempfile.TemporaryDirectory(prefix="edge-upload-") as tmp:
             yield tmp
             _publish_remote(Path(tmp), remote)
@@ -462,6 +471,50 @@ def sweep_leftovers(target: str | Path) -> list[Path]:
 # --- GCS publishing ------------------------------------------------------------------------------
 
 
+def check_publish_target(uri: str) -> str:
+    """Refuse a `gs://` place that is not Edge's alone to publish into; return it normalised.
+
+    A bucket root is refused (the DVC remote, the prediction log and everything else live there); so
+    is a prefix without a pointer that already holds objects Edge did not write, since its publishes
+    would then share the prefix with someone else's files. Leftover versions of a killed first
+    publish are Edge's own and do not count. Local paths are returned as they are.
+    """
+    if not is_remote(uri):
+        return uri
+    base = _check_remote(uri)
+    bucket, _, prefix = base[len("gs://") :].partition("/")
+    if not prefix:
+        raise StorageError(
+            f"{uri} is a bucket root: a publish needs a folder of its own beside the bucket's other "
+            f"objects; name one, as in gs://{bucket}/models"
+        )
+    fs = _fs(base)
+    if fs.exists(f"{base}/{POINTER_FILE}"):
+        return base  # published here before: the prefix is Edge's
+    foreign = _foreign_objects(base)
+    if foreign:
+        named = ", ".join(foreign[:FOREIGN_EXAMPLES]) + (", ..." if len(foreign) > FOREIGN_EXAMPLES else "")
+        raise StorageError(
+            f"{uri} already holds {len(foreign):,} object(s) Edge did not write ({named}); refusing to "
+            f"publish beside them: choose a new or empty folder (such as {base}/model), or move those "
+            "objects elsewhere first"
+        )
+    return base
+
+
+def _foreign_objects(base: str) -> list[str]:
+    """The objects under prefix `base` that no publish wrote, relative to it, sorted."""
+    prefix = base[len("gs://") :] + "/"
+    names = [p[len(prefix) :] for p in _fs(base).find(base) if p.startswith(prefix)]
+    # A name ending in "/" is a folder placeholder (the Cloud Console makes them), not a file.
+    return sorted(name for name in names if name and not name.endswith("/") and not _is_version_object(name))
+
+
+def _is_version_object(name: str) -> bool:
+    parts = name.split("/", 2)
+    return len(parts) == 3 and parts[0] == VERSIONS_DIR and bool(_VERSION_NAME.match(parts[1]))
+
+
 def _publish_remote(staging: Path, base: str) -> None:
     fs = _fs(base)
     now = datetime.now(UTC)
@@ -484,20 +537,20 @@ def _published_version(base: str) -> str | None:
 
 
 def _collect_versions(base: str, keep: set[str | None], now: datetime) -> None:
-    """Delete what no reader can reach any more: old and abandoned versions, pre-pointer objects."""
+    """Delete the versions no reader can reach any more: old and abandoned ones, and nothing else.
+
+    Only folders under `_versions/` named as a publish names them are candidates; every other object
+    under `base` was written by someone else and stays, whatever it is.
+    """
     fs = _fs(base)
-    for name in list_dir(base):
-        if name in (POINTER_FILE, VERSIONS_DIR):
-            continue
-        # Plain objects from before the first publish: hidden by the pointer from now on.
-        fs.rm(f"{base}/{name}", recursive=True)
+    oldest_kept = min(v for v in keep if v)
     for version in list_dir(f"{base}/{VERSIONS_DIR}"):
-        if version in keep:
+        if version in keep or not _VERSION_NAME.match(version):
             continue
         try:
             started = datetime.strptime(version.split("-", 1)[0], _VERSION_TIME).replace(tzinfo=UTC)
         except ValueError:
-            continue  # not ours
+            continue  # the right shape but no real time: not one a publish named
         # The previous version stays for readers still downloading it; the one before goes now.
-        if version < min(v for v in keep if v) or now - started > STALE_VERSION_AGE:
+        if version < oldest_kept or now - started > STALE_VERSION_AGE:
             fs.rm(f"{base}/{VERSIONS_DIR}/{version}", recursive=True)

@@ -90,6 +90,9 @@ def train(
     where = on or _default_train_on()
     if where not in ("local", "vertex"):
         fail(f"--on {where}: choose local or vertex")
+    with friendly_errors():
+        # Before minutes of training, not after them: a place the model could not be published to.
+        storage.check_publish_target(model_dir)
     if where == "vertex":
         from edge.cli.vertex import train_on_vertex
 
