@@ -35,6 +35,7 @@ from __future__ import annotations
 import ctypes
 import errno
 import json
+import logging
 import os
 import re
 import secrets
@@ -42,7 +43,7 @@ import shutil
 import sys
 import tempfile
 from collections.abc import Iterator
-from contextlib import contextmanager, suppress
+from contextlib import contextmanager
 from datetime import UTC, datetime, timedelta
 from functools import cache
 from pathlib import Path, PurePosixPath
@@ -386,15 +387,40 @@ def _temp_name(name: str, kind: str) -> str:
     return f".{name}{_TEMP_MARK}{kind}-{os.getpid()}-{secrets.token_hex(4)}"
 
 
+# What fsync(2) answers on a file system that cannot sync a directory (some network and virtual ones).
+_FSYNC_UNSUPPORTED = frozenset({errno.EINVAL, errno.ENOTSUP, errno.EOPNOTSUPP})
+_UNSYNCED_DEVICES: set[int] = set()  # file systems already said to skip directory fsync
+
+
 def _fsync(path: Path) -> None:
-    # Durable before it is visible: a power loss right after the rename must not leave an empty file.
-    flags = os.O_RDONLY | (os.O_DIRECTORY if path.is_dir() else 0)
-    with suppress(OSError):
-        fd = os.open(path, flags)
-        try:
-            os.fsync(fd)
-        finally:
-            os.close(fd)
+    """Flush `path` to disk; a file that cannot be flushed is an error, whatever the reason.
+
+    Durable before it is visible: a power loss right after the rename must not leave an empty file.
+    Only a directory's fsync (which makes the rename itself durable) may be skipped, and only where
+    the file system does not support it at all; that is logged once per file system.
+    """
+    directory = path.is_dir()
+    fd = os.open(path, os.O_RDONLY | (os.O_DIRECTORY if directory else 0))
+    try:
+        os.fsync(fd)
+    except OSError as exc:
+        if not (directory and exc.errno in _FSYNC_UNSUPPORTED):
+            raise OSError(exc.errno, f"could not flush {path} to disk: {exc.strerror}") from exc
+        _directory_fsync_unsupported(os.fstat(fd).st_dev, str(path), exc.strerror or str(exc))
+    finally:
+        os.close(fd)
+
+
+def _directory_fsync_unsupported(device: int, path: str, reason: str) -> None:
+    if device in _UNSYNCED_DEVICES:
+        return
+    _UNSYNCED_DEVICES.add(device)
+    logging.getLogger(__name__).warning(
+        "the file system of %s cannot flush directories to disk (%s): a rename there is visible at "
+        "once but may not survive a power loss",
+        path,
+        reason,
+    )
 
 
 def _exchange(a: Path, b: Path) -> bool:
