@@ -25,6 +25,7 @@ from edge.monitoring.log import (
     build_batch_records,
     build_records,
     list_log_files,
+    pending_writes,
     read_records,
 )
 from edge.monitoring.profile import PROFILE_FILE, ReferenceProfile, build_profile, load_profile
@@ -180,6 +181,25 @@ def test_log_rotates_by_time_and_records_pixels_when_asked(tmp_path: Path) -> No
     record = next(read_records(str(tmp_path)))
     assert len(record["pixels"]) == 784
     assert max(record["pixels"]) <= 255
+
+
+def test_held_records_are_announced_until_written_and_flush_writes_them_now(tmp_path: Path) -> None:
+    log = PredictionLog(str(tmp_path), file_seconds=600).start()
+    assert pending_writes(str(tmp_path)) == []
+    log.submit(predicted(garments(3)))
+    deadline = time.monotonic() + 10
+    while not pending_writes(str(tmp_path)) and time.monotonic() < deadline:
+        time.sleep(0.02)
+    [notice] = pending_writes(str(tmp_path))
+    assert notice.pid == os.getpid() and not notice.gone()
+    # Ten minutes of file_seconds: the notice says the records come that late at the latest.
+    assert timedelta(seconds=590) < notice.due - datetime.now(UTC) <= timedelta(seconds=600)
+    assert list_log_files(str(tmp_path)) == []
+    log.submit(predicted(garments(2), request_id="second"))
+    assert log.flush(timeout=10)
+    assert len(list(read_records(str(tmp_path)))) == 5, "everything submitted before the flush"
+    assert pending_writes(str(tmp_path)) == []
+    log.close()
 
 
 def test_sampling_keeps_about_the_rate(tmp_path: Path) -> None:

@@ -10,13 +10,16 @@ import urllib.error
 import urllib.request
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated
 
 import numpy as np
 import typer
 from rich.table import Table
 
 from edge.cli.common import console, fail, friendly_errors, out
+
+if TYPE_CHECKING:
+    from edge.monitoring.log import PendingWrite
 
 app = typer.Typer(
     help="Monitor the served model: drift reports and a drift simulation.", no_args_is_help=True
@@ -29,6 +32,9 @@ DURATION = re.compile(r"^(\d+)\s*([smhd])$")
 UNITS = {"s": "seconds", "m": "minutes", "h": "hours", "d": "days"}
 DEFAULT_SOURCE = "predictions"
 TEST_IMAGES = ("t10k-images-idx3-ubyte", "t10k-images-idx3-ubyte.gz")
+# A writer this late past the time it announced is taken to have stopped (or to be unable to write).
+PENDING_GRACE = timedelta(seconds=10)
+PENDING_POLL_SECONDS = 0.5
 
 
 def parse_since(value: str | None, now: datetime | None = None) -> datetime | None:
@@ -89,7 +95,10 @@ def report(
         start = parse_since(since)
         profile = load_profile(model_uri)
         metadata = model.read_metadata(model_uri)
+        began = datetime.now(UTC)
+        lost = settle_pending(log_source, began)
         records = list(read_records(log_source, start))
+        console.print(behind(records, datetime.now(UTC)), highlight=False)
         others = [r for r in records if r.get("version") != metadata["version"]]
         if not all_versions:
             records = [r for r in records if r.get("version") == metadata["version"]]
@@ -121,6 +130,15 @@ def report(
         )
     out.print(table)
     console.print(f"report: {storage.join(out_dir, REPORT_FILE)}")
+    lost = [p for p in lost if start is None or p.due >= start]
+    if not result.enough and lost:
+        # Not enough data may only mean the rest never reached the log: no verdict, not "fine".
+        fail(
+            f"not enough data ({result.count} predictions, {settings.min_records} needed), and "
+            f"{_lost(lost)}: the report cannot tell whether predictions are missing"
+        )
+    if lost:
+        console.print(f"[yellow]warning:[/] {_lost(lost)}", highlight=False)
     if not result.enough:
         console.print(
             f"[yellow]not enough data:[/] {result.count} predictions, at least {settings.min_records} "
@@ -129,6 +147,63 @@ def report(
     if result.alert:
         console.print(f"[bold red]drift alert:[/] {', '.join(summary['alerting'])}")
         raise typer.Exit(ALERT_EXIT_CODE)
+
+
+def settle_pending(source: str, began: datetime) -> list[PendingWrite]:
+    """Wait for the records writers held when the report began; return the notices of those that
+    never wrote them (a process of this host that ended, or overdue by more than PENDING_GRACE:
+    stopped, or unable to write).
+
+    Records that arrive after `began` are not waited for, so steady traffic cannot hold a report up.
+    """
+    from edge.monitoring.log import pending_writes
+
+    said = False
+    while True:
+        now = datetime.now(UTC)
+        held = [p for p in pending_writes(source) if p.since <= began]
+        waiting = [p for p in held if p.due + PENDING_GRACE > now and not p.gone()]
+        if not waiting:
+            return held
+        if not said:
+            due = max(p.due for p in waiting)
+            console.print(
+                f"waiting for predictions in flight: {len(waiting)} log writer(s) hold records they "
+                f"write by {due:%H:%M:%S} UTC ({max(0.0, (due - now).total_seconds()):.0f} s)",
+                highlight=False,
+            )
+            said = True
+        time.sleep(PENDING_POLL_SECONDS)
+
+
+def _lost(notices: list[PendingWrite]) -> str:
+    writers = ", ".join(f"{p.writer} (held since {p.since:%H:%M:%S}, due {p.due:%H:%M:%S})" for p in notices)
+    return (
+        f"records held by {writers} never reached the log: that server was stopped, or cannot write "
+        "there (its /metrics count them in edge_prediction_log_dropped)"
+    )
+
+
+def behind(records: list[dict[str, object]], now: datetime) -> str:
+    """Say how old the newest logged record is: how far the log is behind."""
+    if not records:
+        return "the log holds no predictions in this range"
+    newest = max(datetime.fromisoformat(str(r["time"])) for r in records)
+    return (
+        f"newest prediction in the log: {newest:%Y-%m-%d %H:%M:%S} UTC, "
+        f"{_age((now - newest).total_seconds())} before this report"
+    )
+
+
+def _age(seconds: float) -> str:
+    seconds = max(0.0, seconds)
+    if seconds < 120:
+        return f"{seconds:.0f} s"
+    if seconds < 7200:
+        return f"{seconds / 60:.0f} min"
+    if seconds < 172_800:
+        return f"{seconds / 3600:.0f} h"
+    return f"{seconds / 86_400:.0f} days"
 
 
 def load_test_images(source: Path) -> np.ndarray:
@@ -149,6 +224,21 @@ def _post(url: str, images: np.ndarray, timeout: float) -> list[dict[str, object
     with urllib.request.urlopen(request, timeout=timeout) as response:
         predictions: list[dict[str, object]] = json.loads(response.read())["predictions"]
     return predictions
+
+
+def _flush(url: str) -> str:
+    """Ask the server to write its prediction log now, so that a report run next sees everything."""
+    request = urllib.request.Request(url, data=b"", method="POST")
+    try:
+        with urllib.request.urlopen(request, timeout=30) as response:
+            response.read()
+    except urllib.error.HTTPError as exc:
+        if exc.code == 404:
+            return "the server has no /monitoring/flush: its log is written within EDGE_MONITOR_FILE_SECONDS"
+        return f"the server could not write its prediction log in time ({url}: HTTP {exc.code})"
+    except (urllib.error.URLError, OSError) as exc:
+        return f"the server could not be asked to write its prediction log ({url}: {exc})"
+    return "the server wrote every prediction to its log: a report now sees them all"
 
 
 @app.command()
@@ -201,6 +291,7 @@ def simulate(
         if pause and phase != chosen[-1]:
             time.sleep(pause)
     out.print(table)
+    console.print(_flush(url.rstrip("/") + "/monitoring/flush"), highlight=False)
     console.print(
         "watch it in the report: edge monitor report --since "
         f"{started:%Y-%m-%dT%H:%M:%S} (each phase also shows on the server's /metrics drift gauges)"

@@ -110,6 +110,12 @@ class ServingMonitor:
         """Hand one request's predictions to the log: sampled and queued, never blocking."""
         self.log.submit(predicted)
 
+    def flush(self, timeout: float = 10.0) -> bool:
+        """Write every prediction observed so far to the log and rescore the window; False if late."""
+        flushed = self.log.flush(timeout)
+        self.refresh()
+        return flushed
+
     def close(self, timeout: float = 10.0) -> None:
         """Write what is pending; called when the server stops."""
         self._stopping.set()

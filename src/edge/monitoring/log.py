@@ -9,6 +9,11 @@ fails a prediction.
 Files are named `<prefix>/YYYY/MM/DD/predictions-<UTC time>-<host>-<pid>-<seq>.jsonl`, each written
 whole (a local temporary file renamed into place; on GCS an object appears only once uploaded), so
 a reader, or a process killed mid-write, never leaves or sees half a file.
+
+A reader must not mistake records not written yet for records that never came: while the writer holds
+records, it keeps a small notice `<prefix>/_pending/<host>-<pid>.json` saying since when and by when
+they will be written (`pending_writes` reads them; `edge monitor report` waits for them), and removes
+it once they are. `flush` writes everything queued at once (the server's `POST /monitoring/flush`).
 """
 
 from __future__ import annotations
@@ -23,7 +28,7 @@ import threading
 import time
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, replace
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -47,6 +52,37 @@ FILE_SUFFIX = ".jsonl"
 # reach the drift gauges and files that much later, which nothing notices.
 DRAIN_REQUESTS = 512
 GATHER_SECONDS = 0.05
+PENDING_DIR = "_pending"
+
+
+class _Flush:
+    """A request, queued behind the records before it, to write everything held so far."""
+
+    def __init__(self) -> None:
+        self.done = threading.Event()
+
+
+@dataclass(frozen=True)
+class PendingWrite:
+    """A writer's notice that it holds records written by `due` at the latest."""
+
+    writer: str
+    since: datetime
+    due: datetime
+    host: str = ""
+    pid: int = 0
+
+    def gone(self) -> bool:
+        """Tell whether the writer is known to have stopped: a process of this host that has ended."""
+        if self.host != socket.gethostname() or self.pid <= 0:
+            return False  # another machine's process: only its lateness can tell
+        try:
+            os.kill(self.pid, 0)
+        except ProcessLookupError:
+            return True
+        except PermissionError:
+            return False
+        return False
 
 
 @dataclass(frozen=True)
@@ -102,7 +138,7 @@ class PredictionLog:
         queue_size: int = 10_000,
         file_records: int = 5_000,
         file_bytes: int = 8_000_000,
-        file_seconds: float = 60.0,
+        file_seconds: float = 5.0,
         log_inputs: bool = False,
         registry: CollectorRegistry | None = None,
         embed: Embedder | None = None,
@@ -122,13 +158,14 @@ class PredictionLog:
         self.on_records = on_records
         self.metrics = LogMetrics(registry if registry is not None else CollectorRegistry())
         self._writer = writer
-        self._queue: queue.Queue[Predicted | None] = queue.Queue(maxsize=queue_size)
+        self._queue: queue.Queue[Predicted | _Flush | None] = queue.Queue(maxsize=queue_size)
         self._random = random.Random(seed)
         # The writer's own generator: random.Random is not shared between threads here.
         self._embed_random = random.Random(None if seed is None else seed + 1)
         self._thread: threading.Thread | None = None
         self._sequence = 0
         self._name_stem = f"{socket.gethostname()}-{os.getpid()}"
+        self._announced = False
 
     def start(self) -> PredictionLog:
         """Start the writer thread; returns self."""
@@ -171,6 +208,18 @@ class PredictionLog:
             return
         self.metrics.queue_depth.set(self._queue.qsize())
 
+    def flush(self, timeout: float = 10.0) -> bool:
+        """Write every record submitted before this call now; return whether that finished in time."""
+        if self._thread is None or not self._thread.is_alive():
+            return True
+        request = _Flush()
+        try:
+            # Behind the records already queued, so they are all written when it is done.
+            self._queue.put(request, timeout=timeout)
+        except queue.Full:
+            return False
+        return request.done.wait(timeout)
+
     def close(self, timeout: float = 10.0) -> bool:
         """Write what is queued and stop the writer; return whether it finished within `timeout`."""
         if self._thread is None:
@@ -193,7 +242,7 @@ class PredictionLog:
         stopping = False
         while not stopping:
             wait = max(0.0, opened + self.file_seconds - time.monotonic()) if lines else None
-            items, stopping = self._take(wait)
+            items, flushes, stopping = self._take(wait)
             if items:
                 self.metrics.queue_depth.set(self._queue.qsize())
                 if not lines:
@@ -208,30 +257,61 @@ class PredictionLog:
                         lines, size = [], 0
             if self.location is None:
                 lines, size = [], 0
-            if lines and (stopping or time.monotonic() - opened >= self.file_seconds):
+            due = stopping or bool(flushes) or time.monotonic() - opened >= self.file_seconds
+            if lines and due:
                 self._write(lines)
                 lines, size = [], 0
+            self._announce(bool(lines), opened)
+            for request in flushes:
+                request.done.set()
 
-    def _take(self, wait: float | None) -> tuple[list[Predicted], bool]:
+    def _take(self, wait: float | None) -> tuple[list[Predicted], list[_Flush], bool]:
         """Wait up to `wait` s for a request, then take the others queued (up to DRAIN_REQUESTS);
-        the flag is true once `close` asked to stop."""
+        also the flush requests among them, and a flag that is true once `close` asked to stop."""
         try:
             item = self._queue.get(timeout=wait)
         except queue.Empty:
-            return [], False
-        if item is not None:
+            return [], [], False
+        if isinstance(item, Predicted):
             # Let the turn fill up: one call for a hundred requests costs about what one request's does.
             time.sleep(GATHER_SECONDS)
         items: list[Predicted] = []
+        flushes: list[_Flush] = []
         while item is not None:
-            items.append(item)
+            if isinstance(item, _Flush):
+                flushes.append(item)
+            else:
+                items.append(item)
             if len(items) >= DRAIN_REQUESTS:
-                return items, False
+                return items, flushes, False
             try:
                 item = self._queue.get_nowait()
             except queue.Empty:
-                return items, False
-        return items, True
+                return items, flushes, False
+        return items, flushes, True
+
+    def _announce(self, holding: bool, opened: float) -> None:
+        """Keep the notice of records held but not written yet in step with the buffer."""
+        if self.location is None or holding == self._announced:
+            return
+        notice = storage.join(self.location, PENDING_DIR, f"{self._name_stem}.json")
+        try:
+            if holding:
+                now = datetime.now(UTC)
+                due = now + timedelta(seconds=max(0.0, opened + self.file_seconds - time.monotonic()))
+                body = {
+                    "writer": self._name_stem,
+                    "host": socket.gethostname(),
+                    "pid": os.getpid(),
+                    "since": now.isoformat(),
+                    "due": due.isoformat(),
+                }
+                storage.write_text(notice, json.dumps(body) + "\n")
+            else:
+                storage.remove(notice)
+            self._announced = holding
+        except Exception as exc:  # a reader then sees the log as it is, without the notice
+            log.warning("prediction log: cannot update %s: %s", notice, exc)
 
     def _lines(self, items: list[Predicted]) -> list[str]:
         try:
@@ -409,3 +489,32 @@ def read_records(source: str, since: datetime | None = None) -> Iterator[Record]
                 raise ValueError(f"{uri} line {number} is not valid JSON: {exc}") from exc
             if since is None or datetime.fromisoformat(record["time"]) >= since:
                 yield record
+
+
+def pending_writes(source: str) -> list[PendingWrite]:
+    """The notices of writers holding records for the log at `source` not written yet (see module doc)."""
+    folder = storage.join(source, PENDING_DIR)
+    try:
+        names = storage.list_dir(folder) if storage.is_dir(folder) else []
+    except FileNotFoundError:
+        return []
+    found = []
+    for name in names:
+        if not name.endswith(".json") or name.startswith("."):
+            continue
+        try:
+            body = json.loads(storage.read_text(storage.join(folder, name)))
+            found.append(
+                PendingWrite(
+                    str(body["writer"]),
+                    datetime.fromisoformat(body["since"]),
+                    datetime.fromisoformat(body["due"]),
+                    str(body.get("host", "")),
+                    int(body.get("pid", 0)),
+                )
+            )
+        except FileNotFoundError:
+            continue  # written in the meantime
+        except (ValueError, KeyError, TypeError) as exc:
+            raise ValueError(f"{storage.join(folder, name)} is not a pending-write notice: {exc}") from exc
+    return sorted(found, key=lambda p: p.due)
