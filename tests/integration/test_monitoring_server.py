@@ -157,3 +157,48 @@ def test_a_report_refuses_to_call_a_log_with_lost_records_fine(
     assert report.returncode == 1, said
     assert "error: not enough data (0 predictions, 100 needed), and records held by " in said
     assert "never reached the log: that server was stopped, or cannot write there" in said
+
+
+def test_a_restarted_server_shows_the_same_window_as_before_and_as_the_report(
+    monitored_model: Path, real_fashion_source: Path, tmp_path: Path
+) -> None:
+    log_dir = tmp_path / "predictions"
+    env = {"EDGE_MONITOR_LOG": str(log_dir), "EDGE_MONITOR_WINDOW": "250", "EDGE_MONITOR_MIN_RECORDS": "100"}
+    common = ["--data-dir", str(real_fashion_source), "--per-phase", "150", "--phases", "clean,darkened"]
+    with model_server(monitored_model, tmp_path / "first.log", env) as server:
+        simulated = edge("monitor", "simulate", "--url", server.url, *common, cwd=tmp_path)
+        assert simulated.returncode == 0, simulated.stderr
+        before = wait_for_summary(server.url, lambda s: s.get("count") == 250)
+    assert before["window"] == {
+        "label": "the last 250 predictions of model version monitored",
+        "size": 250,
+        "count": 250,
+        "from_log": 0,
+        "version": "monitored",
+    }
+    with model_server(monitored_model, tmp_path / "second.log", env) as server:
+        # Nothing sent since the restart: the window comes from the log.
+        after = wait_for_summary(server.url, lambda s: s.get("count") == 250, timeout=60)
+    assert after["window"] == {**before["window"], "from_log": 250}
+    assert (after["start"], after["end"], after["status"]) == (
+        before["start"],
+        before["end"],
+        before["status"],
+    )
+    assert after["recent_class_mix"] == before["recent_class_mix"]
+    for signal in ("input.mean", "input.std", "input.ink", "input.intensity", "confidence", "class_mix"):
+        assert after["scores"][signal]["statistic"] == before["scores"][signal]["statistic"], signal
+    # The report, by default, judges that same window under the same name.
+    report = subprocess.run(
+        [EDGE, "monitor", "report", "--source", str(log_dir), "--model-dir", str(monitored_model),
+         "--out-dir", str(tmp_path / "report")],
+        cwd=tmp_path, capture_output=True, text=True, timeout=300, env={**os.environ, **env},
+    )  # fmt: skip
+    assert report.returncode in (0, 3), report.stderr
+    assert "judging the last 250 predictions of model version monitored: 250 from" in report.stderr
+    written = json.loads((tmp_path / "report" / "summary.json").read_text())
+    assert written["window"]["label"] == before["window"]["label"]
+    assert (written["count"], written["start"], written["end"]) == (250, before["start"], before["end"])
+    assert written["status"] == before["status"]
+    for signal in ("input.mean", "input.std", "input.ink", "confidence", "class_mix"):
+        assert written["scores"][signal]["statistic"] == pytest.approx(before["scores"][signal]["statistic"])

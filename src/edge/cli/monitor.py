@@ -64,7 +64,10 @@ def report(
     ] = None,
     since: Annotated[
         str | None,
-        typer.Option(help="Only predictions since then: 30m, 24h, 7d or an ISO time [default: all]"),
+        typer.Option(
+            help="Judge every prediction since then: 30m, 24h, 7d or an ISO time [default: the last "
+            "EDGE_MONITOR_WINDOW predictions, the model server's window]"
+        ),
     ] = None,
     model_dir: Annotated[
         str | None,
@@ -98,7 +101,8 @@ def report(
         began = datetime.now(UTC)
         lost = settle_pending(log_source, began)
         records = list(read_records(log_source, start))
-        console.print(behind(records, datetime.now(UTC)), highlight=False)
+        newest = behind(records, datetime.now(UTC))
+        console.print(newest, highlight=False)
         others = [r for r in records if r.get("version") != metadata["version"]]
         if not all_versions:
             records = [r for r in records if r.get("version") == metadata["version"]]
@@ -107,8 +111,9 @@ def report(
                 f"left out {len(others)} predictions of other model versions than {metadata['version']} "
                 "(--all-versions includes them)"
             )
-        console.print(f"comparing {len(records)} predictions from {log_source} with the reference profile...")
-        result = drift.compare(profile, records, settings)
+        judged, label = judged_window(records, start, settings.window, metadata["version"], all_versions)
+        console.print(f"judging {label}: {len(judged):,} from {log_source}, against the reference profile...")
+        result = drift.compare(profile, judged, settings)
         windows = drift.over_time(profile, records, settings)
         context = {
             "source": log_source,
@@ -116,8 +121,11 @@ def report(
             "model": metadata["name"],
             "version": metadata["version"],
             "model_dir": model_uri,
+            "window": {"label": label, "count": len(judged), "size": None if start else settings.window},
+            "log_read": len(records),
+            "newest": newest,
         }
-        summary = write_report(out_dir, result, windows, profile, records, settings, context)
+        summary = write_report(out_dir, result, windows, profile, judged, settings, context)
     table = Table("signal", "test", "statistic", "p-value", "threshold", "verdict", title="Drift")
     for score in result.scores:
         table.add_row(
@@ -147,6 +155,25 @@ def report(
     if result.alert:
         console.print(f"[bold red]drift alert:[/] {', '.join(summary['alerting'])}")
         raise typer.Exit(ALERT_EXIT_CODE)
+
+
+def judged_window(
+    records: list[dict[str, object]], since: datetime | None, size: int, version: str, all_versions: bool
+) -> tuple[list[dict[str, object]], str]:
+    """The records a report judges, and the window's name.
+
+    Without --since: the last `size` predictions (EDGE_MONITOR_WINDOW), the very window the model
+    server's live drift judges, under the same name. With --since: every prediction since then.
+    """
+    from edge.monitoring.log import window_label
+
+    if since is not None:
+        which = "every model version" if all_versions else f"model version {version}"
+        return records, f"every prediction of {which} since {since:%Y-%m-%d %H:%M:%S} UTC"
+    ordered = sorted(records, key=lambda r: str(r["time"]))[-size:]
+    if all_versions:
+        return ordered, f"the last {size:,} predictions of every model version"
+    return ordered, window_label(size, version)
 
 
 def settle_pending(source: str, began: datetime) -> list[PendingWrite]:

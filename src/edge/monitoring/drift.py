@@ -36,7 +36,12 @@ SIGNALS = ("input.mean", "input.std", "input.ink", "input.intensity", "confidenc
 
 @dataclass(frozen=True)
 class SignalScore:
-    """One signal's drift: the test, its statistic and p-value, the threshold and the verdict."""
+    """One signal's drift: the test, its statistic and p-value, their limits and the verdict.
+
+    `statistic_limit` is an effect size the statistic must exceed (KS, PSI), `p_value_limit` a
+    significance the p-value must fall under (KS, chi-square, MMD); a KS alert needs both. `threshold`
+    is the one limit the test is known by (the statistic's for KS and PSI, the p-value's otherwise).
+    """
 
     signal: str
     test: str
@@ -45,6 +50,8 @@ class SignalScore:
     alert: bool
     p_value: float | None = None
     note: str = ""
+    statistic_limit: float | None = None
+    p_value_limit: float | None = None
 
 
 @dataclass(frozen=True)
@@ -124,6 +131,8 @@ def _ks(
         settings.ks_threshold,
         statistic > settings.ks_threshold and p_value < settings.ks_pvalue,
         p_value,
+        statistic_limit=settings.ks_threshold,
+        p_value_limit=settings.ks_pvalue,
     )
 
 
@@ -135,7 +144,16 @@ def _class_mix(profile: ReferenceProfile, class_ids: np.ndarray, settings: Monit
     used = (recent + reference) > 0
     table = np.stack([reference[used], recent[used]])
     if used.sum() < 2:
-        return SignalScore("class_mix", "chi2", 0.0, settings.chi2_pvalue, False, 1.0, "a single class")
+        return SignalScore(
+            "class_mix",
+            "chi2",
+            0.0,
+            settings.chi2_pvalue,
+            False,
+            1.0,
+            "a single class",
+            p_value_limit=settings.chi2_pvalue,
+        )
     result = stats.chi2_contingency(table)
     p_value = float(result.pvalue)
     return SignalScore(
@@ -145,6 +163,7 @@ def _class_mix(profile: ReferenceProfile, class_ids: np.ndarray, settings: Monit
         settings.chi2_pvalue,
         p_value < settings.chi2_pvalue,
         p_value,
+        p_value_limit=settings.chi2_pvalue,
     )
 
 
@@ -172,7 +191,14 @@ def compare(
     pooled = np.mean([r["input"]["histogram"] for r in records], axis=0)
     value = psi(profile.intensity_histogram, pooled)
     scores.append(
-        SignalScore("input.intensity", "psi", value, settings.psi_threshold, value > settings.psi_threshold)
+        SignalScore(
+            "input.intensity",
+            "psi",
+            value,
+            settings.psi_threshold,
+            value > settings.psi_threshold,
+            statistic_limit=settings.psi_threshold,
+        )
     )
     scores.append(
         _ks("confidence", profile.confidence, np.asarray([r["confidence"] for r in records]), settings)
@@ -188,13 +214,26 @@ def compare(
         statistic, p_value = mmd_permutation_test(reference, recent, settings.mmd_permutations, rng)
         scores.append(
             SignalScore(
-                "embedding", "mmd", statistic, settings.mmd_pvalue, p_value < settings.mmd_pvalue, p_value
+                "embedding",
+                "mmd",
+                statistic,
+                settings.mmd_pvalue,
+                p_value < settings.mmd_pvalue,
+                p_value,
+                p_value_limit=settings.mmd_pvalue,
             )
         )
     elif with_mmd:
         scores.append(
             SignalScore(
-                "embedding", "mmd", 0.0, settings.mmd_pvalue, False, None, "too few records with embeddings"
+                "embedding",
+                "mmd",
+                0.0,
+                settings.mmd_pvalue,
+                False,
+                None,
+                "too few records with embeddings",
+                p_value_limit=settings.mmd_pvalue,
             )
         )
     return DriftResult(len(records), scores, mix, start, end)

@@ -338,6 +338,11 @@ class PredictionLog:
             return None
         return [i for i in range(len(predicted.class_ids)) if self._embed_random.random() < self.embed_rate]
 
+    @property
+    def writer_name(self) -> str:
+        """`<host>-<pid>`: the part of this writer's file names that tells them from other writers'."""
+        return self._name_stem
+
     def _write(self, lines: list[str]) -> None:
         assert self.location is not None
         now = datetime.now(UTC)
@@ -518,3 +523,36 @@ def pending_writes(source: str) -> list[PendingWrite]:
         except (ValueError, KeyError, TypeError) as exc:
             raise ValueError(f"{storage.join(folder, name)} is not a pending-write notice: {exc}") from exc
     return sorted(found, key=lambda p: p.due)
+
+
+def recent_records(
+    source: str, version: str, limit: int, *, skip_writer: str | None = None, max_files: int = 2_000
+) -> list[Record]:
+    """Return the newest `limit` records of model `version` under `source`, oldest first.
+
+    Files are read newest first until `limit` records are found, at most `max_files` of them (the
+    cost of a server's start on a long log); files of writer `skip_writer` (`<host>-<pid>`, the
+    caller's own) are left out.
+    """
+    found: list[Record] = []
+    try:
+        files = list_log_files(source)
+    except FileNotFoundError:
+        return []
+    read = 0
+    for uri in reversed(files):
+        if len(found) >= limit or read >= max_files:
+            break
+        name = uri.rsplit("/", 1)[-1]
+        if skip_writer and f"-{skip_writer}-" in name:
+            continue
+        read += 1
+        lines = storage.read_text(uri).splitlines()
+        records = [json.loads(line) for line in lines if line.strip()]
+        found += [r for r in reversed(records) if r.get("version") == version][: limit - len(found)]
+    return sorted(found, key=lambda r: str(r["time"]))
+
+
+def window_label(size: int, version: str) -> str:
+    """Name the window both the server's live drift and a default report judge."""
+    return f"the last {size:,} predictions of model version {version}"

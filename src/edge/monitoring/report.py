@@ -162,6 +162,7 @@ def render_html(summary: dict[str, Any], plots: dict[str, str]) -> str:
     model = html.escape(f"{summary.get('model', '?')} {summary.get('version', '')}")
     figures = "".join(f"<figure>{svg}</figure>" for svg in plots.values())
     alerting = ", ".join(summary["alerting"]) or "none"
+    window: dict[str, Any] = summary["window"] if isinstance(summary.get("window"), dict) else {}
     return f"""<!doctype html>
 <html lang="en"><head><meta charset="utf-8"><title>Edge drift report: {status}</title>
 <style>
@@ -175,8 +176,10 @@ figure {{ margin: .5rem 0; }} figure svg {{ max-width: 100%; height: auto; }}
 .meta {{ color: #666; }}
 </style></head><body>
 <h1>Drift report <span class="status">{html.escape(status)}</span></h1>
-<p class="meta">Model {model} &middot; {summary["count"]} recent predictions from
-{html.escape(str(summary.get("start")))} to {html.escape(str(summary.get("end")))} &middot;
+<p id="window">Judged: <strong>{html.escape(str(window.get("label", "the recent predictions")))}</strong>
+&middot; {summary["count"]:,} predictions from {html.escape(str(summary.get("start")))} to
+{html.escape(str(summary.get("end")))}</p>
+<p class="meta">Model {model} &middot; {html.escape(str(summary.get("newest", "")))} &middot;
 reference: {summary["reference_count"]} validation images &middot; source
 {html.escape(str(summary.get("source")))} &middot; generated {summary["generated"]}</p>
 <p>Drifting signals: <strong>{html.escape(alerting)}</strong></p>

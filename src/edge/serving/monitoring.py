@@ -35,7 +35,12 @@ def install(app: web.Application, settings: MonitoringSettings) -> ServingMonito
         features = predictor.embed if current and predictor is not None else None
         return load_profile(model_uri), features
 
-    monitor = ServingMonitor(settings, app[METRICS].registry, resolve)
+    def current() -> str | None:
+        # The served version once the model is loaded: its window is filled from the log then.
+        predictor = app[HOLDER].predictor
+        return predictor.version if predictor is not None else None
+
+    monitor = ServingMonitor(settings, app[METRICS].registry, resolve, current)
     app[MONITOR] = monitor
 
     def observe(event: PredictionEvent) -> None:
