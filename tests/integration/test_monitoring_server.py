@@ -117,6 +117,14 @@ def test_a_report_right_after_simulate_sees_every_prediction(
         assert "newest prediction in the log: " in report.stderr
         written = json.loads((tmp_path / "report" / "summary.json").read_text())
         assert written["count"] == 300 and written["status"] == "alert"
+        # simulate recorded its phases beside the log: the report judges each on its own.
+        assert "phases recorded in " in simulated.stderr
+        assert [(p["phase"], p["count"], p["status"]) for p in written["phases"]] == [
+            ("clean", 150, "ok"),
+            ("inverted", 150, "alert"),
+        ]
+        assert "Drift by simulated phase" in report.stdout
+        assert len(written["over_time"]) >= 2 and all(w["scores"] for w in written["over_time"])
 
 
 def test_a_report_waits_for_predictions_the_server_still_holds(

@@ -485,3 +485,71 @@ def test_serving_monitor_publishes_gauges_and_summary(tmp_path: Path, profile: R
     shares = [registry.get_sample_value("edge_recent_class_share", {"class_name": n}) for n in CLASS_NAMES]
     assert sum(s or 0 for s in shares) == pytest.approx(1.0, abs=0.01)
     assert len(list(read_records(str(tmp_path / "log")))) == 300
+
+
+def test_drift_over_time_has_a_point_per_window_even_when_all_fall_in_one(profile: ReferenceProfile) -> None:
+    settings = load_settings({"EDGE_MONITOR_MIN_RECORDS": "100"})
+    # A simulation: 650 predictions within the same second. Runs of consecutive predictions instead.
+    burst = records_of(garments(650, seed=21), profile, 1_700_000_000.2, seed=21)
+    windows = drift.over_time(profile, burst, settings)
+    assert [w.count for w in windows] == [100] * 5 + [150]
+    assert all(w.enough and w.scores for w in windows)
+    assert windows[0].extra["window"] == "100 consecutive predictions (too few windows of 5 seconds to judge)"
+    # Traffic over 1 h 45 min: clock-aligned buckets, the smallest width giving at most 24 points.
+    spread = [
+        record
+        for hour in range(8)
+        for record in records_of(garments(120, seed=hour), profile, 1_700_000_000 + hour * 900, seed=hour)
+    ]
+    windows = drift.over_time(profile, spread, settings)
+    assert len(windows) == 8 and all(w.count == 120 for w in windows)
+    assert windows[0].extra["window"] == "5 minutes of predictions"
+    # Too few for any window: one point, not judged, rather than an empty chart.
+    [few] = drift.over_time(profile, burst[:40], settings)
+    assert few.count == 40 and not few.enough
+
+
+def test_report_judges_each_simulated_phase_and_shows_both_limits(
+    tmp_path: Path, profile: ReferenceProfile
+) -> None:
+    from typer.testing import CliRunner
+
+    from edge.cli import app
+    from edge.monitoring.log import Phase, write_phases
+
+    model = model_folder(tmp_path, profile)
+    log_dir = tmp_path / "log"
+    start = datetime.now(UTC) - timedelta(minutes=5)
+    clean = records_of(garments(300, seed=31), profile, start.timestamp() + 1, seed=31)
+    dark = records_of(garments(300, seed=32) * 0.3, profile, start.timestamp() + 11, seed=32)
+    write_log(log_dir, clean + dark)
+    write_phases(
+        str(log_dir),
+        "run1",
+        [
+            Phase("clean", start, start + timedelta(seconds=10), 300, "run1"),
+            Phase("darkened", start + timedelta(seconds=10), start + timedelta(seconds=20), 300, "run1"),
+        ],
+    )
+    out = tmp_path / "out"
+    result = CliRunner().invoke(
+        app, ["monitor", "report", "--source", str(log_dir), "--model-dir", str(model), "--out-dir", str(out)]
+    )
+    assert result.exit_code == 3, result.output
+    assert "Drift by simulated phase" in result.output
+    summary = json.loads((out / "summary.json").read_text())
+    assert [(p["phase"], p["count"], p["status"]) for p in summary["phases"]] == [
+        ("clean", 300, "ok"),
+        ("darkened", 300, "alert"),
+    ]
+    assert summary["phases"][1]["scores"]["input.mean"]["alert"] is True
+    ks = summary["scores"]["input.mean"]
+    assert (ks["statistic_limit"], ks["p_value_limit"]) == (0.1, 0.01)
+    chi2 = summary["scores"]["class_mix"]
+    assert (chi2["statistic_limit"], chi2["p_value_limit"]) == (None, 0.001)
+    page = (out / "report.html").read_text()
+    assert "<th>alert above</th><th>p-value</th>\n<th>alert below</th>" in page
+    assert "<td>input.mean</td><td>ks</td>" in page
+    phases = page.split('<table id="phases">', 1)[1].split("</table>", 1)[0]
+    assert "<td>clean</td>" in phases and "<td>darkened</td>" in phases and "<strong>" in phases
+    assert 'id="window">Judged: <strong>the last 2,000 predictions of model version abc</strong>' in page

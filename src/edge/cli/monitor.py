@@ -19,7 +19,8 @@ from rich.table import Table
 from edge.cli.common import console, fail, friendly_errors, out
 
 if TYPE_CHECKING:
-    from edge.monitoring.log import PendingWrite
+    from edge.monitoring.drift import DriftResult
+    from edge.monitoring.log import PendingWrite, Phase
 
 app = typer.Typer(
     help="Monitor the served model: drift reports and a drift simulation.", no_args_is_help=True
@@ -86,9 +87,9 @@ def report(
     """Compare logged predictions with the model's reference profile; exit 3 when a signal drifted."""
     from edge import model, storage
     from edge.monitoring import drift
-    from edge.monitoring.log import read_records
+    from edge.monitoring.log import read_phases, read_records
     from edge.monitoring.profile import load_profile
-    from edge.monitoring.report import REPORT_FILE, write_report
+    from edge.monitoring.report import REPORT_FILE, by_phase, write_report
     from edge.monitoring.settings import load_settings
 
     with friendly_errors():
@@ -115,6 +116,7 @@ def report(
         console.print(f"judging {label}: {len(judged):,} from {log_source}, against the reference profile...")
         result = drift.compare(profile, judged, settings)
         windows = drift.over_time(profile, records, settings)
+        phases = by_phase(profile, records, read_phases(log_source), settings)
         context = {
             "source": log_source,
             "since": start.isoformat() if start else None,
@@ -125,18 +127,30 @@ def report(
             "log_read": len(records),
             "newest": newest,
         }
-        summary = write_report(out_dir, result, windows, profile, judged, settings, context)
-    table = Table("signal", "test", "statistic", "p-value", "threshold", "verdict", title="Drift")
+        summary = write_report(out_dir, result, windows, profile, judged, settings, context, phases)
+    table = Table(
+        "signal",
+        "test",
+        "statistic",
+        "alert above",
+        "p-value",
+        "alert below",
+        "verdict",
+        title=f"Drift of {label}",
+    )
     for score in result.scores:
         table.add_row(
             score.signal,
             score.test,
             f"{score.statistic:.4g}",
+            _limit(score.statistic_limit),
             "" if score.p_value is None else f"{score.p_value:.3g}",
-            f"{score.threshold:g}",
+            _limit(score.p_value_limit),
             "[bold red]ALERT[/]" if score.alert else "ok",
         )
     out.print(table)
+    if phases:
+        out.print(_phase_table(phases))
     console.print(f"report: {storage.join(out_dir, REPORT_FILE)}")
     lost = [p for p in lost if start is None or p.due >= start]
     if not result.enough and lost:
@@ -155,6 +169,32 @@ def report(
     if result.alert:
         console.print(f"[bold red]drift alert:[/] {', '.join(summary['alerting'])}")
         raise typer.Exit(ALERT_EXIT_CODE)
+
+
+def _limit(value: float | None) -> str:
+    return "" if value is None else f"{value:g}"
+
+
+def _phase_table(phases: list[tuple[Phase, DriftResult]]) -> Table:
+    signals = list(dict.fromkeys(s.signal for _, result in phases for s in result.scores))
+    table = Table(
+        "phase", "predictions", *signals, "verdict", title="Drift by simulated phase (bold: beyond the limit)"
+    )
+    for phase, result in phases:
+        scores = {s.signal: s for s in result.scores}
+        cells = [
+            ""
+            if signal not in scores
+            else (
+                f"[bold]{scores[signal].statistic:.3g}[/]"
+                if scores[signal].alert
+                else f"{scores[signal].statistic:.3g}"
+            )
+            for signal in signals
+        ]
+        verdict = "[bold red]alert[/]" if result.alert else ("ok" if result.enough else "not enough data")
+        table.add_row(phase.name, f"{result.count:,}", *cells, verdict)
+    return table
 
 
 def judged_window(
@@ -253,6 +293,16 @@ def _post(url: str, images: np.ndarray, timeout: float) -> list[dict[str, object
     return predictions
 
 
+def _record_phases(log: str, phases: list[Phase]) -> str:
+    """Write the phases' time spans beside the server's log, so a report can judge each phase."""
+    from edge import storage
+    from edge.monitoring.log import write_phases
+
+    if not storage.exists(log):
+        return f"no prediction log at {log}: the phases are not recorded (--log names the server's log)"
+    return f"phases recorded in {write_phases(log, phases[0].run, phases)}: the report judges each one"
+
+
 def _flush(url: str) -> str:
     """Ask the server to write its prediction log now, so that a report run next sees everything."""
     request = urllib.request.Request(url, data=b"", method="POST")
@@ -284,8 +334,16 @@ def simulate(
     batch: Annotated[int, typer.Option(help="Images per request", min=1, max=64)] = 16,
     pause: Annotated[float, typer.Option(help="Seconds to wait between phases", min=0)] = 0.0,
     seed: Annotated[int, typer.Option(help="Seed of the image choice and the shifts")] = 0,
+    log: Annotated[
+        str | None,
+        typer.Option(
+            help="The server's prediction log, where the phases are recorded for the report "
+            "[default: $EDGE_MONITOR_LOG, else predictions]"
+        ),
+    ] = None,
 ) -> None:
     """Send clean test images, then shifted, darkened, noisy and out-of-domain ones, to a running server."""
+    from edge.monitoring.log import Phase
     from edge.monitoring.shifts import SHIFTS
 
     chosen = [p.strip() for p in phases.split(",") if p.strip()]
@@ -298,6 +356,7 @@ def simulate(
     rng = np.random.default_rng(seed)
     started = datetime.now(UTC)
     table = Table("phase", "images", "from", "mean confidence", "top predicted classes", title="Simulation")
+    sent: list[Phase] = []
     for phase in chosen:
         phase_start = datetime.now(UTC)
         picked = images[rng.choice(len(images), per_phase, replace=False)]
@@ -311,6 +370,7 @@ def simulate(
                 fail(f"cannot reach the model server at {predict_url}: {exc}; is `edge serve` running?")
             confidences += [float(str(p["confidence"])) for p in predictions]
             labels += [str(p["label"]) for p in predictions]
+        sent.append(Phase(phase, phase_start, datetime.now(UTC), per_phase, f"{started:%Y%m%dT%H%M%S%fZ}"))
         names, counts = np.unique(labels, return_counts=True)
         top = ", ".join(f"{names[i]} {counts[i] * 100 // len(labels)}%" for i in np.argsort(-counts)[:3])
         table.add_row(phase, str(per_phase), f"{phase_start:%H:%M:%S}", f"{np.mean(confidences):.3f}", top)
@@ -319,6 +379,7 @@ def simulate(
             time.sleep(pause)
     out.print(table)
     console.print(_flush(url.rstrip("/") + "/monitoring/flush"), highlight=False)
+    console.print(_record_phases(log or os.environ.get("EDGE_MONITOR_LOG") or DEFAULT_SOURCE, sent))
     console.print(
         "watch it in the report: edge monitor report --since "
         f"{started:%Y-%m-%dT%H:%M:%S} (each phase also shows on the server's /metrics drift gauges)"

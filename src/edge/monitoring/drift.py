@@ -15,7 +15,7 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from datetime import datetime
 from typing import Any
 
@@ -239,20 +239,50 @@ def compare(
     return DriftResult(len(records), scores, mix, start, end)
 
 
+# Widths of the drift-over-time buckets, clock-aligned: the smallest that gives at most MAX_POINTS.
+BUCKET_SECONDS = (5, 15, 30, 60, 300, 900, 3600, 6 * 3600, 86_400, 7 * 86_400)
+MAX_POINTS = 24
+
+
 def over_time(
-    profile: ReferenceProfile, records: Sequence[Record], settings: MonitoringSettings, windows: int = 12
+    profile: ReferenceProfile, records: Sequence[Record], settings: MonitoringSettings
 ) -> list[DriftResult]:
-    """Score consecutive time windows of `records` (MMD left out: its permutations cost the most)."""
-    # Each window needs enough records to be judged; fewer, wider windows rather than empty ones.
-    windows = max(1, min(windows, len(records) // settings.min_records))
+    """Score `records` window by window, a point per window (MMD left out: it costs the most).
+
+    Windows are clock-aligned time buckets (5 s to a week, the smallest width giving at most
+    MAX_POINTS); a bucket with fewer than min_records predictions is a point without scores. When
+    fewer than two buckets can be judged (everything fell within one, as in a simulation), the
+    windows are runs of consecutive predictions instead, min_records or more each. Each result's
+    `extra["window"]` names its window.
+    """
     ordered = sorted(records, key=lambda r: r["time"])
     if not ordered:
         return []
-    first = datetime.fromisoformat(ordered[0]["time"]).timestamp()
-    last = datetime.fromisoformat(ordered[-1]["time"]).timestamp()
-    span = max(last - first, 1e-9)
-    buckets: list[list[Record]] = [[] for _ in range(windows)]
-    for record in ordered:
-        offset = datetime.fromisoformat(record["time"]).timestamp() - first
-        buckets[min(int(offset / span * windows), windows - 1)].append(record)
-    return [compare(profile, bucket, settings, with_mmd=False) for bucket in buckets if bucket]
+    stamps = [datetime.fromisoformat(r["time"]).timestamp() for r in ordered]
+    width = next(
+        (w for w in BUCKET_SECONDS if int(stamps[-1] // w) - int(stamps[0] // w) < MAX_POINTS),
+        BUCKET_SECONDS[-1],
+    )
+    buckets: dict[int, list[Record]] = {}
+    for stamp, record in zip(stamps, ordered, strict=True):
+        buckets.setdefault(int(stamp // width), []).append(record)
+    groups = list(buckets.values())
+    name = f"{_duration(width)} of predictions"
+    if sum(len(group) >= settings.min_records for group in groups) < 2:
+        size = max(settings.min_records, -(-len(ordered) // MAX_POINTS))
+        groups = [ordered[i : i + size] for i in range(0, len(ordered), size)]
+        if len(groups) > 1 and len(groups[-1]) < settings.min_records:
+            last = groups.pop()
+            groups[-1] = groups[-1] + last
+        name = f"{size:,} consecutive predictions (too few windows of {_duration(width)} to judge)"
+    return [
+        replace(compare(profile, group, settings, with_mmd=False), extra={"window": name}) for group in groups
+    ]
+
+
+def _duration(seconds: int) -> str:
+    for unit, length in (("week", 604_800), ("day", 86_400), ("hour", 3600), ("minute", 60)):
+        if seconds % length == 0:
+            count = seconds // length
+            return f"{count} {unit}s" if count > 1 else f"1 {unit}"
+    return f"{seconds} seconds"

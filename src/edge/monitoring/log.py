@@ -53,6 +53,8 @@ FILE_SUFFIX = ".jsonl"
 DRAIN_REQUESTS = 512
 GATHER_SECONDS = 0.05
 PENDING_DIR = "_pending"
+# `edge monitor simulate` records the time span of each phase it sent here, beside the log's files.
+PHASES_DIR = "_phases"
 
 
 class _Flush:
@@ -556,3 +558,55 @@ def recent_records(
 def window_label(size: int, version: str) -> str:
     """Name the window both the server's live drift and a default report judge."""
     return f"the last {size:,} predictions of model version {version}"
+
+
+@dataclass(frozen=True)
+class Phase:
+    """One phase of an `edge monitor simulate` run: what was sent, and when."""
+
+    name: str
+    start: datetime
+    end: datetime
+    images: int
+    run: str
+
+
+def write_phases(source: str, run: str, phases: Sequence[Phase]) -> str:
+    """Record a simulation's phases beside the log under `source`; return where."""
+    uri = storage.join(source, PHASES_DIR, f"simulate-{run}.json")
+    body = {
+        "run": run,
+        "phases": [
+            {"phase": p.name, "start": p.start.isoformat(), "end": p.end.isoformat(), "images": p.images}
+            for p in phases
+        ],
+    }
+    storage.write_text(uri, json.dumps(body, indent=2) + "\n")
+    return uri
+
+
+def read_phases(source: str) -> list[Phase]:
+    """Every simulation phase recorded beside the log under `source`, oldest first."""
+    folder = storage.join(source, PHASES_DIR)
+    if not storage.is_dir(folder):
+        return []
+    phases: list[Phase] = []
+    for name in storage.list_dir(folder):
+        if not (name.startswith("simulate-") and name.endswith(".json")):
+            continue
+        uri = storage.join(folder, name)
+        try:
+            body = json.loads(storage.read_text(uri))
+            phases += [
+                Phase(
+                    str(p["phase"]),
+                    datetime.fromisoformat(p["start"]),
+                    datetime.fromisoformat(p["end"]),
+                    int(p["images"]),
+                    str(body["run"]),
+                )
+                for p in body["phases"]
+            ]
+        except (ValueError, KeyError, TypeError) as exc:
+            raise ValueError(f"{uri} is not a simulation's phase record: {exc}") from exc
+    return sorted(phases, key=lambda p: p.start)
