@@ -202,6 +202,20 @@ def test_held_records_are_announced_until_written_and_flush_writes_them_now(tmp_
     log.close()
 
 
+def test_a_notice_left_in_place_is_delivered_once_its_file_is_written(tmp_path: Path) -> None:
+    """A writer without delete permission (GCS objectCreator) leaves its notices: the file tells."""
+    now = datetime.now(UTC)
+    notice = {"writer": "web-1-7", "host": "web-1", "pid": 7, "sequence": 3, "since": now.isoformat()}
+    (tmp_path / "_pending").mkdir()
+    (tmp_path / "_pending" / "web-1-7-000003.json").write_text(json.dumps({**notice, "due": now.isoformat()}))
+    [held] = pending_writes(str(tmp_path))
+    assert (held.writer, held.sequence, held.gone()) == ("web-1-7", 3, False)  # another host's process
+    (tmp_path / f"predictions-{now:%Y%m%dT%H%M%S%fZ}-web-1-7-000002.jsonl").write_text("")
+    assert len(pending_writes(str(tmp_path))) == 1, "an earlier file does not deliver it"
+    (tmp_path / f"predictions-{now:%Y%m%dT%H%M%S%fZ}-web-1-7-000003.jsonl").write_text("")
+    assert pending_writes(str(tmp_path)) == []
+
+
 def test_sampling_keeps_about_the_rate(tmp_path: Path) -> None:
     log = PredictionLog(str(tmp_path), sample_rate=0.2, seed=7).start()
     for i in range(100):

@@ -73,6 +73,7 @@ class PendingWrite:
     due: datetime
     host: str = ""
     pid: int = 0
+    sequence: int = 0
 
     def gone(self) -> bool:
         """Tell whether the writer is known to have stopped: a process of this host that has ended."""
@@ -167,7 +168,9 @@ class PredictionLog:
         self._thread: threading.Thread | None = None
         self._sequence = 0
         self._name_stem = f"{socket.gethostname()}-{os.getpid()}"
-        self._announced = False
+        # The sequence number of the file the current pending notice announces, if any.
+        self._announced: int | None = None
+        self._may_delete = True
 
     def start(self) -> PredictionLog:
         """Start the writer thread; returns self."""
@@ -293,27 +296,49 @@ class PredictionLog:
         return items, flushes, True
 
     def _announce(self, holding: bool, opened: float) -> None:
-        """Keep the notice of records held but not written yet in step with the buffer."""
-        if self.location is None or holding == self._announced:
+        """Keep the notice of records held but not written yet in step with the buffer.
+
+        A notice names the file that will hold the records (`<writer>-<sequence>.json`), so it is
+        only ever created, never overwritten: a writer allowed to create objects only (GCS's
+        roles/storage.objectCreator) can keep it. It is deleted once that file is written, where
+        deleting is allowed; a reader tells a delivered notice by the file, either way.
+        """
+        if self.location is None:
             return
-        notice = storage.join(self.location, PENDING_DIR, f"{self._name_stem}.json")
+        upcoming = self._sequence + 1 if holding else None
+        if upcoming == self._announced:
+            return
+        if self._announced is not None:
+            self._retire(self._announced)
+        self._announced = None
+        if upcoming is None:
+            return
+        notice = storage.join(self.location, PENDING_DIR, f"{self._name_stem}-{upcoming:06d}.json")
+        now = datetime.now(UTC)
+        due = now + timedelta(seconds=max(0.0, opened + self.file_seconds - time.monotonic()))
+        body = {
+            "writer": self._name_stem,
+            "host": socket.gethostname(),
+            "pid": os.getpid(),
+            "sequence": upcoming,
+            "since": now.isoformat(),
+            "due": due.isoformat(),
+        }
         try:
-            if holding:
-                now = datetime.now(UTC)
-                due = now + timedelta(seconds=max(0.0, opened + self.file_seconds - time.monotonic()))
-                body = {
-                    "writer": self._name_stem,
-                    "host": socket.gethostname(),
-                    "pid": os.getpid(),
-                    "since": now.isoformat(),
-                    "due": due.isoformat(),
-                }
-                storage.write_text(notice, json.dumps(body) + "\n")
-            else:
-                storage.remove(notice)
-            self._announced = holding
+            storage.write_text(notice, json.dumps(body) + "\n")
+            self._announced = upcoming
         except Exception as exc:  # a reader then sees the log as it is, without the notice
-            log.warning("prediction log: cannot update %s: %s", notice, exc)
+            log.warning("prediction log: cannot write %s: %s", notice, exc)
+
+    def _retire(self, sequence: int) -> None:
+        if not self._may_delete:
+            return
+        notice = storage.join(str(self.location), PENDING_DIR, f"{self._name_stem}-{sequence:06d}.json")
+        try:
+            storage.remove(notice)
+        except Exception as exc:  # no delete permission: the written file tells readers instead
+            self._may_delete = False
+            log.info("prediction log: leaving delivered notices in place (%s: %s)", notice, exc)
 
     def _lines(self, items: list[Predicted]) -> list[str]:
         try:
@@ -499,18 +524,30 @@ def read_records(source: str, since: datetime | None = None) -> Iterator[Record]
 
 
 def pending_writes(source: str) -> list[PendingWrite]:
-    """The notices of writers holding records for the log at `source` not written yet (see module doc)."""
+    """The notices of writers still holding records for the log at `source` (see the module doc).
+
+    A notice is delivered, and left out, once its writer's file of that sequence number (or a
+    later one) is in the log.
+    """
     folder = storage.join(source, PENDING_DIR)
-    try:
-        names = storage.list_dir(folder) if storage.is_dir(folder) else []
-    except FileNotFoundError:
+    if not storage.is_dir(folder):
         return []
+    written: dict[str, int] = {}
+    for uri in list_log_files(source):
+        writer, sequence = _writer_and_sequence(
+            uri.rsplit("/", 1)[-1][len(FILE_PREFIX) + 23 : -len(FILE_SUFFIX)]
+        )
+        written[writer] = max(written.get(writer, 0), sequence)
     found = []
-    for name in names:
+    for name in storage.list_dir(folder):
         if not name.endswith(".json") or name.startswith("."):
             continue
+        writer, sequence = _writer_and_sequence(name[: -len(".json")])
+        if sequence <= written.get(writer, 0):
+            continue
+        uri = storage.join(folder, name)
         try:
-            body = json.loads(storage.read_text(storage.join(folder, name)))
+            body = json.loads(storage.read_text(uri))
             found.append(
                 PendingWrite(
                     str(body["writer"]),
@@ -518,13 +555,20 @@ def pending_writes(source: str) -> list[PendingWrite]:
                     datetime.fromisoformat(body["due"]),
                     str(body.get("host", "")),
                     int(body.get("pid", 0)),
+                    int(body.get("sequence", sequence)),
                 )
             )
         except FileNotFoundError:
-            continue  # written in the meantime
+            continue  # delivered and deleted in the meantime
         except (ValueError, KeyError, TypeError) as exc:
-            raise ValueError(f"{storage.join(folder, name)} is not a pending-write notice: {exc}") from exc
+            raise ValueError(f"{uri} is not a pending-write notice: {exc}") from exc
     return sorted(found, key=lambda p: p.due)
+
+
+def _writer_and_sequence(stem: str) -> tuple[str, int]:
+    """Split `<host>-<pid>-<sequence>` (a notice's or a log file's tail) into writer and sequence."""
+    writer, _, sequence = stem.rpartition("-")
+    return writer, int(sequence) if sequence.isdigit() else 0
 
 
 def recent_records(
