@@ -536,6 +536,8 @@ def test_report_judges_each_simulated_phase_and_shows_both_limits(
     start = datetime.now(UTC) - timedelta(minutes=5)
     clean = records_of(garments(300, seed=31), profile, start.timestamp() + 1, seed=31)
     dark = records_of(garments(300, seed=32) * 0.3, profile, start.timestamp() + 11, seed=32)
+    for record in clean:
+        del record["embedding"]
     write_log(log_dir, clean + dark)
     write_phases(
         str(log_dir),
@@ -557,6 +559,9 @@ def test_report_judges_each_simulated_phase_and_shows_both_limits(
         ("darkened", 300, "alert"),
     ]
     assert summary["phases"][1]["scores"]["input.mean"]["alert"] is True
+    # The clean phase's records carry no embedding: MMD could not run there, and no score is made up.
+    assert "embedding" not in summary["phases"][0]["scores"]
+    assert "embedding" in summary["phases"][1]["scores"]
     ks = summary["scores"]["input.mean"]
     assert (ks["statistic_limit"], ks["p_value_limit"]) == (0.1, 0.01)
     chi2 = summary["scores"]["class_mix"]

@@ -61,9 +61,12 @@ def test_page_shows_mix_and_drift_from_a_report_summary(tmp_path: Path) -> None:
     ), window
     # The statistic's limit and the p-value's limit each in their own column.
     ks = " ".join(html.split("<td>input.mean</td>", 1)[1].split("</tr>", 1)[0].split())
-    assert ks == "<td>ks</td><td>0.63</td> <td>0.1</td> <td>1.5e-09</td> <td>0.01</td> <td>ALERT</td>", ks
+    expected = '<td>ks</td><td>0.63</td> <td>0.1</td> <td class="number">1.5e-09</td> <td>0.01</td>'
+    assert ks == expected + " <td>ALERT</td>", ks
     chi2 = " ".join(html.split("<td>class_mix</td>", 1)[1].split("</tr>", 1)[0].split())
-    assert chi2 == "<td>chi2</td><td>12</td> <td></td> <td>0.2</td> <td>0.001</td> <td>ok</td>", chi2
+    assert (
+        chi2 == '<td>chi2</td><td>12</td> <td></td> <td class="number">0.2</td> <td>0.001</td> <td>ok</td>'
+    ), chi2
 
 
 def test_page_says_why_when_the_summary_is_unavailable(tmp_path: Path) -> None:

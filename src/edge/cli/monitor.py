@@ -181,7 +181,9 @@ def _phase_table(phases: list[tuple[Phase, DriftResult]]) -> Table:
         "phase", "predictions", *signals, "verdict", title="Drift by simulated phase (bold: beyond the limit)"
     )
     for phase, result in phases:
-        scores = {s.signal: s for s in result.scores}
+        scores = {
+            s.signal: s for s in result.scores if s.p_value is not None or s.statistic_limit is not None
+        }
         cells = [
             ""
             if signal not in scores
