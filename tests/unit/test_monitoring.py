@@ -508,7 +508,7 @@ def test_drift_over_time_has_a_point_per_window_even_when_all_fall_in_one(profil
     windows = drift.over_time(profile, burst, settings)
     assert [w.count for w in windows] == [100] * 5 + [150]
     assert all(w.enough and w.scores for w in windows)
-    assert windows[0].extra["window"] == "100 consecutive predictions (too few windows of 5 seconds to judge)"
+    assert windows[0].extra["window"] == "100 consecutive predictions (all came within 1 minute)"
     # Traffic over 1 h 45 min: clock-aligned buckets, the smallest width giving at most 24 points.
     spread = [
         record
@@ -518,6 +518,11 @@ def test_drift_over_time_has_a_point_per_window_even_when_all_fall_in_one(profil
     windows = drift.over_time(profile, spread, settings)
     assert len(windows) == 8 and all(w.count == 120 for w in windows)
     assert windows[0].extra["window"] == "5 minutes of predictions"
+    # Two hours of light traffic: no 15-minute bucket has enough to judge, so runs again.
+    light = [r for i, r in enumerate(spread) if i % 4 == 0]
+    windows = drift.over_time(profile, light, settings)
+    assert [w.count for w in windows] == [100, 140]
+    assert windows[0].extra["window"] == "100 consecutive predictions (too few windows of 5 minutes to judge)"
     # Too few for any window: one point, not judged, rather than an empty chart.
     [few] = drift.over_time(profile, burst[:40], settings)
     assert few.count == 40 and not few.enough

@@ -242,6 +242,8 @@ def compare(
 # Widths of the drift-over-time buckets, clock-aligned: the smallest that gives at most MAX_POINTS.
 BUCKET_SECONDS = (5, 15, 30, 60, 300, 900, 3600, 6 * 3600, 86_400, 7 * 86_400)
 MAX_POINTS = 24
+# Predictions that all came within this span (a simulation) are windowed by count, not by time.
+BURST_SECONDS = 60
 
 
 def over_time(
@@ -251,9 +253,9 @@ def over_time(
 
     Windows are clock-aligned time buckets (5 s to a week, the smallest width giving at most
     MAX_POINTS); a bucket with fewer than min_records predictions is a point without scores. When
-    fewer than two buckets can be judged (everything fell within one, as in a simulation), the
-    windows are runs of consecutive predictions instead, min_records or more each. Each result's
-    `extra["window"]` names its window.
+    everything came within BURST_SECONDS (a simulation) or fewer than two buckets can be judged,
+    the windows are runs of consecutive predictions instead, min_records or more each. Each
+    result's `extra["window"]` names its window.
     """
     ordered = sorted(records, key=lambda r: r["time"])
     if not ordered:
@@ -268,13 +270,18 @@ def over_time(
         buckets.setdefault(int(stamp // width), []).append(record)
     groups = list(buckets.values())
     name = f"{_duration(width)} of predictions"
-    if sum(len(group) >= settings.min_records for group in groups) < 2:
+    burst = stamps[-1] - stamps[0] < BURST_SECONDS
+    if burst or sum(len(group) >= settings.min_records for group in groups) < 2:
         size = max(settings.min_records, -(-len(ordered) // MAX_POINTS))
         groups = [ordered[i : i + size] for i in range(0, len(ordered), size)]
         if len(groups) > 1 and len(groups[-1]) < settings.min_records:
             last = groups.pop()
             groups[-1] = groups[-1] + last
-        name = f"{size:,} consecutive predictions (too few windows of {_duration(width)} to judge)"
+        name = (
+            f"{size:,} consecutive predictions (all came within {_duration(BURST_SECONDS)})"
+            if burst
+            else f"{size:,} consecutive predictions (too few windows of {_duration(width)} to judge)"
+        )
     return [
         replace(compare(profile, group, settings, with_mmd=False), extra={"window": name}) for group in groups
     ]
