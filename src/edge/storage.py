@@ -25,6 +25,8 @@ What a publish deletes on GCS: only version folders `<dir>/_versions/<id>/` it n
 `_VERSION_NAME` pattern) that no pointer names any more, never any other object. A prefix is
 published into only when it is Edge's alone: a bucket root is refused, and so is a first publish
 into a prefix that already holds objects some other writer put there (`check_publish_target`).
+Locally a publish replaces the whole folder, so folders that plainly hold more than one output (the
+working directory and its parents, the home folder, a repository) are refused.
 
 The GCS endpoint follows `STORAGE_EMULATOR_HOST` (as google-cloud-storage does): when set, requests
 go there anonymously, which is how the tests run against `gcp-storage-emulator`.
@@ -273,6 +275,7 @@ def publish_dir(uri: str) -> Iterator[str]:
             _publish_remote(Path(tmp), remote)
         return
     target = Path(uri)
+    check_publish_target(uri)  # before the work, not after it
     staging = temporary_sibling(target)
     try:
         yield str(staging)
@@ -498,14 +501,16 @@ def sweep_leftovers(target: str | Path) -> list[Path]:
 
 
 def check_publish_target(uri: str) -> str:
-    """Refuse a `gs://` place that is not Edge's alone to publish into; return it normalised.
+    """Refuse a place that is not Edge's alone to publish into; return it normalised.
 
     A bucket root is refused (the DVC remote, the prediction log and everything else live there); so
     is a prefix without a pointer that already holds objects Edge did not write, since its publishes
     would then share the prefix with someone else's files. Leftover versions of a killed first
-    publish are Edge's own and do not count. Local paths are returned as they are.
+    publish are Edge's own and do not count. A local folder is replaced whole by a publish, so the
+    working directory, its parents, the home folder and a repository are refused.
     """
     if not is_remote(uri):
+        _check_local_target(Path(uri))
         return uri
     base = _check_remote(uri)
     bucket, _, prefix = base[len("gs://") :].partition("/")
@@ -526,6 +531,29 @@ def check_publish_target(uri: str) -> str:
             "objects elsewhere first"
         )
     return base
+
+
+def _check_local_target(target: Path) -> None:
+    """Refuse a local folder that a publish, which replaces the whole folder, must never replace.
+
+    The working directory and its parents, the home folder, a file system root and a repository
+    (it has `.git` or `.dvc`) hold far more than a model or a data split.
+    """
+    if not target.is_dir():
+        return
+    here, resolved = Path.cwd().resolve(), target.resolve()
+    why = ""
+    if resolved == here or resolved in here.parents:
+        why = "the working directory" if resolved == here else "a parent of the working directory"
+    elif resolved == Path.home().resolve() or resolved.parent == resolved:
+        why = "the home folder" if resolved.parent != resolved else "a file system root"
+    elif (resolved / ".git").exists() or (resolved / ".dvc").exists():
+        why = "a repository (it has .git or .dvc)"
+    if why:
+        raise StorageError(
+            f"{target} is {why}: a publish replaces the whole folder, with everything else in it; "
+            f"name a folder of its own, as in {target / 'models'}"
+        )
 
 
 def _foreign_objects(base: str) -> list[str]:

@@ -382,3 +382,33 @@ def test_unsupported_locations_are_named() -> None:
         storage.read_bytes("s3://bucket/x")
     with pytest.raises(storage.StorageError, match=r"needs a bucket name"):
         storage.exists("gs:///x")
+
+
+def test_a_local_folder_holding_more_than_an_output_is_refused(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    project = tmp_path / "project"
+    (project / ".dvc").mkdir(parents=True)
+    (project / "notes.txt").write_text("mine")
+    (project / "sub").mkdir()
+    before = sorted(p.relative_to(tmp_path).as_posix() for p in tmp_path.rglob("*"))
+    monkeypatch.chdir(project / "sub")
+    for where, why in [
+        (".", "the working directory"),
+        ("..", "a parent of the working directory"),
+        (str(project), "a parent of the working directory"),
+    ]:
+        with pytest.raises(storage.StorageError) as refused, storage.publish_dir(where) as staging:
+            _stage(staging, {"model.keras": b"v1"})
+        assert str(refused.value) == (
+            f"{where} is {why}: a publish replaces the whole folder, with everything else in it; name a "
+            f"folder of its own, as in {Path(where) / 'models'}"
+        )
+    monkeypatch.chdir(tmp_path)
+    repository = r"project is a repository \(it has \.git or \.dvc\)"
+    with pytest.raises(storage.StorageError, match=repository), storage.publish_dir("project") as staging:
+        _stage(staging, {"model.keras": b"v1"})
+    assert sorted(p.relative_to(tmp_path).as_posix() for p in tmp_path.rglob("*")) == before
+    with storage.publish_dir("project/models") as staging:  # what the message suggests
+        _stage(staging, {"model.keras": b"v1"})
+    assert (project / "models" / "model.keras").read_bytes() == b"v1"
