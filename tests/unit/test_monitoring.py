@@ -207,12 +207,16 @@ def test_a_notice_left_in_place_is_delivered_once_its_file_is_written(tmp_path: 
     now = datetime.now(UTC)
     notice = {"writer": "web-1-7", "host": "web-1", "pid": 7, "sequence": 3, "since": now.isoformat()}
     (tmp_path / "_pending").mkdir()
-    (tmp_path / "_pending" / "web-1-7-000003.json").write_text(json.dumps({**notice, "due": now.isoformat()}))
+    name = f"{now:%Y%m%dT%H%M%S%fZ}-web-1-7-000003.json"
+    (tmp_path / "_pending" / name).write_text(json.dumps({**notice, "due": now.isoformat()}))
     [held] = pending_writes(str(tmp_path))
     assert (held.writer, held.sequence, held.gone()) == ("web-1-7", 3, False)  # another host's process
-    (tmp_path / f"predictions-{now:%Y%m%dT%H%M%S%fZ}-web-1-7-000002.jsonl").write_text("")
+    assert pending_writes(str(tmp_path), newer_than=now + timedelta(seconds=1)) == []
+    day = tmp_path / f"{now:%Y}" / f"{now:%m}" / f"{now:%d}"
+    day.mkdir(parents=True)
+    (day / f"predictions-{now:%Y%m%dT%H%M%S%fZ}-web-1-7-000002.jsonl").write_text("")
     assert len(pending_writes(str(tmp_path))) == 1, "an earlier file does not deliver it"
-    (tmp_path / f"predictions-{now:%Y%m%dT%H%M%S%fZ}-web-1-7-000003.jsonl").write_text("")
+    (day / f"predictions-{now:%Y%m%dT%H%M%S%fZ}-web-1-7-000003.jsonl").write_text("")
     assert pending_writes(str(tmp_path)) == []
 
 

@@ -36,6 +36,8 @@ TEST_IMAGES = ("t10k-images-idx3-ubyte", "t10k-images-idx3-ubyte.gz")
 # A writer this late past the time it announced is taken to have stopped (or to be unable to write).
 PENDING_GRACE = timedelta(seconds=10)
 PENDING_POLL_SECONDS = 0.5
+# Without --since, notices of records lost longer ago than this are history, not a reason to doubt.
+PENDING_HORIZON = timedelta(days=1)
 
 
 def parse_since(value: str | None, now: datetime | None = None) -> datetime | None:
@@ -100,7 +102,7 @@ def report(
         profile = load_profile(model_uri)
         metadata = model.read_metadata(model_uri)
         began = datetime.now(UTC)
-        lost = settle_pending(log_source, began)
+        lost = settle_pending(log_source, began, start)
         records = list(read_records(log_source, start))
         newest = behind(records, datetime.now(UTC))
         console.print(newest, highlight=False)
@@ -152,7 +154,6 @@ def report(
     if phases:
         out.print(_phase_table(phases))
     console.print(f"report: {storage.join(out_dir, REPORT_FILE)}")
-    lost = [p for p in lost if start is None or p.due >= start]
     if not result.enough and lost:
         # Not enough data may only mean the rest never reached the log: no verdict, not "fine".
         fail(
@@ -218,19 +219,20 @@ def judged_window(
     return ordered, window_label(size, version)
 
 
-def settle_pending(source: str, began: datetime) -> list[PendingWrite]:
+def settle_pending(source: str, began: datetime, start: datetime | None = None) -> list[PendingWrite]:
     """Wait for the records writers held when the report began; return the notices of those that
     never wrote them (a process of this host that ended, or overdue by more than PENDING_GRACE:
     stopped, or unable to write).
 
-    Records that arrive after `began` are not waited for, so steady traffic cannot hold a report up.
+    Records that arrive after `began` are not waited for, so steady traffic cannot hold a report up;
+    notices from before `start` (default: PENDING_HORIZON before `began`) are not looked at.
     """
     from edge.monitoring.log import pending_writes
 
     said = False
     while True:
         now = datetime.now(UTC)
-        held = [p for p in pending_writes(source) if p.since <= began]
+        held = [p for p in pending_writes(source, start or began - PENDING_HORIZON) if p.since <= began]
         waiting = [p for p in held if p.due + PENDING_GRACE > now and not p.gone()]
         if not waiting:
             return held

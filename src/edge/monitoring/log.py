@@ -11,9 +11,10 @@ whole (a local temporary file renamed into place; on GCS an object appears only 
 a reader, or a process killed mid-write, never leaves or sees half a file.
 
 A reader must not mistake records not written yet for records that never came: while the writer holds
-records, it keeps a small notice `<prefix>/_pending/<host>-<pid>.json` saying since when and by when
-they will be written (`pending_writes` reads them; `edge monitor report` waits for them), and removes
-it once they are. `flush` writes everything queued at once (the server's `POST /monitoring/flush`).
+records, it keeps a small notice `<prefix>/_pending/<time>-<host>-<pid>-<n>.json` saying since when
+and by when file `n` will hold them (`pending_writes` reads them; `edge monitor report` waits for
+them), and removes it once they are (where it may delete). `flush` writes everything queued at once
+(the server's `POST /monitoring/flush`).
 """
 
 from __future__ import annotations
@@ -168,8 +169,9 @@ class PredictionLog:
         self._thread: threading.Thread | None = None
         self._sequence = 0
         self._name_stem = f"{socket.gethostname()}-{os.getpid()}"
-        # The sequence number of the file the current pending notice announces, if any.
-        self._announced: int | None = None
+        # The current pending notice, if any, and the sequence number of the file it announces.
+        self._announced: str | None = None
+        self._announced_sequence: int | None = None
         self._may_delete = True
 
     def start(self) -> PredictionLog:
@@ -298,23 +300,25 @@ class PredictionLog:
     def _announce(self, holding: bool, opened: float) -> None:
         """Keep the notice of records held but not written yet in step with the buffer.
 
-        A notice names the file that will hold the records (`<writer>-<sequence>.json`), so it is
-        only ever created, never overwritten: a writer allowed to create objects only (GCS's
-        roles/storage.objectCreator) can keep it. It is deleted once that file is written, where
-        deleting is allowed; a reader tells a delivered notice by the file, either way.
+        A notice is named after its time and the file that will hold the records
+        (`<UTC time>-<writer>-<sequence>.json`), so it is only ever created, never overwritten: a
+        writer allowed to create objects only (GCS's roles/storage.objectCreator) can keep it. It
+        is deleted once that file is written, where deleting is allowed; a reader tells a delivered
+        notice by the file, either way.
         """
         if self.location is None:
             return
         upcoming = self._sequence + 1 if holding else None
-        if upcoming == self._announced:
+        if upcoming == self._announced_sequence:
             return
         if self._announced is not None:
             self._retire(self._announced)
-        self._announced = None
+        self._announced, self._announced_sequence = None, None
         if upcoming is None:
             return
-        notice = storage.join(self.location, PENDING_DIR, f"{self._name_stem}-{upcoming:06d}.json")
         now = datetime.now(UTC)
+        name = f"{now:%Y%m%dT%H%M%S%fZ}-{self._name_stem}-{upcoming:06d}.json"
+        notice = storage.join(self.location, PENDING_DIR, name)
         due = now + timedelta(seconds=max(0.0, opened + self.file_seconds - time.monotonic()))
         body = {
             "writer": self._name_stem,
@@ -326,14 +330,13 @@ class PredictionLog:
         }
         try:
             storage.write_text(notice, json.dumps(body) + "\n")
-            self._announced = upcoming
+            self._announced, self._announced_sequence = notice, upcoming
         except Exception as exc:  # a reader then sees the log as it is, without the notice
             log.warning("prediction log: cannot write %s: %s", notice, exc)
 
-    def _retire(self, sequence: int) -> None:
+    def _retire(self, notice: str) -> None:
         if not self._may_delete:
             return
-        notice = storage.join(str(self.location), PENDING_DIR, f"{self._name_stem}-{sequence:06d}.json")
         try:
             storage.remove(notice)
         except Exception as exc:  # no delete permission: the written file tells readers instead
@@ -496,11 +499,10 @@ def _is_log_file(name: str) -> bool:
     return name.startswith(FILE_PREFIX) and name.endswith(FILE_SUFFIX)
 
 
-def _file_time(name: str) -> datetime | None:
+def _file_time(name: str, prefix: str = FILE_PREFIX) -> datetime | None:
+    """The UTC time at the start of a log file's (or, with no prefix, a notice's) name."""
     try:
-        return datetime.strptime(name[len(FILE_PREFIX) : len(FILE_PREFIX) + 22], "%Y%m%dT%H%M%S%fZ").replace(
-            tzinfo=UTC
-        )
+        return datetime.strptime(name[len(prefix) : len(prefix) + 22], "%Y%m%dT%H%M%S%fZ").replace(tzinfo=UTC)
     except ValueError:
         return None
 
@@ -523,26 +525,28 @@ def read_records(source: str, since: datetime | None = None) -> Iterator[Record]
                 yield record
 
 
-def pending_writes(source: str) -> list[PendingWrite]:
+def pending_writes(source: str, newer_than: datetime | None = None) -> list[PendingWrite]:
     """The notices of writers still holding records for the log at `source` (see the module doc).
 
     A notice is delivered, and left out, once its writer's file of that sequence number (or a
-    later one) is in the log.
+    later one) is in the log; so are notices older than `newer_than`. Only the log's day folders
+    from the oldest notice on are listed to tell.
     """
     folder = storage.join(source, PENDING_DIR)
     if not storage.is_dir(folder):
         return []
-    written: dict[str, int] = {}
-    for uri in list_log_files(source):
-        writer, sequence = _writer_and_sequence(
-            uri.rsplit("/", 1)[-1][len(FILE_PREFIX) + 23 : -len(FILE_SUFFIX)]
-        )
-        written[writer] = max(written.get(writer, 0), sequence)
-    found = []
+    candidates: list[tuple[str, datetime, str, int]] = []
     for name in storage.list_dir(folder):
-        if not name.endswith(".json") or name.startswith("."):
+        since = _file_time(name, prefix="")
+        if since is None or not name.endswith(".json") or (newer_than is not None and since < newer_than):
             continue
-        writer, sequence = _writer_and_sequence(name[: -len(".json")])
+        writer, sequence = _writer_and_sequence(name[23 : -len(".json")])
+        candidates.append((name, since, writer, sequence))
+    if not candidates:
+        return []
+    written = _written_sequences(source, min(since for _, since, _, _ in candidates))
+    found = []
+    for name, _, writer, sequence in candidates:
         if sequence <= written.get(writer, 0):
             continue
         uri = storage.join(folder, name)
@@ -563,6 +567,24 @@ def pending_writes(source: str) -> list[PendingWrite]:
         except (ValueError, KeyError, TypeError) as exc:
             raise ValueError(f"{uri} is not a pending-write notice: {exc}") from exc
     return sorted(found, key=lambda p: p.due)
+
+
+def _written_sequences(source: str, since: datetime) -> dict[str, int]:
+    """The highest file sequence number of each writer in the log's day folders from `since` on."""
+    written: dict[str, int] = {}
+    day = since.astimezone(UTC).date()
+    while day <= datetime.now(UTC).date() + timedelta(days=1):
+        folder = storage.join(source, f"{day:%Y}", f"{day:%m}", f"{day:%d}")
+        day += timedelta(days=1)
+        try:
+            files = list_log_files(folder)
+        except FileNotFoundError:
+            continue
+        for uri in files:
+            name = uri.rsplit("/", 1)[-1]
+            writer, sequence = _writer_and_sequence(name[len(FILE_PREFIX) + 23 : -len(FILE_SUFFIX)])
+            written[writer] = max(written.get(writer, 0), sequence)
+    return written
 
 
 def _writer_and_sequence(stem: str) -> tuple[str, int]:
