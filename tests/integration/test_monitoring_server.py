@@ -165,6 +165,7 @@ def test_a_report_refuses_to_call_a_log_with_lost_records_fine(
     assert report.returncode == 1, said
     assert "error: not enough data (0 predictions, 100 needed), and records held by " in said
     assert "never reached the log: that server was stopped, or cannot write there" in said
+    assert json.loads((tmp_path / "report" / "summary.json").read_text())["status"] == "incomplete log"
 
 
 def test_a_restarted_server_shows_the_same_window_as_before_and_as_the_report(

@@ -128,6 +128,9 @@ def report(
             "window": {"label": label, "count": len(judged), "size": None if start else settings.window},
             "log_read": len(records),
             "newest": newest,
+            "lost_writes": [
+                {"writer": p.writer, "since": p.since.isoformat(), "due": p.due.isoformat()} for p in lost
+            ],
         }
         summary = write_report(out_dir, result, windows, profile, judged, settings, context, phases)
     table = Table(

@@ -45,6 +45,15 @@ def _utc(stamp: str) -> str:
     return datetime.fromisoformat(stamp).astimezone(UTC).isoformat()
 
 
+def _status(result: DriftResult, lost: bool) -> str:
+    if result.alert:
+        return "alert"
+    if result.enough:
+        return "ok"
+    # Too few records, and some are known to be lost: no verdict at all rather than "not enough".
+    return "incomplete log" if lost else "not enough data"
+
+
 def build_summary(
     result: DriftResult,
     windows: Sequence[DriftResult],
@@ -57,7 +66,7 @@ def build_summary(
     return {
         "generated": datetime.now(UTC).isoformat(timespec="seconds"),
         **context,
-        "status": "alert" if result.alert else ("ok" if result.enough else "not enough data"),
+        "status": _status(result, bool(context.get("lost_writes"))),
         "thresholds": {
             "ks": settings.ks_threshold,
             "ks_pvalue": settings.ks_pvalue,
