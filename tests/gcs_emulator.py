@@ -17,6 +17,7 @@ import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from urllib.parse import quote
 
 import pytest
 import requests
@@ -67,6 +68,17 @@ class GcsEmulator:
             timeout=10,
         )
         answer.raise_for_status()
+
+    def read(self, bucket_uri: str, name: str) -> bytes | None:
+        """Return one object's content, or None when there is no such object (not through our code)."""
+        bucket = bucket_uri.removeprefix("gs://").split("/", 1)[0]
+        answer = requests.get(
+            f"{self.url}/storage/v1/b/{bucket}/o/{quote(name, safe='')}", params={"alt": "media"}, timeout=10
+        )
+        if answer.status_code == 404:
+            return None
+        answer.raise_for_status()
+        return answer.content
 
     def objects(self, bucket_uri: str) -> list[str]:
         """Return the names of every object in a bucket, over the JSON API (not through our code)."""

@@ -21,6 +21,13 @@ Atomicity, the promise every writer here keeps:
   GCS versions) are never inside the published directory; later writes remove those whose process is
   gone (GCS: unpublished versions older than `STALE_VERSION_AGE`).
 
+What a publish deletes on GCS: only version folders `<dir>/_versions/<id>/` it named itself (the
+`_VERSION_NAME` pattern) that no pointer names any more, never any other object. A prefix is
+published into only when it is Edge's alone: a bucket root is refused, and so is a first publish
+into a prefix that already holds objects some other writer put there (`check_publish_target`).
+Locally a publish replaces the whole folder, so folders that plainly hold more than one output (the
+working directory and its parents, the home folder, a repository) are refused.
+
 The GCS endpoint follows `STORAGE_EMULATOR_HOST` (as google-cloud-storage does): when set, requests
 go there anonymously, which is how the tests run against `gcp-storage-emulator`.
 """
@@ -30,6 +37,7 @@ from __future__ import annotations
 import ctypes
 import errno
 import json
+import logging
 import os
 import re
 import secrets
@@ -37,7 +45,7 @@ import shutil
 import sys
 import tempfile
 from collections.abc import Iterator
-from contextlib import contextmanager, suppress
+from contextlib import contextmanager
 from datetime import UTC, datetime, timedelta
 from functools import cache
 from pathlib import Path, PurePosixPath
@@ -53,6 +61,10 @@ _TEMP_NAME = re.compile(
     r"^\.(?P<name>.+)\.edge-(?P<kind>tmp|stage|old)-(?P<pid>\d+)-[0-9a-f]+(?P<suffix>\.\w+)?$"
 )
 _VERSION_TIME = "%Y%m%dT%H%M%S%fZ"
+# The folder name a publish gives each version (`_VERSION_TIME`, a dash, 8 hex digits): the only
+# names a publish ever deletes.
+_VERSION_NAME = re.compile(r"^\d{8}T\d{12}Z-[0-9a-f]{8}$")
+FOREIGN_EXAMPLES = 3  # how many foreign objects a refusal names
 
 
 class StorageError(ValueError):
@@ -257,12 +269,13 @@ def publish_dir(uri: str) -> Iterator[str]:
     docstring for how: one rename locally, a version prefix and a pointer switched last on GCS.
     """
     if is_remote(uri):
-        remote = _check_remote(uri)  # before the work, not after it
+        remote = check_publish_target(uri)  # before the work, not after it
         with tempfile.TemporaryDirectory(prefix="edge-upload-") as tmp:
             yield tmp
             _publish_remote(Path(tmp), remote)
         return
     target = Path(uri)
+    check_publish_target(uri)  # before the work, not after it
     staging = temporary_sibling(target)
     try:
         yield str(staging)
@@ -377,15 +390,40 @@ def _temp_name(name: str, kind: str) -> str:
     return f".{name}{_TEMP_MARK}{kind}-{os.getpid()}-{secrets.token_hex(4)}"
 
 
+# What fsync(2) answers on a file system that cannot sync a directory (some network and virtual ones).
+_FSYNC_UNSUPPORTED = frozenset({errno.EINVAL, errno.ENOTSUP, errno.EOPNOTSUPP})
+_UNSYNCED_DEVICES: set[int] = set()  # file systems already said to skip directory fsync
+
+
 def _fsync(path: Path) -> None:
-    # Durable before it is visible: a power loss right after the rename must not leave an empty file.
-    flags = os.O_RDONLY | (os.O_DIRECTORY if path.is_dir() else 0)
-    with suppress(OSError):
-        fd = os.open(path, flags)
-        try:
-            os.fsync(fd)
-        finally:
-            os.close(fd)
+    """Flush `path` to disk; a file that cannot be flushed is an error, whatever the reason.
+
+    Durable before it is visible: a power loss right after the rename must not leave an empty file.
+    Only a directory's fsync (which makes the rename itself durable) may be skipped, and only where
+    the file system does not support it at all; that is logged once per file system.
+    """
+    directory = path.is_dir()
+    fd = os.open(path, os.O_RDONLY | (os.O_DIRECTORY if directory else 0))
+    try:
+        os.fsync(fd)
+    except OSError as exc:
+        if not (directory and exc.errno in _FSYNC_UNSUPPORTED):
+            raise OSError(exc.errno, f"could not flush {path} to disk: {exc.strerror}") from exc
+        _directory_fsync_unsupported(os.fstat(fd).st_dev, str(path), exc.strerror or str(exc))
+    finally:
+        os.close(fd)
+
+
+def _directory_fsync_unsupported(device: int, path: str, reason: str) -> None:
+    if device in _UNSYNCED_DEVICES:
+        return
+    _UNSYNCED_DEVICES.add(device)
+    logging.getLogger(__name__).warning(
+        "the file system of %s cannot flush directories to disk (%s): a rename there is visible at "
+        "once but may not survive a power loss",
+        path,
+        reason,
+    )
 
 
 def _exchange(a: Path, b: Path) -> bool:
@@ -462,6 +500,75 @@ def sweep_leftovers(target: str | Path) -> list[Path]:
 # --- GCS publishing ------------------------------------------------------------------------------
 
 
+def check_publish_target(uri: str) -> str:
+    """Refuse a place that is not Edge's alone to publish into; return it normalised.
+
+    A bucket root is refused (the DVC remote, the prediction log and everything else live there); so
+    is a prefix without a pointer that already holds objects Edge did not write, since its publishes
+    would then share the prefix with someone else's files. Leftover versions of a killed first
+    publish are Edge's own and do not count. A local folder is replaced whole by a publish, so the
+    working directory, its parents, the home folder and a repository are refused.
+    """
+    if not is_remote(uri):
+        _check_local_target(Path(uri))
+        return uri
+    base = _check_remote(uri)
+    bucket, _, prefix = base[len("gs://") :].partition("/")
+    if not prefix:
+        raise StorageError(
+            f"{uri} is a bucket root: a publish needs a folder of its own beside the bucket's other "
+            f"objects; name one, as in gs://{bucket}/models"
+        )
+    fs = _fs(base)
+    if fs.exists(f"{base}/{POINTER_FILE}"):
+        return base  # published here before: the prefix is Edge's
+    foreign = _foreign_objects(base)
+    if foreign:
+        named = ", ".join(foreign[:FOREIGN_EXAMPLES]) + (", ..." if len(foreign) > FOREIGN_EXAMPLES else "")
+        raise StorageError(
+            f"{uri} already holds {len(foreign):,} object(s) Edge did not write ({named}); refusing to "
+            f"publish beside them: choose a new or empty folder (such as {base}/model), or move those "
+            "objects elsewhere first"
+        )
+    return base
+
+
+def _check_local_target(target: Path) -> None:
+    """Refuse a local folder that a publish, which replaces the whole folder, must never replace.
+
+    The working directory and its parents, the home folder, a file system root and a repository
+    (it has `.git` or `.dvc`) hold far more than a model or a data split.
+    """
+    if not target.is_dir():
+        return
+    here, resolved = Path.cwd().resolve(), target.resolve()
+    why = ""
+    if resolved == here or resolved in here.parents:
+        why = "the working directory" if resolved == here else "a parent of the working directory"
+    elif resolved == Path.home().resolve() or resolved.parent == resolved:
+        why = "the home folder" if resolved.parent != resolved else "a file system root"
+    elif (resolved / ".git").exists() or (resolved / ".dvc").exists():
+        why = "a repository (it has .git or .dvc)"
+    if why:
+        raise StorageError(
+            f"{target} is {why}: a publish replaces the whole folder, with everything else in it; "
+            f"name a folder of its own, as in {target / 'models'}"
+        )
+
+
+def _foreign_objects(base: str) -> list[str]:
+    """The objects under prefix `base` that no publish wrote, relative to it, sorted."""
+    prefix = base[len("gs://") :] + "/"
+    names = [p[len(prefix) :] for p in _fs(base).find(base) if p.startswith(prefix)]
+    # A name ending in "/" is a folder placeholder (the Cloud Console makes them), not a file.
+    return sorted(name for name in names if name and not name.endswith("/") and not _is_version_object(name))
+
+
+def _is_version_object(name: str) -> bool:
+    parts = name.split("/", 2)
+    return len(parts) == 3 and parts[0] == VERSIONS_DIR and bool(_VERSION_NAME.match(parts[1]))
+
+
 def _publish_remote(staging: Path, base: str) -> None:
     fs = _fs(base)
     now = datetime.now(UTC)
@@ -484,20 +591,20 @@ def _published_version(base: str) -> str | None:
 
 
 def _collect_versions(base: str, keep: set[str | None], now: datetime) -> None:
-    """Delete what no reader can reach any more: old and abandoned versions, pre-pointer objects."""
+    """Delete the versions no reader can reach any more: old and abandoned ones, and nothing else.
+
+    Only folders under `_versions/` named as a publish names them are candidates; every other object
+    under `base` was written by someone else and stays, whatever it is.
+    """
     fs = _fs(base)
-    for name in list_dir(base):
-        if name in (POINTER_FILE, VERSIONS_DIR):
-            continue
-        # Plain objects from before the first publish: hidden by the pointer from now on.
-        fs.rm(f"{base}/{name}", recursive=True)
+    oldest_kept = min(v for v in keep if v)
     for version in list_dir(f"{base}/{VERSIONS_DIR}"):
-        if version in keep:
+        if version in keep or not _VERSION_NAME.match(version):
             continue
         try:
             started = datetime.strptime(version.split("-", 1)[0], _VERSION_TIME).replace(tzinfo=UTC)
         except ValueError:
-            continue  # not ours
+            continue  # the right shape but no real time: not one a publish named
         # The previous version stays for readers still downloading it; the one before goes now.
-        if version < min(v for v in keep if v) or now - started > STALE_VERSION_AGE:
+        if version < oldest_kept or now - started > STALE_VERSION_AGE:
             fs.rm(f"{base}/{VERSIONS_DIR}/{version}", recursive=True)

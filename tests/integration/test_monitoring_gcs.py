@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import time
 from pathlib import Path
 
 import numpy as np
@@ -11,7 +12,7 @@ from typer.testing import CliRunner
 from edge import storage
 from edge.cli import app
 from edge.data import CLASS_NAMES
-from edge.monitoring.log import Predicted, PredictionLog, list_log_files, read_records
+from edge.monitoring.log import Predicted, PredictionLog, list_log_files, pending_writes, read_records
 from edge.monitoring.profile import PROFILE_FILE, build_profile
 from tests.gcs_emulator import GcsEmulator
 
@@ -75,3 +76,22 @@ def test_a_missing_bucket_drops_and_counts_without_raising(
     log.submit(request(1))
     assert log.close(timeout=120)
     assert registry.get_sample_value("edge_prediction_log_dropped_total", {"reason": "write_error"}) == 5
+
+
+def test_records_held_are_announced_in_the_bucket_until_written(
+    gcs_bucket: str, gcs_emulator: GcsEmulator
+) -> None:
+    prefix = f"{gcs_bucket}/predictions"
+    log = PredictionLog(prefix, file_seconds=600).start()
+    log.submit(request(1))
+    deadline = time.monotonic() + 30
+    while not pending_writes(prefix) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    [held] = pending_writes(prefix)
+    [notice] = gcs_emulator.objects(gcs_bucket)
+    assert notice.startswith("predictions/_pending/") and notice.endswith(f"-{held.writer}-000001.json")
+    assert log.flush(timeout=60)
+    assert pending_writes(prefix) == []
+    [written] = gcs_emulator.objects(gcs_bucket)
+    assert written.endswith(f"-{held.writer}-000001.jsonl"), "the notice is gone, the file is there"
+    assert log.close(timeout=60)

@@ -13,6 +13,7 @@ import requests
 
 from edge.data import CLASS_NAMES, read_idx
 from tests.live_servers import EDGE, model_server
+from tests.serving_helpers import wait_until
 
 pytestmark = pytest.mark.slow
 
@@ -90,3 +91,123 @@ def wait_for_summary(url: str, ready: object, timeout: float = 60) -> dict[str, 
             return summary
         time.sleep(0.5)
     raise AssertionError(f"the server's monitoring summary never got there: {summary}")
+
+
+def _report(log_dir: Path, model: Path, out: Path, *args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [EDGE, "monitor", "report", "--source", str(log_dir), "--model-dir", str(model),
+         "--out-dir", str(out), *args],
+        cwd=out.parent, capture_output=True, text=True, timeout=300,
+        env={**os.environ, "EDGE_MONITOR_MIN_RECORDS": "100"},
+    )  # fmt: skip
+
+
+def test_a_report_right_after_simulate_sees_every_prediction(
+    monitored_model: Path, real_fashion_source: Path, tmp_path: Path
+) -> None:
+    """The default log settings (a file every few seconds): simulate flushes the log when done."""
+    log_dir = tmp_path / "predictions"
+    with model_server(monitored_model, tmp_path / "server.log", {"EDGE_MONITOR_LOG": str(log_dir)}) as server:
+        common = ["--url", server.url, "--data-dir", str(real_fashion_source), "--per-phase", "150"]
+        simulated = edge("monitor", "simulate", *common, "--phases", "clean,inverted", cwd=tmp_path)
+        assert simulated.returncode == 0, simulated.stderr
+        assert "the server wrote every prediction to its log" in simulated.stderr
+        report = _report(log_dir, monitored_model, tmp_path / "report", "--since", "1h")
+        assert report.returncode == 3, report.stdout + report.stderr
+        assert "newest prediction in the log: " in report.stderr
+        written = json.loads((tmp_path / "report" / "summary.json").read_text())
+        assert written["count"] == 300 and written["status"] == "alert"
+        # simulate recorded its phases beside the log: the report judges each on its own.
+        assert "phases recorded in " in simulated.stderr
+        assert [(p["phase"], p["count"], p["status"]) for p in written["phases"]] == [
+            ("clean", 150, "ok"),
+            ("inverted", 150, "alert"),
+        ]
+        assert "Drift by simulated phase" in report.stdout
+        assert len(written["over_time"]) >= 2 and all(w["scores"] for w in written["over_time"])
+
+
+def test_a_report_waits_for_predictions_the_server_still_holds(
+    monitored_model: Path, real_fashion_source: Path, tmp_path: Path
+) -> None:
+    """Predictions sent as any client does (no flush): the report waits for the writer's notice."""
+    log_dir = tmp_path / "predictions"
+    images = read_idx(real_fashion_source / "t10k-images-idx3-ubyte.gz")[:160]
+    inverted = (255 - images).astype(int).tolist()
+    env = {"EDGE_MONITOR_LOG": str(log_dir), "EDGE_MONITOR_FILE_SECONDS": "4"}
+    with model_server(monitored_model, tmp_path / "server.log", env) as server:
+        for start in range(0, len(inverted), 16):
+            answer = requests.post(server.url + "/predict", json={"instances": inverted[start : start + 16]})
+            assert answer.status_code == 200, answer.text
+        report = _report(log_dir, monitored_model, tmp_path / "report")
+        assert "waiting for predictions in flight: 1 log writer(s) hold records" in report.stderr, (
+            report.stderr
+        )
+        assert report.returncode == 3, report.stdout + report.stderr
+        assert json.loads((tmp_path / "report" / "summary.json").read_text())["count"] == 160
+
+
+def test_a_report_refuses_to_call_a_log_with_lost_records_fine(
+    monitored_model: Path, real_fashion_source: Path, tmp_path: Path
+) -> None:
+    """The server is killed holding records: "not enough data" would be a false all-clear."""
+    log_dir = tmp_path / "predictions"
+    images = read_idx(real_fashion_source / "t10k-images-idx3-ubyte.gz")[:32].astype(int).tolist()
+    env = {"EDGE_MONITOR_LOG": str(log_dir), "EDGE_MONITOR_FILE_SECONDS": "30"}
+    with model_server(monitored_model, tmp_path / "server.log", env) as server:
+        assert requests.post(server.url + "/predict", json={"instances": images}).status_code == 200
+        notices = log_dir / "_pending"
+        assert wait_until(lambda: any(notices.glob("*.json")))
+        server.process.kill()
+        server.process.wait(30)
+    report = _report(log_dir, monitored_model, tmp_path / "report")
+    said = " ".join(report.stderr.split())
+    assert report.returncode == 1, said
+    assert "error: not enough data (0 predictions, 100 needed), and records held by " in said
+    assert "never reached the log: that server was stopped, or cannot write there" in said
+    assert json.loads((tmp_path / "report" / "summary.json").read_text())["status"] == "incomplete log"
+
+
+def test_a_restarted_server_shows_the_same_window_as_before_and_as_the_report(
+    monitored_model: Path, real_fashion_source: Path, tmp_path: Path
+) -> None:
+    log_dir = tmp_path / "predictions"
+    env = {"EDGE_MONITOR_LOG": str(log_dir), "EDGE_MONITOR_WINDOW": "250", "EDGE_MONITOR_MIN_RECORDS": "100"}
+    common = ["--data-dir", str(real_fashion_source), "--per-phase", "150", "--phases", "clean,darkened"]
+    with model_server(monitored_model, tmp_path / "first.log", env) as server:
+        simulated = edge("monitor", "simulate", "--url", server.url, *common, cwd=tmp_path)
+        assert simulated.returncode == 0, simulated.stderr
+        before = wait_for_summary(server.url, lambda s: s.get("count") == 250)
+    assert before["window"] == {
+        "label": "the last 250 predictions of model version monitored",
+        "size": 250,
+        "count": 250,
+        "from_log": 0,
+        "version": "monitored",
+    }
+    with model_server(monitored_model, tmp_path / "second.log", env) as server:
+        # Nothing sent since the restart: the window comes from the log.
+        after = wait_for_summary(server.url, lambda s: s.get("count") == 250, timeout=60)
+    assert after["window"] == {**before["window"], "from_log": 250}
+    assert (after["start"], after["end"], after["status"]) == (
+        before["start"],
+        before["end"],
+        before["status"],
+    )
+    assert after["recent_class_mix"] == before["recent_class_mix"]
+    for signal in ("input.mean", "input.std", "input.ink", "input.intensity", "confidence", "class_mix"):
+        assert after["scores"][signal]["statistic"] == before["scores"][signal]["statistic"], signal
+    # The report, by default, judges that same window under the same name.
+    report = subprocess.run(
+        [EDGE, "monitor", "report", "--source", str(log_dir), "--model-dir", str(monitored_model),
+         "--out-dir", str(tmp_path / "report")],
+        cwd=tmp_path, capture_output=True, text=True, timeout=300, env={**os.environ, **env},
+    )  # fmt: skip
+    assert report.returncode in (0, 3), report.stderr
+    assert "judging the last 250 predictions of model version monitored: 250 from" in report.stderr
+    written = json.loads((tmp_path / "report" / "summary.json").read_text())
+    assert written["window"]["label"] == before["window"]["label"]
+    assert (written["count"], written["start"], written["end"]) == (250, before["start"], before["end"])
+    assert written["status"] == before["status"]
+    for signal in ("input.mean", "input.std", "input.ink", "confidence", "class_mix"):
+        assert written["scores"][signal]["statistic"] == pytest.approx(before["scores"][signal]["statistic"])

@@ -4,8 +4,11 @@ from __future__ import annotations
 
 import json
 import os
+import signal
 import subprocess
 import sys
+import time
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -145,8 +148,6 @@ def test_a_previous_version_set_aside_is_put_back(tmp_path: Path) -> None:
 
 def test_gcs_publish_switches_a_pointer_last(gcs_bucket: str, gcs_emulator: GcsEmulator) -> None:
     model = f"{gcs_bucket}/runs/models"
-    # Objects from before the first publish (a plain upload) are hidden by the pointer, then removed.
-    storage.write_bytes(f"{model}/model.keras", b"v0")
     versions = []
     for version in (b"v1", b"v2", b"v3"):
         with storage.publish_dir(model) as staging:
@@ -180,6 +181,167 @@ def test_an_interrupted_gcs_publish_is_invisible(gcs_bucket: str) -> None:
         raise RuntimeError("killed")
     assert storage.read_text(f"{model}/{storage.POINTER_FILE}") == before
     assert _published(model) == {"model.keras": b"v1"}
+
+
+# --- Publishes delete nothing they did not write ---------------------------------------------------
+
+# Objects of other writers sharing the bucket: the DVC remote, the prediction log, a neighbour whose
+# name starts like the model folder's, a note and a hand-made "version" inside the model folder.
+NEIGHBOURS = [
+    "dvc/files/md5/3f/8a2c1e",
+    "predictions/2026/12/06/part-0001.jsonl",
+    "models-old/model.keras",
+]
+
+
+def _fill(emulator: GcsEmulator, bucket: str, names: list[str]) -> None:
+    for name in names:
+        emulator.upload(bucket, name, f"not Edge's: {name}".encode())
+
+
+def _intact(emulator: GcsEmulator, bucket: str, names: list[str]) -> None:
+    present = set(emulator.objects(bucket))
+    assert set(names) <= present, f"deleted: {sorted(set(names) - present)}"
+    for name in names:
+        assert emulator.read(bucket, name) == f"not Edge's: {name}".encode(), name
+
+
+def test_a_bucket_root_is_refused(gcs_bucket: str, gcs_emulator: GcsEmulator) -> None:
+    _fill(gcs_emulator, gcs_bucket, NEIGHBOURS)
+    before = gcs_emulator.objects(gcs_bucket)
+    staged = False
+    for root in (gcs_bucket, f"{gcs_bucket}/"):
+        with pytest.raises(storage.StorageError) as refused, storage.publish_dir(root) as staging:
+            staged = True
+            _stage(staging, {"model.keras": b"v1"})
+        assert str(refused.value) == (
+            f"{root} is a bucket root: a publish needs a folder of its own beside the bucket's other "
+            f"objects; name one, as in {gcs_bucket}/models"
+        )
+    assert not staged, "refused before the work, not after it"
+    assert gcs_emulator.objects(gcs_bucket) == before
+    _intact(gcs_emulator, gcs_bucket, NEIGHBOURS)
+
+
+def test_a_first_publish_beside_foreign_objects_is_refused(
+    gcs_bucket: str, gcs_emulator: GcsEmulator
+) -> None:
+    shared = ["shared/a-notes.txt", "shared/b/table.csv", "shared/c.json", "shared/d.bin"]
+    _fill(gcs_emulator, gcs_bucket, NEIGHBOURS + shared)
+    before = gcs_emulator.objects(gcs_bucket)
+    with (
+        pytest.raises(storage.StorageError) as refused,
+        storage.publish_dir(f"{gcs_bucket}/shared") as staging,
+    ):
+        _stage(staging, {"model.keras": b"v1"})
+    assert str(refused.value) == (
+        f"{gcs_bucket}/shared already holds 4 object(s) Edge did not write (a-notes.txt, b/table.csv, "
+        "c.json, ...); refusing to publish beside them: choose a new or empty folder (such as "
+        f"{gcs_bucket}/shared/model), or move those objects elsewhere first"
+    )
+    assert gcs_emulator.objects(gcs_bucket) == before
+    _intact(gcs_emulator, gcs_bucket, NEIGHBOURS + shared)
+    # What the message suggests works, and still deletes nothing.
+    with storage.publish_dir(f"{gcs_bucket}/shared/model") as staging:
+        _stage(staging, {"model.keras": b"v1"})
+    assert _published(f"{gcs_bucket}/shared/model") == {"model.keras": b"v1"}
+    _intact(gcs_emulator, gcs_bucket, NEIGHBOURS + shared)
+
+
+def test_leftovers_of_a_killed_first_publish_are_no_reason_to_refuse(gcs_bucket: str) -> None:
+    leftover = f"{gcs_bucket}/models/_versions/20260101T000000000000Z-0badc0de/model.keras"
+    storage.write_bytes(leftover, b"half")
+    with storage.publish_dir(f"{gcs_bucket}/models") as staging:
+        _stage(staging, {"model.keras": b"v1"})
+    assert _published(f"{gcs_bucket}/models") == {"model.keras": b"v1"}
+    assert not storage.exists(leftover), "an abandoned version of a publish is collected"
+
+
+def test_publishes_delete_nothing_foreign(gcs_bucket: str, gcs_emulator: GcsEmulator) -> None:
+    model = f"{gcs_bucket}/models"
+    with storage.publish_dir(model) as staging:
+        _stage(staging, {"model.keras": b"v1"})
+    # Others write beside the published model, and even inside its folder, once it exists.
+    inside = ["models/README.txt", "models/_versions/handmade/model.keras", "models/_versions/notes.txt"]
+    foreign = NEIGHBOURS + inside
+    _fill(gcs_emulator, gcs_bucket, foreign)
+    before = len(gcs_emulator.objects(gcs_bucket))
+    for version in (b"v2", b"v3", b"v4"):
+        with storage.publish_dir(model) as staging:
+            _stage(staging, {"model.keras": version})
+        assert _published(model) == {"model.keras": version}
+        _intact(gcs_emulator, gcs_bucket, foreign)
+    # Counted: the foreign objects, the pointer and two versions of one file each (this and the previous).
+    assert before == len(foreign) + 2
+    assert len(gcs_emulator.objects(gcs_bucket)) == len(foreign) + 1 + 2
+
+
+PUBLISHER = """
+import sys
+from pathlib import Path
+from edge import storage
+with storage.publish_dir(sys.argv[1]) as staging:
+    for i in range(int(sys.argv[2])):
+        Path(staging, f"part-{i:03d}.bin").write_bytes(bytes([i % 256]) * 2000)
+"""
+PUBLISH_FILES = 30
+
+
+def _publisher(model: str) -> subprocess.Popen[bytes]:
+    return subprocess.Popen(
+        [sys.executable, "-c", PUBLISHER, model, str(PUBLISH_FILES)],
+        env={**os.environ, "DVC_NO_ANALYTICS": "1", "DO_NOT_TRACK": "1"},
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+    )
+
+
+def test_a_publish_killed_anywhere_leaves_every_foreign_object(
+    gcs_bucket: str, gcs_emulator: GcsEmulator
+) -> None:
+    """kill -9 while uploading, and right after the pointer switched (while old versions are collected)."""
+    model = f"{gcs_bucket}/models"
+    first = _publisher(model)
+    assert first.wait(120) == 0, first.stderr.read() if first.stderr else ""
+    inside = ["models/README.txt", "models/_versions/handmade/model.keras"]
+    foreign = NEIGHBOURS + inside
+    _fill(gcs_emulator, gcs_bucket, foreign)
+
+    def versions() -> set[str]:
+        return {
+            o.split("/")[2] for o in gcs_emulator.objects(gcs_bucket) if o.startswith("models/_versions/2")
+        }
+
+    def pointer() -> bytes | None:
+        return gcs_emulator.read(gcs_bucket, "models/_published.json")
+
+    moments: list[tuple[str, Callable[[set[str], bytes | None], bool]]] = [
+        ("uploading", lambda seen, _: len(versions() - seen) > 0),
+        ("uploading +0.3s", lambda seen, _: len(versions() - seen) > 0),
+        ("switched", lambda _, was: pointer() != was),
+        ("switched", lambda _, was: pointer() != was),
+    ]
+    killed = []
+    for label, moment in moments:
+        seen, was = versions(), pointer()
+        process = _publisher(model)
+        deadline = time.monotonic() + 120
+        while not moment(seen, was) and process.poll() is None and time.monotonic() < deadline:
+            time.sleep(0.005)
+        if label.endswith("+0.3s"):
+            time.sleep(0.3)
+        if process.poll() is None:
+            process.send_signal(signal.SIGKILL)
+            killed.append(label)
+        process.wait(30)
+        _intact(gcs_emulator, gcs_bucket, foreign)
+        # The pointer names a complete version: the previous one or the new one.
+        assert sorted(_published(model)) == [f"part-{i:03d}.bin" for i in range(PUBLISH_FILES)]
+    print(f"\npublish killed at: {', '.join(killed) or 'none (each had finished)'}")
+    assert killed, "no publish was caught before it finished"
+    final = _publisher(model)
+    assert final.wait(120) == 0
+    _intact(gcs_emulator, gcs_bucket, foreign)
 
 
 def test_tree_copies_round_trip(gcs_bucket: str, tmp_path: Path) -> None:
@@ -220,3 +382,33 @@ def test_unsupported_locations_are_named() -> None:
         storage.read_bytes("s3://bucket/x")
     with pytest.raises(storage.StorageError, match=r"needs a bucket name"):
         storage.exists("gs:///x")
+
+
+def test_a_local_folder_holding_more_than_an_output_is_refused(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    project = tmp_path / "project"
+    (project / ".dvc").mkdir(parents=True)
+    (project / "notes.txt").write_text("mine")
+    (project / "sub").mkdir()
+    before = sorted(p.relative_to(tmp_path).as_posix() for p in tmp_path.rglob("*"))
+    monkeypatch.chdir(project / "sub")
+    for where, why in [
+        (".", "the working directory"),
+        ("..", "a parent of the working directory"),
+        (str(project), "a parent of the working directory"),
+    ]:
+        with pytest.raises(storage.StorageError) as refused, storage.publish_dir(where) as staging:
+            _stage(staging, {"model.keras": b"v1"})
+        assert str(refused.value) == (
+            f"{where} is {why}: a publish replaces the whole folder, with everything else in it; name a "
+            f"folder of its own, as in {Path(where) / 'models'}"
+        )
+    monkeypatch.chdir(tmp_path)
+    repository = r"project is a repository \(it has \.git or \.dvc\)"
+    with pytest.raises(storage.StorageError, match=repository), storage.publish_dir("project") as staging:
+        _stage(staging, {"model.keras": b"v1"})
+    assert sorted(p.relative_to(tmp_path).as_posix() for p in tmp_path.rglob("*")) == before
+    with storage.publish_dir("project/models") as staging:  # what the message suggests
+        _stage(staging, {"model.keras": b"v1"})
+    assert (project / "models" / "model.keras").read_bytes() == b"v1"

@@ -91,3 +91,16 @@ def test_the_model_server_keeps_tensorflows_own_kernel_choice() -> None:
     assert computes_in_batches(["pipeline", "train", "--prepared-dir", "serve"])
     assert computes_in_batches(["model", "gate"])
     assert computes_in_batches([])
+
+
+def test_train_refuses_a_bucket_root_before_training(in_tmp: Path) -> None:
+    result = CliRunner().invoke(
+        app, ["pipeline", "train", "--model-dir", "gs://team-bucket", "--on", "local"]
+    )
+    assert result.exit_code == 1
+    said = " ".join(result.output.split())
+    assert said == (
+        "error: gs://team-bucket is a bucket root: a publish needs a folder of its own beside the bucket's "
+        "other objects; name one, as in gs://team-bucket/models"
+    )
+    assert not (in_tmp / "runs").exists(), "refused before any run was recorded"

@@ -25,6 +25,7 @@ from edge.monitoring.log import (
     build_batch_records,
     build_records,
     list_log_files,
+    pending_writes,
     read_records,
 )
 from edge.monitoring.profile import PROFILE_FILE, ReferenceProfile, build_profile, load_profile
@@ -180,6 +181,43 @@ def test_log_rotates_by_time_and_records_pixels_when_asked(tmp_path: Path) -> No
     record = next(read_records(str(tmp_path)))
     assert len(record["pixels"]) == 784
     assert max(record["pixels"]) <= 255
+
+
+def test_held_records_are_announced_until_written_and_flush_writes_them_now(tmp_path: Path) -> None:
+    log = PredictionLog(str(tmp_path), file_seconds=600).start()
+    assert pending_writes(str(tmp_path)) == []
+    log.submit(predicted(garments(3)))
+    deadline = time.monotonic() + 10
+    while not pending_writes(str(tmp_path)) and time.monotonic() < deadline:
+        time.sleep(0.02)
+    [notice] = pending_writes(str(tmp_path))
+    assert notice.pid == os.getpid() and not notice.gone()
+    # Ten minutes of file_seconds: the notice says the records come that late at the latest.
+    assert timedelta(seconds=590) < notice.due - datetime.now(UTC) <= timedelta(seconds=600)
+    assert list_log_files(str(tmp_path)) == []
+    log.submit(predicted(garments(2), request_id="second"))
+    assert log.flush(timeout=10)
+    assert len(list(read_records(str(tmp_path)))) == 5, "everything submitted before the flush"
+    assert pending_writes(str(tmp_path)) == []
+    log.close()
+
+
+def test_a_notice_left_in_place_is_delivered_once_its_file_is_written(tmp_path: Path) -> None:
+    """A writer without delete permission (GCS objectCreator) leaves its notices: the file tells."""
+    now = datetime.now(UTC)
+    notice = {"writer": "web-1-7", "host": "web-1", "pid": 7, "sequence": 3, "since": now.isoformat()}
+    (tmp_path / "_pending").mkdir()
+    name = f"{now:%Y%m%dT%H%M%S%fZ}-web-1-7-000003.json"
+    (tmp_path / "_pending" / name).write_text(json.dumps({**notice, "due": now.isoformat()}))
+    [held] = pending_writes(str(tmp_path))
+    assert (held.writer, held.sequence, held.gone()) == ("web-1-7", 3, False)  # another host's process
+    assert pending_writes(str(tmp_path), newer_than=now + timedelta(seconds=1)) == []
+    day = tmp_path / f"{now:%Y}" / f"{now:%m}" / f"{now:%d}"
+    day.mkdir(parents=True)
+    (day / f"predictions-{now:%Y%m%dT%H%M%S%fZ}-web-1-7-000002.jsonl").write_text("")
+    assert len(pending_writes(str(tmp_path))) == 1, "an earlier file does not deliver it"
+    (day / f"predictions-{now:%Y%m%dT%H%M%S%fZ}-web-1-7-000003.jsonl").write_text("")
+    assert pending_writes(str(tmp_path)) == []
 
 
 def test_sampling_keeps_about_the_rate(tmp_path: Path) -> None:
@@ -465,3 +503,81 @@ def test_serving_monitor_publishes_gauges_and_summary(tmp_path: Path, profile: R
     shares = [registry.get_sample_value("edge_recent_class_share", {"class_name": n}) for n in CLASS_NAMES]
     assert sum(s or 0 for s in shares) == pytest.approx(1.0, abs=0.01)
     assert len(list(read_records(str(tmp_path / "log")))) == 300
+
+
+def test_drift_over_time_has_a_point_per_window_even_when_all_fall_in_one(profile: ReferenceProfile) -> None:
+    settings = load_settings({"EDGE_MONITOR_MIN_RECORDS": "100"})
+    # A simulation: 650 predictions within the same second. Runs of consecutive predictions instead.
+    burst = records_of(garments(650, seed=21), profile, 1_700_000_000.2, seed=21)
+    windows = drift.over_time(profile, burst, settings)
+    assert [w.count for w in windows] == [100] * 5 + [150]
+    assert all(w.enough and w.scores for w in windows)
+    assert windows[0].extra["window"] == "100 consecutive predictions (all came within 1 minute)"
+    # Traffic over 1 h 45 min: clock-aligned buckets, the smallest width giving at most 24 points.
+    spread = [
+        record
+        for hour in range(8)
+        for record in records_of(garments(120, seed=hour), profile, 1_700_000_000 + hour * 900, seed=hour)
+    ]
+    windows = drift.over_time(profile, spread, settings)
+    assert len(windows) == 8 and all(w.count == 120 for w in windows)
+    assert windows[0].extra["window"] == "5 minutes of predictions"
+    # Two hours of light traffic: no 15-minute bucket has enough to judge, so runs again.
+    light = [r for i, r in enumerate(spread) if i % 4 == 0]
+    windows = drift.over_time(profile, light, settings)
+    assert [w.count for w in windows] == [100, 140]
+    assert windows[0].extra["window"] == "100 consecutive predictions (too few windows of 5 minutes to judge)"
+    # Too few for any window: one point, not judged, rather than an empty chart.
+    [few] = drift.over_time(profile, burst[:40], settings)
+    assert few.count == 40 and not few.enough
+
+
+def test_report_judges_each_simulated_phase_and_shows_both_limits(
+    tmp_path: Path, profile: ReferenceProfile
+) -> None:
+    from typer.testing import CliRunner
+
+    from edge.cli import app
+    from edge.monitoring.log import Phase, write_phases
+
+    model = model_folder(tmp_path, profile)
+    log_dir = tmp_path / "log"
+    start = datetime.now(UTC) - timedelta(minutes=5)
+    clean = records_of(garments(300, seed=31), profile, start.timestamp() + 1, seed=31)
+    dark = records_of(garments(300, seed=32) * 0.3, profile, start.timestamp() + 11, seed=32)
+    for record in clean:
+        del record["embedding"]
+    write_log(log_dir, clean + dark)
+    write_phases(
+        str(log_dir),
+        "run1",
+        [
+            Phase("clean", start, start + timedelta(seconds=10), 300, "run1"),
+            Phase("darkened", start + timedelta(seconds=10), start + timedelta(seconds=20), 300, "run1"),
+        ],
+    )
+    out = tmp_path / "out"
+    result = CliRunner().invoke(
+        app, ["monitor", "report", "--source", str(log_dir), "--model-dir", str(model), "--out-dir", str(out)]
+    )
+    assert result.exit_code == 3, result.output
+    assert "Drift by simulated phase" in result.output
+    summary = json.loads((out / "summary.json").read_text())
+    assert [(p["phase"], p["count"], p["status"]) for p in summary["phases"]] == [
+        ("clean", 300, "ok"),
+        ("darkened", 300, "alert"),
+    ]
+    assert summary["phases"][1]["scores"]["input.mean"]["alert"] is True
+    # The clean phase's records carry no embedding: MMD could not run there, and no score is made up.
+    assert "embedding" not in summary["phases"][0]["scores"]
+    assert "embedding" in summary["phases"][1]["scores"]
+    ks = summary["scores"]["input.mean"]
+    assert (ks["statistic_limit"], ks["p_value_limit"]) == (0.1, 0.01)
+    chi2 = summary["scores"]["class_mix"]
+    assert (chi2["statistic_limit"], chi2["p_value_limit"]) == (None, 0.001)
+    page = (out / "report.html").read_text()
+    assert "<th>alert above</th><th>p-value</th>\n<th>alert below</th>" in page
+    assert "<td>input.mean</td><td>ks</td>" in page
+    phases = page.split('<table id="phases">', 1)[1].split("</table>", 1)[0]
+    assert "<td>clean</td>" in phases and "<td>darkened</td>" in phases and "<strong>" in phases
+    assert 'id="window">Judged: <strong>the last 2,000 predictions of model version abc</strong>' in page

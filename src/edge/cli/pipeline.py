@@ -8,6 +8,7 @@ from pathlib import Path
 from typing import Annotated
 
 import typer
+from rich.markup import escape
 from rich.table import Table
 
 from edge import lineage, storage, tracking, verdict
@@ -90,6 +91,9 @@ def train(
     where = on or _default_train_on()
     if where not in ("local", "vertex"):
         fail(f"--on {where}: choose local or vertex")
+    with friendly_errors():
+        # Before minutes of training, not after them: a place the model could not be published to.
+        storage.check_publish_target(model_dir)
     if where == "vertex":
         from edge.cli.vertex import train_on_vertex
 
@@ -132,7 +136,8 @@ def _default_train_on() -> str:
 def _tracking_url_from_secret() -> None:
     """In a Vertex job: read the tracking URL from the Secret Manager version named by the job's env.
 
-    Only into this process's environment; an unreadable secret leaves the run to the journal.
+    Only into this process's environment; an unreadable secret leaves the run to the journal, and the
+    warning says why it could not be read and what to check.
     """
     version = os.environ.get("EDGE_TRACKING_SECRET")
     if not version or os.environ.get(tracking.observers.TRACKING_URL_ENV):
@@ -141,12 +146,48 @@ def _tracking_url_from_secret() -> None:
         from edge.cloud.clients import read_secret
 
         os.environ[tracking.observers.TRACKING_URL_ENV] = read_secret(version)
-    except Exception as exc:  # no secret, no permission, no network: the journal still records the run
+    except Exception as exc:  # the journal records the run whatever went wrong: never fail training
         console.print(
-            f"[yellow]warning:[/] the tracking URL in {version} could not be read ({type(exc).__name__}); "
-            "the run is recorded in the journal only",
+            f"[yellow]warning:[/] the tracking URL could not be read from {version}: "
+            f"{escape(secret_problem(exc))}. The run is recorded in the journal only; once the URL can "
+            "be read, `edge experiments sync` sends it to MongoDB.",
+            highlight=False,
             soft_wrap=True,
         )
+
+
+# Secret Manager's answers, by HTTP status (google-api-core's `GoogleAPICallError.code`), and what to
+# check. Access needs `secretmanager.versions.access`, granted by roles/secretmanager.secretAccessor
+# (https://cloud.google.com/secret-manager/docs/access-control).
+_SECRET_PROBLEMS = {
+    401: "the credentials were refused; check the job's service account (or your "
+    "`gcloud auth application-default login`)",
+    403: "no permission; check that the job's service account has roles/secretmanager.secretAccessor on "
+    "the secret and that the Secret Manager API is enabled (`edge setup` grants both)",
+    404: "no such secret or version; check EDGE_TRACKING_SECRET (projects/PROJECT/secrets/NAME/versions/"
+    "VERSION) and tracking_secret in edge.yaml, or run `edge setup` to create it",
+    400: "the version cannot be read (disabled, destroyed or misnamed); enable it or add a new version",
+}
+_NETWORK_CODES = {408, 429, 500, 502, 503, 504}
+_NETWORK = "Secret Manager could not be reached; check the network and the endpoint, then retry"
+
+
+def secret_problem(exc: BaseException) -> str:
+    """Say what went wrong reading a secret, and what to check, from a google-api-core error or other."""
+    code = getattr(exc, "code", None)
+    detail = str(getattr(exc, "message", None) or exc).strip()
+    # api_core's REST errors start with "<METHOD> <url>: "; the URL says nothing the user needs.
+    if detail.split(" ", 1)[0] in {"GET", "POST"} and ": " in detail:
+        detail = detail.split(": ", 1)[1]
+    detail = detail.splitlines()[0] if detail else type(exc).__name__
+    if isinstance(code, int) and code in _SECRET_PROBLEMS:
+        return f"{_SECRET_PROBLEMS[code]} ({code} {detail})"
+    network = isinstance(exc, OSError) or (isinstance(code, int) and code in _NETWORK_CODES)
+    # Transport failures that are not OSErrors: google-auth's TransportError, api_core's RetryError.
+    network = network or type(exc).__name__ in {"TransportError", "RetryError"}
+    if network:
+        return f"{_NETWORK} ({type(exc).__name__}: {detail})"
+    return f"{type(exc).__name__}: {detail}"
 
 
 def _run_folders(journal: Path) -> set[str]:

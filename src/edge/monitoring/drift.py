@@ -15,7 +15,7 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from datetime import datetime
 from typing import Any
 
@@ -36,7 +36,12 @@ SIGNALS = ("input.mean", "input.std", "input.ink", "input.intensity", "confidenc
 
 @dataclass(frozen=True)
 class SignalScore:
-    """One signal's drift: the test, its statistic and p-value, the threshold and the verdict."""
+    """One signal's drift: the test, its statistic and p-value, their limits and the verdict.
+
+    `statistic_limit` is an effect size the statistic must exceed (KS, PSI), `p_value_limit` a
+    significance the p-value must fall under (KS, chi-square, MMD); a KS alert needs both. `threshold`
+    is the one limit the test is known by (the statistic's for KS and PSI, the p-value's otherwise).
+    """
 
     signal: str
     test: str
@@ -45,6 +50,8 @@ class SignalScore:
     alert: bool
     p_value: float | None = None
     note: str = ""
+    statistic_limit: float | None = None
+    p_value_limit: float | None = None
 
 
 @dataclass(frozen=True)
@@ -124,6 +131,8 @@ def _ks(
         settings.ks_threshold,
         statistic > settings.ks_threshold and p_value < settings.ks_pvalue,
         p_value,
+        statistic_limit=settings.ks_threshold,
+        p_value_limit=settings.ks_pvalue,
     )
 
 
@@ -135,7 +144,16 @@ def _class_mix(profile: ReferenceProfile, class_ids: np.ndarray, settings: Monit
     used = (recent + reference) > 0
     table = np.stack([reference[used], recent[used]])
     if used.sum() < 2:
-        return SignalScore("class_mix", "chi2", 0.0, settings.chi2_pvalue, False, 1.0, "a single class")
+        return SignalScore(
+            "class_mix",
+            "chi2",
+            0.0,
+            settings.chi2_pvalue,
+            False,
+            1.0,
+            "a single class",
+            p_value_limit=settings.chi2_pvalue,
+        )
     result = stats.chi2_contingency(table)
     p_value = float(result.pvalue)
     return SignalScore(
@@ -145,6 +163,7 @@ def _class_mix(profile: ReferenceProfile, class_ids: np.ndarray, settings: Monit
         settings.chi2_pvalue,
         p_value < settings.chi2_pvalue,
         p_value,
+        p_value_limit=settings.chi2_pvalue,
     )
 
 
@@ -172,7 +191,14 @@ def compare(
     pooled = np.mean([r["input"]["histogram"] for r in records], axis=0)
     value = psi(profile.intensity_histogram, pooled)
     scores.append(
-        SignalScore("input.intensity", "psi", value, settings.psi_threshold, value > settings.psi_threshold)
+        SignalScore(
+            "input.intensity",
+            "psi",
+            value,
+            settings.psi_threshold,
+            value > settings.psi_threshold,
+            statistic_limit=settings.psi_threshold,
+        )
     )
     scores.append(
         _ks("confidence", profile.confidence, np.asarray([r["confidence"] for r in records]), settings)
@@ -188,32 +214,82 @@ def compare(
         statistic, p_value = mmd_permutation_test(reference, recent, settings.mmd_permutations, rng)
         scores.append(
             SignalScore(
-                "embedding", "mmd", statistic, settings.mmd_pvalue, p_value < settings.mmd_pvalue, p_value
+                "embedding",
+                "mmd",
+                statistic,
+                settings.mmd_pvalue,
+                p_value < settings.mmd_pvalue,
+                p_value,
+                p_value_limit=settings.mmd_pvalue,
             )
         )
     elif with_mmd:
         scores.append(
             SignalScore(
-                "embedding", "mmd", 0.0, settings.mmd_pvalue, False, None, "too few records with embeddings"
+                "embedding",
+                "mmd",
+                0.0,
+                settings.mmd_pvalue,
+                False,
+                None,
+                "too few records with embeddings",
+                p_value_limit=settings.mmd_pvalue,
             )
         )
     return DriftResult(len(records), scores, mix, start, end)
 
 
+# Widths of the drift-over-time buckets, clock-aligned: the smallest that gives at most MAX_POINTS.
+BUCKET_SECONDS = (5, 15, 30, 60, 300, 900, 3600, 6 * 3600, 86_400, 7 * 86_400)
+MAX_POINTS = 24
+# Predictions that all came within this span (a simulation) are windowed by count, not by time.
+BURST_SECONDS = 60
+
+
 def over_time(
-    profile: ReferenceProfile, records: Sequence[Record], settings: MonitoringSettings, windows: int = 12
+    profile: ReferenceProfile, records: Sequence[Record], settings: MonitoringSettings
 ) -> list[DriftResult]:
-    """Score consecutive time windows of `records` (MMD left out: its permutations cost the most)."""
-    # Each window needs enough records to be judged; fewer, wider windows rather than empty ones.
-    windows = max(1, min(windows, len(records) // settings.min_records))
+    """Score `records` window by window, a point per window (MMD left out: it costs the most).
+
+    Windows are clock-aligned time buckets (5 s to a week, the smallest width giving at most
+    MAX_POINTS); a bucket with fewer than min_records predictions is a point without scores. When
+    everything came within BURST_SECONDS (a simulation) or fewer than two buckets can be judged,
+    the windows are runs of consecutive predictions instead, min_records or more each. Each
+    result's `extra["window"]` names its window.
+    """
     ordered = sorted(records, key=lambda r: r["time"])
     if not ordered:
         return []
-    first = datetime.fromisoformat(ordered[0]["time"]).timestamp()
-    last = datetime.fromisoformat(ordered[-1]["time"]).timestamp()
-    span = max(last - first, 1e-9)
-    buckets: list[list[Record]] = [[] for _ in range(windows)]
-    for record in ordered:
-        offset = datetime.fromisoformat(record["time"]).timestamp() - first
-        buckets[min(int(offset / span * windows), windows - 1)].append(record)
-    return [compare(profile, bucket, settings, with_mmd=False) for bucket in buckets if bucket]
+    stamps = [datetime.fromisoformat(r["time"]).timestamp() for r in ordered]
+    width = next(
+        (w for w in BUCKET_SECONDS if int(stamps[-1] // w) - int(stamps[0] // w) < MAX_POINTS),
+        BUCKET_SECONDS[-1],
+    )
+    buckets: dict[int, list[Record]] = {}
+    for stamp, record in zip(stamps, ordered, strict=True):
+        buckets.setdefault(int(stamp // width), []).append(record)
+    groups = list(buckets.values())
+    name = f"{_duration(width)} of predictions"
+    burst = stamps[-1] - stamps[0] < BURST_SECONDS
+    if burst or sum(len(group) >= settings.min_records for group in groups) < 2:
+        size = max(settings.min_records, -(-len(ordered) // MAX_POINTS))
+        groups = [ordered[i : i + size] for i in range(0, len(ordered), size)]
+        if len(groups) > 1 and len(groups[-1]) < settings.min_records:
+            last = groups.pop()
+            groups[-1] = groups[-1] + last
+        name = (
+            f"{size:,} consecutive predictions (all came within {_duration(BURST_SECONDS)})"
+            if burst
+            else f"{size:,} consecutive predictions (too few windows of {_duration(width)} to judge)"
+        )
+    return [
+        replace(compare(profile, group, settings, with_mmd=False), extra={"window": name}) for group in groups
+    ]
+
+
+def _duration(seconds: int) -> str:
+    for unit, length in (("week", 604_800), ("day", 86_400), ("hour", 3600), ("minute", 60)):
+        if seconds % length == 0:
+            count = seconds // length
+            return f"{count} {unit}s" if count > 1 else f"1 {unit}"
+    return f"{seconds} seconds"

@@ -6,14 +6,19 @@ the window against the reference profile every `gauge_seconds` when it has chang
 the JSON summary (what the webapp's status page shows) are therefore at most that old, and a
 request never waits for them.
 
-The served model may change (a hot reload): when records of a new version arrive, the writer asks
-`resolve` for that version's profile and feature extractor, and starts a fresh window.
+The window is the last `window` predictions of the served model version, the same window a report
+judges by default (`window_label` names it on both). It survives restarts: as soon as the served
+version is known (`current`), the timer thread fills the window from the log's newest records of that
+version, so a restarted or redeployed server shows the picture it showed before. The served model may
+change (a hot reload): when records of a new version arrive, the writer asks `resolve` for that
+version's profile and feature extractor and starts a fresh window, which is filled from the log too.
 """
 
 from __future__ import annotations
 
 import logging
 import threading
+import time
 from collections import deque
 from collections.abc import Callable
 from datetime import UTC, datetime
@@ -23,7 +28,7 @@ import numpy as np
 from prometheus_client import CollectorRegistry, Gauge
 
 from edge.monitoring import drift
-from edge.monitoring.log import Predicted, PredictionLog, Record
+from edge.monitoring.log import Predicted, PredictionLog, Record, recent_records, window_label
 from edge.monitoring.profile import ReferenceProfile
 from edge.monitoring.settings import MonitoringSettings
 
@@ -31,6 +36,8 @@ log = logging.getLogger(__name__)
 # The live gauges run MMD with fewer permutations than a report: enough to flag p < 0.01 every
 # 15 seconds at a few tens of milliseconds.
 LIVE_PERMUTATIONS = 200
+# How often the timer thread looks for a version whose window is still to be filled from the log.
+FILL_POLL_SECONDS = 0.25
 
 FeatureExtractor = Callable[[np.ndarray], np.ndarray]
 # For a model version: its reference profile and its penultimate-layer feature extractor, if any.
@@ -40,9 +47,19 @@ Resolver = Callable[[str], tuple[ReferenceProfile | None, FeatureExtractor | Non
 class ServingMonitor:
     """The log of one server process and the drift gauges computed from its recent predictions."""
 
-    def __init__(self, settings: MonitoringSettings, registry: CollectorRegistry, resolve: Resolver) -> None:
+    def __init__(
+        self,
+        settings: MonitoringSettings,
+        registry: CollectorRegistry,
+        resolve: Resolver,
+        current: Callable[[], str | None] | None = None,
+    ) -> None:
         self.settings = settings.model_copy(update={"mmd_permutations": LIVE_PERMUTATIONS})
         self._resolve = resolve
+        self._current = current or (lambda: None)
+        # The version whose window was last filled from the log, and how many records that gave.
+        self._filled: str | None = None
+        self._from_log = 0
         self.version: str | None = None
         self.profile: ReferenceProfile | None = None
         self._features: FeatureExtractor | None = None
@@ -98,17 +115,53 @@ class ServingMonitor:
         return self
 
     def _tick(self) -> None:
-        while not self._stopping.wait(self.settings.gauge_seconds):
-            if self._changed:
-                self._changed = False
-                try:
-                    self.refresh()
-                except Exception:  # the gauges go stale; serving and the log carry on
-                    log.exception("monitoring: could not score the recent predictions")
+        next_refresh = time.monotonic() + self.settings.gauge_seconds
+        while not self._stopping.wait(FILL_POLL_SECONDS):
+            try:
+                version = self.version or self._current()
+                if version is not None and version != self._filled:
+                    self.fill_from_log(version)
+                if time.monotonic() >= next_refresh:
+                    next_refresh = time.monotonic() + self.settings.gauge_seconds
+                    if self._changed:
+                        self._changed = False
+                        self.refresh()
+            except Exception:  # the gauges go stale; serving and the log carry on
+                log.exception("monitoring: could not score the recent predictions")
+
+    def fill_from_log(self, version: str) -> int:
+        """Put the log's newest records of `version` in front of the window; return how many.
+
+        This process's own files are left out: their records are in the window already.
+        """
+        if self.version != version:
+            self._switch(version)
+        records: list[Record] = []
+        if self.settings.log:
+            try:
+                records = recent_records(
+                    self.settings.log, version, self.settings.window, skip_writer=self.log.writer_name
+                )
+            except Exception as exc:  # an unreadable log: the window starts from live predictions
+                log.warning("monitoring: cannot fill the window from %s: %s", self.settings.log, exc)
+        with self._lock:
+            if self.version != version:  # the model changed meanwhile: that version's turn comes
+                return 0
+            self._recent = deque([*records, *self._recent], maxlen=self.settings.window)
+            self._filled, self._from_log = version, len(records)
+        if records:
+            self.refresh()
+        return len(records)
 
     def observe(self, predicted: Predicted) -> None:
         """Hand one request's predictions to the log: sampled and queued, never blocking."""
         self.log.submit(predicted)
+
+    def flush(self, timeout: float = 10.0) -> bool:
+        """Write every prediction observed so far to the log and rescore the window; False if late."""
+        flushed = self.log.flush(timeout)
+        self.refresh()
+        return flushed
 
     def close(self, timeout: float = 10.0) -> None:
         """Write what is pending; called when the server stops."""
@@ -137,7 +190,22 @@ class ServingMonitor:
         with self._lock:
             self.version, self.profile, self._features = version, profile, features
             self._recent.clear()
-            self._summary = {"status": "no predictions yet" if profile else "no reference profile"}
+            self._filled, self._from_log = None, 0
+            self._summary = {
+                "status": "no predictions yet" if profile else "no reference profile",
+                "model_version": version,
+                "window": self._window(version, []),
+            }
+
+    def _window(self, version: str, recent: list[Record]) -> dict[str, Any]:
+        """Name the window: the same label a default report gives the same predictions."""
+        return {
+            "label": window_label(self.settings.window, version),
+            "size": self.settings.window,
+            "count": len(recent),
+            "from_log": min(self._from_log, len(recent)),
+            "version": version,
+        }
 
     def _on_records(self, records: list[Record]) -> None:
         with self._lock:
@@ -148,7 +216,7 @@ class ServingMonitor:
         """Score the recent window now and publish the gauges and the summary."""
         with self._lock:
             profile, version, recent = self.profile, self.version, list(self._recent)
-        if profile is None:
+        if profile is None or version is None:
             return
         result = drift.compare(profile, recent, self.settings)
         for name, share in zip(profile.class_names, result.recent_class_mix, strict=False):
@@ -167,6 +235,6 @@ class ServingMonitor:
                 "updated": datetime.now(UTC).isoformat(timespec="seconds"),
                 "class_names": profile.class_names,
                 "reference_class_mix": profile.class_mix,
-                "window": self.settings.window,
+                "window": self._window(version, recent),
                 **result.to_dict(),
             }

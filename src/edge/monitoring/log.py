@@ -9,6 +9,12 @@ fails a prediction.
 Files are named `<prefix>/YYYY/MM/DD/predictions-<UTC time>-<host>-<pid>-<seq>.jsonl`, each written
 whole (a local temporary file renamed into place; on GCS an object appears only once uploaded), so
 a reader, or a process killed mid-write, never leaves or sees half a file.
+
+A reader must not mistake records not written yet for records that never came: while the writer holds
+records, it keeps a small notice `<prefix>/_pending/<time>-<host>-<pid>-<n>.json` saying since when
+and by when file `n` will hold them (`pending_writes` reads them; `edge monitor report` waits for
+them), and removes it once they are (where it may delete). `flush` writes everything queued at once
+(the server's `POST /monitoring/flush`).
 """
 
 from __future__ import annotations
@@ -23,7 +29,7 @@ import threading
 import time
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, replace
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -47,6 +53,40 @@ FILE_SUFFIX = ".jsonl"
 # reach the drift gauges and files that much later, which nothing notices.
 DRAIN_REQUESTS = 512
 GATHER_SECONDS = 0.05
+PENDING_DIR = "_pending"
+# `edge monitor simulate` records the time span of each phase it sent here, beside the log's files.
+PHASES_DIR = "_phases"
+
+
+class _Flush:
+    """A request, queued behind the records before it, to write everything held so far."""
+
+    def __init__(self) -> None:
+        self.done = threading.Event()
+
+
+@dataclass(frozen=True)
+class PendingWrite:
+    """A writer's notice that it holds records written by `due` at the latest."""
+
+    writer: str
+    since: datetime
+    due: datetime
+    host: str = ""
+    pid: int = 0
+    sequence: int = 0
+
+    def gone(self) -> bool:
+        """Tell whether the writer is known to have stopped: a process of this host that has ended."""
+        if self.host != socket.gethostname() or self.pid <= 0:
+            return False  # another machine's process: only its lateness can tell
+        try:
+            os.kill(self.pid, 0)
+        except ProcessLookupError:
+            return True
+        except PermissionError:
+            return False
+        return False
 
 
 @dataclass(frozen=True)
@@ -102,7 +142,7 @@ class PredictionLog:
         queue_size: int = 10_000,
         file_records: int = 5_000,
         file_bytes: int = 8_000_000,
-        file_seconds: float = 60.0,
+        file_seconds: float = 5.0,
         log_inputs: bool = False,
         registry: CollectorRegistry | None = None,
         embed: Embedder | None = None,
@@ -122,13 +162,17 @@ class PredictionLog:
         self.on_records = on_records
         self.metrics = LogMetrics(registry if registry is not None else CollectorRegistry())
         self._writer = writer
-        self._queue: queue.Queue[Predicted | None] = queue.Queue(maxsize=queue_size)
+        self._queue: queue.Queue[Predicted | _Flush | None] = queue.Queue(maxsize=queue_size)
         self._random = random.Random(seed)
         # The writer's own generator: random.Random is not shared between threads here.
         self._embed_random = random.Random(None if seed is None else seed + 1)
         self._thread: threading.Thread | None = None
         self._sequence = 0
         self._name_stem = f"{socket.gethostname()}-{os.getpid()}"
+        # The current pending notice, if any, and the sequence number of the file it announces.
+        self._announced: str | None = None
+        self._announced_sequence: int | None = None
+        self._may_delete = True
 
     def start(self) -> PredictionLog:
         """Start the writer thread; returns self."""
@@ -171,6 +215,18 @@ class PredictionLog:
             return
         self.metrics.queue_depth.set(self._queue.qsize())
 
+    def flush(self, timeout: float = 10.0) -> bool:
+        """Write every record submitted before this call now; return whether that finished in time."""
+        if self._thread is None or not self._thread.is_alive():
+            return True
+        request = _Flush()
+        try:
+            # Behind the records already queued, so they are all written when it is done.
+            self._queue.put(request, timeout=timeout)
+        except queue.Full:
+            return False
+        return request.done.wait(timeout)
+
     def close(self, timeout: float = 10.0) -> bool:
         """Write what is queued and stop the writer; return whether it finished within `timeout`."""
         if self._thread is None:
@@ -193,7 +249,7 @@ class PredictionLog:
         stopping = False
         while not stopping:
             wait = max(0.0, opened + self.file_seconds - time.monotonic()) if lines else None
-            items, stopping = self._take(wait)
+            items, flushes, stopping = self._take(wait)
             if items:
                 self.metrics.queue_depth.set(self._queue.qsize())
                 if not lines:
@@ -208,30 +264,84 @@ class PredictionLog:
                         lines, size = [], 0
             if self.location is None:
                 lines, size = [], 0
-            if lines and (stopping or time.monotonic() - opened >= self.file_seconds):
+            due = stopping or bool(flushes) or time.monotonic() - opened >= self.file_seconds
+            if lines and due:
                 self._write(lines)
                 lines, size = [], 0
+            self._announce(bool(lines), opened)
+            for request in flushes:
+                request.done.set()
 
-    def _take(self, wait: float | None) -> tuple[list[Predicted], bool]:
+    def _take(self, wait: float | None) -> tuple[list[Predicted], list[_Flush], bool]:
         """Wait up to `wait` s for a request, then take the others queued (up to DRAIN_REQUESTS);
-        the flag is true once `close` asked to stop."""
+        also the flush requests among them, and a flag that is true once `close` asked to stop."""
         try:
             item = self._queue.get(timeout=wait)
         except queue.Empty:
-            return [], False
-        if item is not None:
+            return [], [], False
+        if isinstance(item, Predicted):
             # Let the turn fill up: one call for a hundred requests costs about what one request's does.
             time.sleep(GATHER_SECONDS)
         items: list[Predicted] = []
+        flushes: list[_Flush] = []
         while item is not None:
-            items.append(item)
+            if isinstance(item, _Flush):
+                flushes.append(item)
+            else:
+                items.append(item)
             if len(items) >= DRAIN_REQUESTS:
-                return items, False
+                return items, flushes, False
             try:
                 item = self._queue.get_nowait()
             except queue.Empty:
-                return items, False
-        return items, True
+                return items, flushes, False
+        return items, flushes, True
+
+    def _announce(self, holding: bool, opened: float) -> None:
+        """Keep the notice of records held but not written yet in step with the buffer.
+
+        A notice is named after its time and the file that will hold the records
+        (`<UTC time>-<writer>-<sequence>.json`), so it is only ever created, never overwritten: a
+        writer allowed to create objects only (GCS's roles/storage.objectCreator) can keep it. It
+        is deleted once that file is written, where deleting is allowed; a reader tells a delivered
+        notice by the file, either way.
+        """
+        if self.location is None:
+            return
+        upcoming = self._sequence + 1 if holding else None
+        if upcoming == self._announced_sequence:
+            return
+        if self._announced is not None:
+            self._retire(self._announced)
+        self._announced, self._announced_sequence = None, None
+        if upcoming is None:
+            return
+        now = datetime.now(UTC)
+        name = f"{now:%Y%m%dT%H%M%S%fZ}-{self._name_stem}-{upcoming:06d}.json"
+        notice = storage.join(self.location, PENDING_DIR, name)
+        due = now + timedelta(seconds=max(0.0, opened + self.file_seconds - time.monotonic()))
+        body = {
+            "writer": self._name_stem,
+            "host": socket.gethostname(),
+            "pid": os.getpid(),
+            "sequence": upcoming,
+            "since": now.isoformat(),
+            "due": due.isoformat(),
+        }
+        try:
+            storage.write_text(notice, json.dumps(body) + "\n")
+            self._announced, self._announced_sequence = notice, upcoming
+        except Exception as exc:  # a reader then sees the log as it is, without the notice
+            log.warning("prediction log: cannot write %s: %s", notice, exc)
+
+    def _retire(self, notice: str) -> None:
+        if not self._may_delete:
+            return
+        try:
+            storage.remove(notice)
+        except Exception as exc:  # no delete permission: the written file tells readers instead
+            self._may_delete = False
+            log.info("prediction log: leaving delivered notices in place (%s: %s)", notice, exc)
 
     def _lines(self, items: list[Predicted]) -> list[str]:
         try:
@@ -257,6 +367,11 @@ class PredictionLog:
         if self.embed_rate >= 1.0:
             return None
         return [i for i in range(len(predicted.class_ids)) if self._embed_random.random() < self.embed_rate]
+
+    @property
+    def writer_name(self) -> str:
+        """`<host>-<pid>`: the part of this writer's file names that tells them from other writers'."""
+        return self._name_stem
 
     def _write(self, lines: list[str]) -> None:
         assert self.location is not None
@@ -384,11 +499,10 @@ def _is_log_file(name: str) -> bool:
     return name.startswith(FILE_PREFIX) and name.endswith(FILE_SUFFIX)
 
 
-def _file_time(name: str) -> datetime | None:
+def _file_time(name: str, prefix: str = FILE_PREFIX) -> datetime | None:
+    """The UTC time at the start of a log file's (or, with no prefix, a notice's) name."""
     try:
-        return datetime.strptime(name[len(FILE_PREFIX) : len(FILE_PREFIX) + 22], "%Y%m%dT%H%M%S%fZ").replace(
-            tzinfo=UTC
-        )
+        return datetime.strptime(name[len(prefix) : len(prefix) + 22], "%Y%m%dT%H%M%S%fZ").replace(tzinfo=UTC)
     except ValueError:
         return None
 
@@ -409,3 +523,156 @@ def read_records(source: str, since: datetime | None = None) -> Iterator[Record]
                 raise ValueError(f"{uri} line {number} is not valid JSON: {exc}") from exc
             if since is None or datetime.fromisoformat(record["time"]) >= since:
                 yield record
+
+
+def pending_writes(source: str, newer_than: datetime | None = None) -> list[PendingWrite]:
+    """The notices of writers still holding records for the log at `source` (see the module doc).
+
+    A notice is delivered, and left out, once its writer's file of that sequence number (or a
+    later one) is in the log; so are notices older than `newer_than`. Only the log's day folders
+    from the oldest notice on are listed to tell.
+    """
+    folder = storage.join(source, PENDING_DIR)
+    if not storage.is_dir(folder):
+        return []
+    candidates: list[tuple[str, datetime, str, int]] = []
+    for name in storage.list_dir(folder):
+        since = _file_time(name, prefix="")
+        if since is None or not name.endswith(".json") or (newer_than is not None and since < newer_than):
+            continue
+        writer, sequence = _writer_and_sequence(name[23 : -len(".json")])
+        candidates.append((name, since, writer, sequence))
+    if not candidates:
+        return []
+    written = _written_sequences(source, min(since for _, since, _, _ in candidates))
+    found = []
+    for name, _, writer, sequence in candidates:
+        if sequence <= written.get(writer, 0):
+            continue
+        uri = storage.join(folder, name)
+        try:
+            body = json.loads(storage.read_text(uri))
+            found.append(
+                PendingWrite(
+                    str(body["writer"]),
+                    datetime.fromisoformat(body["since"]),
+                    datetime.fromisoformat(body["due"]),
+                    str(body.get("host", "")),
+                    int(body.get("pid", 0)),
+                    int(body.get("sequence", sequence)),
+                )
+            )
+        except FileNotFoundError:
+            continue  # delivered and deleted in the meantime
+        except (ValueError, KeyError, TypeError) as exc:
+            raise ValueError(f"{uri} is not a pending-write notice: {exc}") from exc
+    return sorted(found, key=lambda p: p.due)
+
+
+def _written_sequences(source: str, since: datetime) -> dict[str, int]:
+    """The highest file sequence number of each writer in the log's day folders from `since` on."""
+    written: dict[str, int] = {}
+    day = since.astimezone(UTC).date()
+    while day <= datetime.now(UTC).date() + timedelta(days=1):
+        folder = storage.join(source, f"{day:%Y}", f"{day:%m}", f"{day:%d}")
+        day += timedelta(days=1)
+        try:
+            files = list_log_files(folder)
+        except FileNotFoundError:
+            continue
+        for uri in files:
+            name = uri.rsplit("/", 1)[-1]
+            writer, sequence = _writer_and_sequence(name[len(FILE_PREFIX) + 23 : -len(FILE_SUFFIX)])
+            written[writer] = max(written.get(writer, 0), sequence)
+    return written
+
+
+def _writer_and_sequence(stem: str) -> tuple[str, int]:
+    """Split `<host>-<pid>-<sequence>` (a notice's or a log file's tail) into writer and sequence."""
+    writer, _, sequence = stem.rpartition("-")
+    return writer, int(sequence) if sequence.isdigit() else 0
+
+
+def recent_records(
+    source: str, version: str, limit: int, *, skip_writer: str | None = None, max_files: int = 2_000
+) -> list[Record]:
+    """Return the newest `limit` records of model `version` under `source`, oldest first.
+
+    Files are read newest first until `limit` records are found, at most `max_files` of them (the
+    cost of a server's start on a long log); files of writer `skip_writer` (`<host>-<pid>`, the
+    caller's own) are left out.
+    """
+    found: list[Record] = []
+    try:
+        files = list_log_files(source)
+    except FileNotFoundError:
+        return []
+    read = 0
+    for uri in reversed(files):
+        if len(found) >= limit or read >= max_files:
+            break
+        name = uri.rsplit("/", 1)[-1]
+        if skip_writer and f"-{skip_writer}-" in name:
+            continue
+        read += 1
+        lines = storage.read_text(uri).splitlines()
+        records = [json.loads(line) for line in lines if line.strip()]
+        found += [r for r in reversed(records) if r.get("version") == version][: limit - len(found)]
+    return sorted(found, key=lambda r: str(r["time"]))
+
+
+def window_label(size: int, version: str) -> str:
+    """Name the window both the server's live drift and a default report judge."""
+    return f"the last {size:,} predictions of model version {version}"
+
+
+@dataclass(frozen=True)
+class Phase:
+    """One phase of an `edge monitor simulate` run: what was sent, and when."""
+
+    name: str
+    start: datetime
+    end: datetime
+    images: int
+    run: str
+
+
+def write_phases(source: str, run: str, phases: Sequence[Phase]) -> str:
+    """Record a simulation's phases beside the log under `source`; return where."""
+    uri = storage.join(source, PHASES_DIR, f"simulate-{run}.json")
+    body = {
+        "run": run,
+        "phases": [
+            {"phase": p.name, "start": p.start.isoformat(), "end": p.end.isoformat(), "images": p.images}
+            for p in phases
+        ],
+    }
+    storage.write_text(uri, json.dumps(body, indent=2) + "\n")
+    return uri
+
+
+def read_phases(source: str) -> list[Phase]:
+    """Every simulation phase recorded beside the log under `source`, oldest first."""
+    folder = storage.join(source, PHASES_DIR)
+    if not storage.is_dir(folder):
+        return []
+    phases: list[Phase] = []
+    for name in storage.list_dir(folder):
+        if not (name.startswith("simulate-") and name.endswith(".json")):
+            continue
+        uri = storage.join(folder, name)
+        try:
+            body = json.loads(storage.read_text(uri))
+            phases += [
+                Phase(
+                    str(p["phase"]),
+                    datetime.fromisoformat(p["start"]),
+                    datetime.fromisoformat(p["end"]),
+                    int(p["images"]),
+                    str(body["run"]),
+                )
+                for p in body["phases"]
+            ]
+        except (ValueError, KeyError, TypeError) as exc:
+            raise ValueError(f"{uri} is not a simulation's phase record: {exc}") from exc
+    return sorted(phases, key=lambda p: p.start)

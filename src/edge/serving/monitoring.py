@@ -1,8 +1,9 @@
 """The model server's side of monitoring: each answered prediction goes to the ServingMonitor.
 
 `install` registers a prediction observer (it only samples and enqueues, on the event loop), the
-drift and class-mix gauges in the server's Prometheus registry, and `GET /monitoring`, the JSON
-summary the webapp's status page reads.
+drift and class-mix gauges in the server's Prometheus registry, `GET /monitoring`, the JSON
+summary the webapp's status page reads, and `POST /monitoring/flush`, which writes every prediction
+answered so far to the log and rescores the window (`edge monitor simulate` calls it when done).
 """
 
 from __future__ import annotations
@@ -20,6 +21,7 @@ from edge.serving.app import HOLDER, METRICS, SETTINGS, PredictionEvent, add_pre
 
 MONITOR = web.AppKey("edge_monitor", ServingMonitor)
 ROUTE = "/monitoring"
+FLUSH_ROUTE = "/monitoring/flush"
 
 
 def install(app: web.Application, settings: MonitoringSettings) -> ServingMonitor:
@@ -33,7 +35,12 @@ def install(app: web.Application, settings: MonitoringSettings) -> ServingMonito
         features = predictor.embed if current and predictor is not None else None
         return load_profile(model_uri), features
 
-    monitor = ServingMonitor(settings, app[METRICS].registry, resolve)
+    def current() -> str | None:
+        # The served version once the model is loaded: its window is filled from the log then.
+        predictor = app[HOLDER].predictor
+        return predictor.version if predictor is not None else None
+
+    monitor = ServingMonitor(settings, app[METRICS].registry, resolve, current)
     app[MONITOR] = monitor
 
     def observe(event: PredictionEvent) -> None:
@@ -60,8 +67,14 @@ def install(app: web.Application, settings: MonitoringSettings) -> ServingMonito
     async def summary(request: web.Request) -> web.Response:
         return web.json_response(request.app[MONITOR].summary())
 
+    async def flush(request: web.Request) -> web.Response:
+        # Everything answered so far is written to the log and scored, for a report run right after.
+        flushed = await asyncio.to_thread(request.app[MONITOR].flush)
+        return web.json_response({"flushed": flushed}, status=200 if flushed else 503)
+
     add_prediction_observer(app, observe)
     app.router.add_get(ROUTE, summary, name="monitoring")
+    app.router.add_post(FLUSH_ROUTE, flush, name="monitoring-flush")
     app.on_startup.append(start)
     app.on_cleanup.append(stop)
     return monitor
