@@ -289,6 +289,7 @@ def _progress(epochs: int, steps: int, precision: Precision) -> keras.callbacks.
 
     class Progress(keras.callbacks.Callback):  # type: ignore[misc]
         started = 0.0
+        epochs_done = 0
 
         def on_train_begin(self, logs: dict[str, Any] | None = None) -> None:
             self.started = time.perf_counter()
@@ -298,11 +299,14 @@ def _progress(epochs: int, steps: int, precision: Precision) -> keras.callbacks.
             )
 
         def on_train_batch_end(self, batch: int, logs: dict[str, Any] | None = None) -> None:
-            if batch + 1 == ESTIMATE_AFTER_STEPS and epochs * steps > ESTIMATE_AFTER_STEPS:
+            # `batch` counts within an epoch: only the first epoch's count is steps since the start.
+            first_epoch = not self.epochs_done
+            if first_epoch and batch + 1 == ESTIMATE_AFTER_STEPS and epochs * steps > ESTIMATE_AFTER_STEPS:
                 per_step = (time.perf_counter() - self.started) / ESTIMATE_AFTER_STEPS
                 say(f"Estimated training time: {_duration(per_step * epochs * steps)}.")
 
         def on_epoch_end(self, epoch: int, logs: dict[str, Any] | None = None) -> None:
+            self.epochs_done = epoch + 1
             elapsed = time.perf_counter() - self.started
             left = elapsed / (epoch + 1) * (epochs - epoch - 1)
             metrics = logs or {}

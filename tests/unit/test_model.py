@@ -160,3 +160,22 @@ def test_a_standardizing_model_sees_one_image_at_any_brightness_or_contrast() ->
     assert not np.allclose(
         np.asarray(plain(darker, training=False)), np.asarray(plain(images, training=False))
     )
+
+
+def test_training_says_its_precision_then_one_estimate_then_each_epoch(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    from edge.data import Split
+    from edge.train import train
+    from tests.datagen import NO_AUGMENTATION, synthetic_split
+
+    params = TrainParams.from_dict(
+        {"epochs": 3, "batch_size": 16, **NO_AUGMENTATION, "model": {"filters": [4], "dense_units": 8}}
+    )
+    train(Split(*synthetic_split(400, 1)), Split(*synthetic_split(50, 2)), params)
+    lines = capsys.readouterr().err.splitlines()
+    assert lines[0].startswith("Training 3 epochs of 25 steps in ") and "an estimate follows" in lines[0]
+    assert sum(line.startswith("Estimated training time: ") for line in lines) == 1
+    epochs = [line for line in lines if line.startswith("epoch ")]
+    assert [line.split(":")[0] for line in epochs] == ["epoch 1/3", "epoch 2/3", "epoch 3/3"]
+    assert "to go" in epochs[0] and "to go" not in epochs[-1]
