@@ -313,3 +313,30 @@ def test_a_failing_run_is_recorded_as_failed(in_project: Path, tmp_path: Path) -
     trace = "".join(run["fail_trace"])
     assert trace.startswith("Traceback") and "FileNotFoundError" in trace and "data/missing" in trace
     assert read(run_dir, "info.json")["git"]["dirty"] is True
+
+
+def test_a_run_whose_model_failed_its_suite_is_failed_with_its_checks(
+    in_project: Path, tmp_path: Path
+) -> None:
+    """Training itself succeeds (the evaluate stage must still judge the export and leave its
+    evidence), but the run says the model failed, and which checks, wherever runs are listed."""
+    runs = tmp_path / "runs"
+    params = in_project / "params.yaml"
+    original = params.read_text()
+    params.write_text(yaml.safe_dump({**TINY_PARAMS, "evaluate": {"min_accuracy": 0.999}}))
+    try:
+        done = sh(["edge", "pipeline", "train"], in_project, env={"EDGE_RUNS_DIR": str(runs)}, check=False)
+    finally:
+        params.write_text(original)
+    assert done.returncode == 0, done.stderr
+    (run_dir,) = run_dirs(runs)
+    run = read(run_dir, "run.json")
+    assert run["status"] == "FAILED"
+    assert "failed 1 check(s) of its test suite: accuracy" in "".join(run["fail_trace"])
+    verdict = read(run_dir, "info.json")["verdict"]
+    assert verdict["status"] == "failed" and verdict["failed_checks"][0].startswith("accuracy: ")
+    listed = edge("experiments", "list", "--runs-dir", str(runs), "--files", "--json")
+    (row,) = json.loads(listed.output)
+    assert row["status"] == "FAILED" and row["verdict"] == verdict
+    shown = edge("experiments", "show", run_dir.name, "--runs-dir", str(runs), "--files")
+    assert "verdict" in shown.output and "failed" in shown.output and "needs >= 0.999" in shown.output

@@ -80,6 +80,8 @@ def summary(run: RunRecord) -> dict[str, Any]:
     return {
         "id": run.id,
         "status": run.status,
+        # The model test suite's verdict at training time: passed or failed, and the failed checks.
+        "verdict": run.info.get("verdict"),
         "start": run.start.isoformat(timespec="seconds") if run.start else None,
         "duration_seconds": run.duration,
         "user": run.user,
