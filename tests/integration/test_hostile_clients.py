@@ -19,8 +19,8 @@ from tests.live_servers import LiveServer, model_server, webapp
 pytestmark = pytest.mark.slow
 
 FUZZ_REQUESTS = 10_000
-# Requests that announce more body than they send hold a connection for the body timeout (2 s):
-# 32 clients at once keep those waits from adding up (10k requests: ~110 s with 8, ~45 s with 32).
+# Requests that announce more body than they send, or never end their headers, hold a connection
+# until the servers' 2 s timeouts close it: 32 clients at once keep those waits from adding up.
 FUZZ_CLIENTS = 32
 SLOW_CLIENTS = 64
 # A /health that queued behind the slow clients would wait for them to be cut (seconds at least, or
