@@ -32,11 +32,10 @@ from typing import NoReturn
 import docker
 import docker.errors
 import pytest
-import requests
 
 from edge.cloud import images
 from edge.cloud.images import BuiltImage, PushedImage
-from tests.live_servers import free_port
+from tests.live_servers import free_port, stop, wait_until_ok
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 BASE_IMAGE = "python:3.11-slim-bookworm"  # the Dockerfiles' default PYTHON_IMAGE
@@ -72,16 +71,6 @@ def unique_tag(prefix: str = "test") -> str:
     return f"{prefix}-{secrets.token_hex(4)}"
 
 
-def _stop(process: subprocess.Popen[bytes], grace: float = 30.0) -> None:
-    if process.poll() is None:
-        process.terminate()
-        try:
-            process.wait(grace)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait(10)
-
-
 def _answering_client() -> docker.DockerClient | None:
     try:
         client = docker.from_env(timeout=600)
@@ -113,7 +102,7 @@ def running_engine(log_dir: Path) -> Iterator[docker.DockerClient]:
             time.sleep(0.5)
         yield client
     finally:
-        _stop(process)
+        stop(process)
 
 
 def ensure_base_image(client: docker.DockerClient, ref: str = BASE_IMAGE) -> str:
@@ -179,19 +168,13 @@ def running_registry(workdir: Path) -> Iterator[Registry]:
         process = subprocess.Popen([binary, "serve", str(config)], stdout=sink, stderr=subprocess.STDOUT)
     registry = Registry(f"127.0.0.1:{port}")
     try:
-        deadline = time.monotonic() + START_TIMEOUT
-        while True:
-            if process.poll() is not None or time.monotonic() > deadline:
-                raise UnavailableError(f"docker-registry did not start:\n{log.read_text(errors='replace')}")
-            try:
-                if requests.get(f"{registry.url}/v2/", timeout=2).status_code == 200:
-                    break
-            except requests.RequestException:
-                pass
-            time.sleep(0.2)
+        try:
+            wait_until_ok(process, f"{registry.url}/v2/", log, START_TIMEOUT)
+        except RuntimeError as exc:
+            raise UnavailableError(f"docker-registry did not start: {exc}") from exc
         yield registry
     finally:
-        _stop(process)
+        stop(process)
 
 
 def remove_image(client: docker.DockerClient, ref: str) -> None:

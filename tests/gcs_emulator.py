@@ -13,7 +13,6 @@ import os
 import secrets
 import subprocess
 import sys
-import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -22,7 +21,7 @@ from urllib.parse import quote
 import pytest
 import requests
 
-from tests.live_servers import free_port
+from tests.live_servers import free_port, stop, wait_until_ok
 
 EMULATOR = str(Path(sys.executable).with_name("gcp-storage-emulator"))
 START_TIMEOUT = 60.0
@@ -96,20 +95,6 @@ class GcsEmulator:
                 return sorted(names)
 
 
-def _wait_ready(emulator: GcsEmulator) -> None:
-    deadline = time.monotonic() + START_TIMEOUT
-    while time.monotonic() < deadline:
-        if emulator.process.poll() is not None:
-            raise RuntimeError(f"gcp-storage-emulator exited:\n{emulator.log.read_text(errors='replace')}")
-        try:
-            if requests.get(f"{emulator.url}/storage/v1/b", timeout=2).status_code == 200:
-                return
-        except requests.RequestException:
-            pass
-        time.sleep(0.2)
-    raise RuntimeError(f"gcp-storage-emulator not ready after {START_TIMEOUT:.0f} s")
-
-
 @pytest.fixture(scope="session")
 def gcs_emulator(tmp_path_factory: pytest.TempPathFactory) -> Iterator[GcsEmulator]:
     """A gcp-storage-emulator process for the whole session, in memory, on a free 127.0.0.1 port."""
@@ -123,15 +108,10 @@ def gcs_emulator(tmp_path_factory: pytest.TempPathFactory) -> Iterator[GcsEmulat
         )
     emulator = GcsEmulator(f"http://127.0.0.1:{port}", process, log)
     try:
-        _wait_ready(emulator)
+        wait_until_ok(process, f"{emulator.url}/storage/v1/b", log, START_TIMEOUT)
         yield emulator
     finally:
-        process.terminate()
-        try:
-            process.wait(10)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait(10)
+        stop(process, grace=10)
 
 
 @pytest.fixture

@@ -39,25 +39,30 @@ class LiveServer:
         return self.log.read_text(errors="replace")
 
 
-def _wait_healthy(server: LiveServer, health_path: str) -> None:
-    deadline = time.monotonic() + START_TIMEOUT
+def wait_until_ok(
+    process: subprocess.Popen[bytes], url: str, log: Path, timeout: float = START_TIMEOUT
+) -> None:
+    """Return once `url` answers 200; raise RuntimeError with the log if `process` exits or time runs out."""
+    deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
-        if server.process.poll() is not None:
-            raise RuntimeError(f"server exited with {server.process.returncode}:\n{server.output()}")
+        if process.poll() is not None:
+            output = log.read_text(errors="replace")
+            raise RuntimeError(f"{process.args!r} exited with {process.returncode}:\n{output}")
         try:
-            if requests.get(server.url + health_path, timeout=2).status_code == 200:
+            if requests.get(url, timeout=2).status_code == 200:
                 return
         except requests.RequestException:
             pass
-        time.sleep(0.3)
-    raise RuntimeError(f"server not healthy after {START_TIMEOUT:.0f} s:\n{server.output()}")
+        time.sleep(0.2)
+    raise RuntimeError(f"{url} did not answer 200 within {timeout:.0f} s:\n{log.read_text(errors='replace')}")
 
 
-def _stop(process: subprocess.Popen[bytes]) -> None:
+def stop(process: subprocess.Popen[bytes], grace: float = 30.0) -> None:
+    """Ask `process` to finish (SIGTERM), and kill it after `grace` seconds."""
     if process.poll() is None:
-        process.terminate()  # both servers finish their requests and exit on SIGTERM
+        process.terminate()
         try:
-            process.wait(30)
+            process.wait(grace)
         except subprocess.TimeoutExpired:
             process.kill()
             process.wait(10)
@@ -72,10 +77,10 @@ def running(
         process = subprocess.Popen(argv, stdout=sink, stderr=subprocess.STDOUT, env={**os.environ, **env})
     server = LiveServer(process, url, log)
     try:
-        _wait_healthy(server, health_path)
+        wait_until_ok(process, url + health_path, log)
         yield server
     finally:
-        _stop(process)
+        stop(process)  # both servers finish their requests and exit on SIGTERM
 
 
 @contextmanager

@@ -460,7 +460,8 @@ def _swap_in(staging: Path, target: Path) -> None:
     retired.replace(staging)
 
 
-def _pid_alive(pid: int) -> bool:
+def pid_alive(pid: int) -> bool:
+    """Whether a process with this id runs on this machine (somebody else's counts as alive)."""
     if pid == os.getpid():
         return True
     try:
@@ -484,7 +485,7 @@ def sweep_leftovers(target: str | Path) -> list[Path]:
         return removed
     for entry in target.parent.iterdir():
         match = _TEMP_NAME.match(entry.name)
-        if not match or match["name"] != target.name or _pid_alive(int(match["pid"])):
+        if not match or match["name"] != target.name or pid_alive(int(match["pid"])):
             continue
         if match["kind"] == "old" and not target.exists():
             entry.replace(target)

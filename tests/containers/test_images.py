@@ -13,7 +13,8 @@ import pytest
 from edge.cloud.images import BuiltImage
 from tests.docker_env import REPO_ROOT, Registry, remove_image, unique_tag
 
-pytestmark = pytest.mark.containers
+# Above the global 600 s: the first test to ask for an image builds it (the trainer is 2.5 GB).
+pytestmark = [pytest.mark.containers, pytest.mark.timeout(2400)]
 
 EDGE = str(Path(sys.executable).with_name("edge"))
 # Debian's client has BuildKit built in; the pull below is what a user would type.

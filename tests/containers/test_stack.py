@@ -34,7 +34,8 @@ from tests.datagen import NO_AUGMENTATION
 from tests.docker_env import IN_CI, REPO_ROOT, unique_tag
 from tests.live_servers import free_port
 
-pytestmark = pytest.mark.containers
+# Above the global 600 s: the first test to ask for an image builds it (the trainer is 2.5 GB).
+pytestmark = [pytest.mark.containers, pytest.mark.timeout(2400)]
 
 HEALTH_TIMEOUT = 300.0  # TensorFlow starts slowly in a container on a busy two-core machine
 TINY_PARAMS: dict[str, Any] = {

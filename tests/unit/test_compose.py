@@ -273,7 +273,7 @@ def test_webapp_image_serves_the_webapp_app_factory(compose: dict[str, Any]) -> 
     with pytest.raises(SystemExit) as asked_for_help:
         main(["--help"])
     assert asked_for_help.value.code == 0
-    assert "--threads" in args and "--header-timeout" in args and "--body-timeout" in args
+    assert "--threads" in args and "--channel-timeout" in args
 
 
 def test_dockerignore_keeps_data_secrets_and_caches_out_of_build_contexts() -> None:

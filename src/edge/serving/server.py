@@ -22,10 +22,6 @@ SHUTDOWN_SECONDS = 10.0
 class QuietBadRequests(logging.Filter):
     """Log a malformed request as one line, not a traceback: it is the client's fault, and an
     attacker must not be able to fill the log at a few hundred bytes a request.
-
-    Its twin is in services/webapp/src/edge_webapp/server.py:
-    the webapp's package must not depend on this one (nor this one on the webapp's), as each
-    image installs only its own.
     """
 
     def filter(self, record: logging.LogRecord) -> bool:

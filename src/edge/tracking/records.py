@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
 import socket
 import sys
 from collections.abc import Callable, Iterable
@@ -18,6 +17,7 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any, Protocol
 
+from edge.storage import pid_alive
 from edge.tracking.observers import MongoStore
 
 SHORT_ID = 8
@@ -237,9 +237,9 @@ def _record(
         uuid=meta.get("run_uuid") or info.get("run_uuid") or f"unknown-{backend_id}",
         backend_id=backend_id,
         status=effective_status(run),
-        start=_time(run.get("start_time")),
-        stop=_time(run.get("stop_time")),
-        heartbeat=_time(run.get("heartbeat")),
+        start=utc_time(run.get("start_time")),
+        stop=utc_time(run.get("stop_time")),
+        heartbeat=utc_time(run.get("heartbeat")),
         user=info.get("user"),
         host=dict(run.get("host") or {}),
         command=run.get("command"),
@@ -271,22 +271,12 @@ def effective_status(run: dict[str, Any], now: datetime | None = None) -> str:
         return status
     host = run.get("host") or {}
     pid = host.get("pid")
-    if host.get("hostname") == socket.gethostname() and isinstance(pid, int) and not _pid_alive(pid):
+    if host.get("hostname") == socket.gethostname() and isinstance(pid, int) and not pid_alive(pid):
         return "INTERRUPTED"
-    beat = _time(run.get("heartbeat")) or _time(run.get("start_time"))
+    beat = utc_time(run.get("heartbeat")) or utc_time(run.get("start_time"))
     if beat is not None and (now or datetime.now(UTC)) - beat > STALE_HEARTBEAT:
         return "INTERRUPTED"
     return status
-
-
-def _pid_alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True  # somebody else's process: alive
-    return True
 
 
 def _sorted(value: Any) -> Any:
@@ -297,9 +287,9 @@ def _sorted(value: Any) -> Any:
     return value
 
 
-def _time(value: Any) -> datetime | None:
+def utc_time(value: Any) -> datetime | None:
     """A UTC time to the millisecond, as MongoDB keeps it, from either backend's form."""
-    if value is None:
+    if not value:
         return None
     moment = value if isinstance(value, datetime) else datetime.fromisoformat(value)
     moment = moment.replace(microsecond=moment.microsecond // 1000 * 1000)

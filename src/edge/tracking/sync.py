@@ -32,6 +32,7 @@ from edge.tracking.records import (
     effective_status,
     read_file_run,
     read_json,
+    utc_time,
 )
 
 # What Sacred's MongoObserver writes as the document format; Omniboard reads it.
@@ -151,9 +152,9 @@ def _copy(run_dir: Path, run: dict[str, Any], store: MongoStore, existing: dict[
         "format": MONGO_FORMAT,
         "command": run.get("command"),
         "host": run.get("host", {}),
-        "start_time": _time(run.get("start_time")),
-        "stop_time": _time(run.get("stop_time")),
-        "heartbeat": _time(run.get("heartbeat")),
+        "start_time": utc_time(run.get("start_time")),
+        "stop_time": utc_time(run.get("stop_time")),
+        "heartbeat": utc_time(run.get("heartbeat")),
         "config": read_json(run_dir / "config.json", {}),
         "meta": run.get("meta", {}),
         "status": run.get("status"),
@@ -220,7 +221,7 @@ def _metrics(run_dir: Path, store: MongoStore, run_id: Any) -> list[dict[str, st
                 "name": name,
                 "steps": metric["steps"],
                 "values": metric["values"],
-                "timestamps": [_time(t) for t in metric["timestamps"]],
+                "timestamps": [utc_time(t) for t in metric["timestamps"]],
             },
         )
         refs.append({"name": name, "id": str(stored["_id"])})
@@ -274,10 +275,6 @@ def _sources(journal: Path, experiment: dict[str, Any], store: MongoStore) -> li
         file_id = existing._id if existing else fs.put(content, filename=filename, md5=md5)
         stored.append([name, file_id])
     return stored
-
-
-def _time(value: str | None) -> datetime | None:
-    return datetime.fromisoformat(value) if value else None
 
 
 def _read_text(path: Path) -> str:
