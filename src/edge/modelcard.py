@@ -126,16 +126,6 @@ def _metric_rows(card: Card) -> list[tuple[str, str]]:
     return rows
 
 
-PER_CLASS_HEADER = ("class", "precision", "recall", "f1")
-
-
-def _per_class_rows(card: Card) -> list[tuple[str, str, str, str]]:
-    per_class = card.suite.evaluation.per_class()
-    return [
-        (n, f"{s['precision']:.3f}", f"{s['recall']:.3f}", f"{s['f1']:.3f}") for n, s in per_class.items()
-    ]
-
-
 def _robustness_rows(card: Card) -> list[tuple[str, str, str]]:
     rows = [("clean", f"{card.suite.evaluation.accuracy:.2%}", "100.00%")]
     rows += [
@@ -169,13 +159,21 @@ def verdict_line(card: Card) -> str:
 def markdown(card: Card) -> str:
     """The card as Markdown."""
     m = card.metadata
+    per_class = card.suite.evaluation.per_class()
     parts = [
         f"# Model card: {m.get('name', 'model')} {m.get('version', '')}",
         "## Intended use\n\n" + INTENDED_USE,
         "## Limits\n\n" + LIMITS,
         "## Lineage\n\n" + _md_table(("", ""), _lineage_rows(m)),
         "## Metrics\n\n" + _md_table(("metric", "value"), _metric_rows(card)),
-        "## Per class (test set)\n\n" + _md_table(PER_CLASS_HEADER, _per_class_rows(card)),
+        "## Per class (test set)\n\n"
+        + _md_table(
+            ("class", "precision", "recall", "f1"),
+            [
+                (n, f"{s['precision']:.3f}", f"{s['recall']:.3f}", f"{s['f1']:.3f}")
+                for n, s in per_class.items()
+            ],
+        ),
         "## Robustness (test set)\n\nAccuracy under each perturbation, and the share of predictions "
         "that stay the same.\n\n"
         + _md_table(("perturbation", "accuracy", "unchanged"), _robustness_rows(card)),
@@ -267,6 +265,7 @@ def html_page(card: Card, plots: dict[str, bytes] | None = None) -> str:
     """The card as one self-contained HTML page: plots are embedded, nothing is fetched."""
     m = card.metadata
     plots = figures(card) if plots is None else plots
+    per_class = card.suite.evaluation.per_class()
     title = f"Model card: {m.get('name', 'model')} {m.get('version', '')}"
     sections = [
         f"<h1>{html.escape(title)}</h1>",
@@ -274,7 +273,14 @@ def html_page(card: Card, plots: dict[str, bytes] | None = None) -> str:
         f"<h2>Limits</h2><p>{html.escape(LIMITS)}</p>",
         "<h2>Lineage</h2>" + _html_table(("", ""), _lineage_rows(m)),
         "<h2>Metrics</h2>" + _html_table(("metric", "value"), _metric_rows(card)),
-        "<h2>Per class (test set)</h2>" + _html_table(PER_CLASS_HEADER, _per_class_rows(card)),
+        "<h2>Per class (test set)</h2>"
+        + _html_table(
+            ("class", "precision", "recall", "f1"),
+            [
+                (n, f"{s['precision']:.3f}", f"{s['recall']:.3f}", f"{s['f1']:.3f}")
+                for n, s in per_class.items()
+            ],
+        ),
         "<h2>Robustness (test set)</h2>"
         + _html_table(("perturbation", "accuracy", "unchanged"), _robustness_rows(card)),
         "<h2>Known failure modes</h2><ul>"
