@@ -14,6 +14,7 @@ import requests
 from edge.data import CLASS_NAMES, read_idx
 from tests.live_servers import EDGE, model_server
 from tests.serving_helpers import wait_until
+from tests.verdicts import judge
 
 pytestmark = pytest.mark.slow
 
@@ -30,6 +31,7 @@ def monitored_model(tmp_path_factory: pytest.TempPathFactory, real_fashion_sourc
     images = read_idx(real_fashion_source / "train-images-idx3-ubyte.gz")[:1000]
     profile = compute_profile(model, images, list(CLASS_NAMES))
     save_model(model, str(folder), metadata, extra_files={PROFILE_FILE: profile.to_json().encode()})
+    judge(folder)  # untrained, declared passed: these tests judge monitoring, not the model
     return folder
 
 

@@ -289,9 +289,9 @@ def up(
     model_argv += ["--host", host, "--port", str(model_port)]
     if allow_failed_model:
         model_argv.append("--allow-failed-model")
-    # As in the webapp's image: one process, 8 threads, slow clients held by the asyncio front.
+    # As in the webapp's image: one process, 8 threads; waitress holds slow clients, never a thread.
     webapp_argv = [sys.executable, "-m", "edge_webapp", "--host", host, "--port", str(webapp_port)]
-    webapp_argv += ["--threads", "8", "--header-timeout", "5", "--body-timeout", "30"]
+    webapp_argv += ["--threads", "8", "--channel-timeout", "30"]
     # Log predictions to predictions/ (gitignored) unless told otherwise, as compose does, so
     # `edge monitor report` has traffic to compare with the model's reference profile.
     model_env = dict(os.environ)
