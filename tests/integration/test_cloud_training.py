@@ -23,7 +23,7 @@ from typer.testing import CliRunner, Result
 from edge.cli import app
 from edge.cloud.training import content_hash
 from edge.pipeline import PrepareParams, prepare_stage
-from tests.cloud_env import PROJECT, endpoint_env, write_settings
+from tests.cloud_env import PROJECT, endpoint_env, ready_cloud, write_settings
 from tests.gcs_emulator import GcsEmulator
 from tests.standin.cloud import LocalCloud
 from tests.standin.gcs_front import GcsFront
@@ -57,7 +57,7 @@ def workspace(
 
 @contextlib.contextmanager
 def cloud(runner: ScriptedRunner, emulator: GcsEmulator) -> Iterator[tuple[LocalCloud, dict[str, str]]]:
-    with LocalCloud.start(runner) as local:
+    with ready_cloud(runner) as local:
         GcsFront(local.add(StandIn("storage")), emulator.url)
         env = {**endpoint_env(local), "EDGE_VERTEX_POLL_SECONDS": "0.05", "EDGE_CONFIG": "edge.yaml"}
         yield local, env

@@ -10,13 +10,14 @@ a fixed outcome for fast tests of the client's state handling.
 
 Stand-in-only differences: the variables in `container_env` (e.g. STORAGE_EMULATOR_HOST, so the
 container's gs:// I/O reaches the GCS emulator) are added to every container; the job error also
-carries the last log lines (the real service points to Cloud Logging instead); no service account,
-machine type or accelerator is enforced, and the container runs on this machine's CPU.
+carries the last log lines (the real service points to Cloud Logging instead); the container runs
+on this machine's CPU whatever the machine type (which is checked against Vertex's catalogue,
+tests/standin/vertex_catalogue.py). Creating a job that runs as a service account needs
+`iam.serviceAccounts.actAs` on it, as on Vertex.
 """
 
 from __future__ import annotations
 
-import itertools
 import threading
 import time
 import uuid
@@ -25,7 +26,8 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any, Protocol
 
-from tests.standin.server import ApiError, Request, StandIn
+from tests.standin.server import ApiError, Request, StandIn, new_id
+from tests.standin.vertex_catalogue import check_machine_spec
 
 # google.cloud.aiplatform.v1.JobState
 QUEUED, PENDING, RUNNING, SUCCEEDED, FAILED, CANCELLING, CANCELLED = 1, 2, 3, 4, 5, 6, 7
@@ -105,14 +107,13 @@ class VertexJobs:
         self.container_env = dict(container_env or {})
         self.locations = locations
         self.jobs: dict[str, Job] = {}
-        self._ids = itertools.count(int(time.time()) % 100000 * 1000)
         self._threads: list[threading.Thread] = []
         self.fail_next_create: ApiError | None = None
         base = "/v1/projects/{project}/locations/{location}/customJobs"
-        standin.route("POST", base)(self.create)
-        standin.route("GET", base + "/{job}")(self.get)
-        standin.route("GET", base)(self.list)
-        standin.route("POST", base + "/{job}:cancel")(self.cancel)
+        standin.route("POST", base, "aiplatform.customJobs.create")(self.create)
+        standin.route("GET", base + "/{job}", "aiplatform.customJobs.get")(self.get)
+        standin.route("GET", base, "aiplatform.customJobs.list")(self.list)
+        standin.route("POST", base + "/{job}:cancel", "aiplatform.customJobs.cancel")(self.cancel)
 
     # --- routes -----------------------------------------------------------------------------------
     def create(self, request: Request) -> dict[str, Any]:
@@ -131,7 +132,15 @@ class VertexJobs:
             raise ApiError(
                 400, "CustomJob.job_spec.worker_pool_specs[0].container_spec.image_uri is required."
             )
-        job_id = str(next(self._ids))
+        for index, pool in enumerate(pools):
+            check_machine_spec(pool.get("machineSpec") or {}, f"worker_pool_specs[{index}].machine_spec")
+        account = spec.get("serviceAccount")
+        access = self.standin.access
+        if account and access is not None:
+            owner = access.find(project)
+            assert owner is not None
+            access.act_as(request.principal, owner, account, "aiplatform.googleapis.com")
+        job_id = new_id(self.jobs)
         name = f"projects/{project}/locations/{location}/customJobs/{job_id}"
         resource = {
             "name": name,
