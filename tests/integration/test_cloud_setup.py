@@ -200,3 +200,20 @@ def test_a_bucket_of_another_project_is_named_as_such(
     assert done.exit_code == 1
     assert f"bucket {bucket} exists but you cannot read it" in done.output
     assert local_cloud.log.mutations() == []
+
+
+def test_a_service_account_iam_does_not_see_yet_says_to_run_again(
+    project: dict[str, object], local_cloud: LocalCloud
+) -> None:
+    # Google: a new service account can take a minute before a policy may bind it.
+    local_cloud.access.account_propagation = 3600
+    done = _setup(project, tracking_url=TRACKING_URL)
+    assert done.exit_code == 1
+    (line,) = [line for line in done.output.splitlines() if line.startswith("error:")]
+    assert f"Service account edge-jobs@{PROJECT}.iam.gserviceaccount.com does not exist." in line
+    assert "run the same command again in a minute" in line
+    assert "Traceback" not in done.output
+    local_cloud.access.account_propagation = 0  # a minute later
+    again = _setup(project, tracking_url=TRACKING_URL)
+    assert again.exit_code == 0, again.output
+    assert ACCOUNT in local_cloud.projects.policies.members(f"projects/{PROJECT}", PROJECT_ROLES[0])
