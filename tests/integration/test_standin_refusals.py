@@ -7,9 +7,12 @@ where Google sends one, so the client's real error handling runs (api_core's `re
 
 from __future__ import annotations
 
+import base64
+import json
 import sys
 import time
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -378,3 +381,94 @@ def test_a_server_that_never_gets_healthy_keeps_deploy_running_then_fails(cloud:
     assert state["error"]["message"].startswith("Model server never became ready.")
     assert _call(cloud, "GET", f"{cloud.vertex.url}/v1/{endpoint}").json()["deployedModels"] == []
     endpoints.stop()
+
+
+# --- keyless CI: STS and IAM Credentials ------------------------------------------------------------
+def _oidc_token(claims: dict[str, Any]) -> str:
+    def part(data: dict[str, Any]) -> str:
+        return base64.urlsafe_b64encode(json.dumps(data).encode()).decode().rstrip("=")
+
+    return f"{part({'alg': 'RS256', 'typ': 'JWT'})}.{part(claims)}.c2lnbmF0dXJl"
+
+
+def _federated_credentials(cloud: LocalCloud, folder: Path, sts: Any, provider: Any, sub: str) -> Any:
+    from google.auth import identity_pool
+
+    claims = {
+        "iss": provider.issuer,
+        "aud": "org-id",
+        "sub": sub,
+        "oidc.circleci.com/project-id": "circle-project",
+        "exp": time.time() + 3600,
+    }
+    (folder / "token").write_text(_oidc_token(claims))
+    config = {
+        "type": "external_account",
+        "audience": f"//iam.googleapis.com/{provider.name}",
+        "subject_token_type": "urn:ietf:params:oauth:token-type:jwt",
+        "token_url": f"{cloud.extra['sts'].url}/v1/token",
+        "service_account_impersonation_url": (
+            f"{cloud.extra['iamcredentials'].url}/v1/projects/-/serviceAccounts/"
+            f"edge-deployer@{PROJECT}.iam.gserviceaccount.com:generateAccessToken"
+        ),
+        "credential_source": {"file": str(folder / "token")},
+    }
+    # from_info, not google.auth.default(): that also asks the public Resource Manager for the
+    # project id, which nothing here can reach.
+    return identity_pool.Credentials.from_info(
+        config, scopes=["https://www.googleapis.com/auth/cloud-platform"]
+    )
+
+
+def test_ci_exchanges_its_oidc_token_for_the_deployer_and_nothing_else(
+    cloud: LocalCloud, tmp_path: Path
+) -> None:
+    import google.auth.exceptions
+    import google.auth.transport.requests
+
+    from tests.standin.federation import IamCredentials, Provider, SecurityTokenService
+    from tests.standin.server import StandIn
+
+    sts = SecurityTokenService(cloud.add(StandIn("sts")), cloud.access)
+    IamCredentials(cloud.add(StandIn("iamcredentials")), cloud.access, cloud.accounts.accounts)
+    provider = sts.add_provider(
+        Provider(
+            cloud.project,
+            "circleci",
+            "circleci",
+            issuer="https://oidc.circleci.com/org/org-id",
+            allowed_audiences=["org-id"],
+            mapping={
+                "google.subject": "assertion.sub",
+                "attribute.project": "assertion['oidc.circleci.com/project-id']",
+            },
+            condition="attribute.project=='circle-project'",
+        )
+    )
+    deployer = cloud.accounts.add(PROJECT, "edge-deployer")
+    pool = f"principalSet://iam.googleapis.com/{provider.pool_name}/attribute.project/circle-project"
+    cloud.grant("roles/iam.workloadIdentityUser", pool, f"projects/{PROJECT}/serviceAccounts/{deployer}")
+    cloud.grant("roles/aiplatform.user", f"serviceAccount:{deployer}")
+    request = google.auth.transport.requests.Request()
+    # CircleCI's `sub` (org/<uuid>/project/<uuid>/user/<uuid>/vcs-origin/.../vcs-ref/...) is too long.
+    long_sub = "org/" + "o" * 36 + "/project/" + "p" * 36 + "/user/" + "u" * 36 + "/vcs-origin/github.com/x/y"
+    with pytest.raises(google.auth.exceptions.OAuthError, match="exceeds the 127 bytes limit"):
+        _federated_credentials(cloud, tmp_path, sts, provider, long_sub).refresh(request)
+    credentials = _federated_credentials(cloud, tmp_path, sts, provider, "org/o/project/p/user/u")
+    credentials.refresh(request)
+    assert cloud.access.tokens[credentials.token] == f"serviceAccount:{deployer}"
+    VertexModels(cloud.vertex)
+    from google.cloud import aiplatform
+
+    aiplatform.init(
+        project=PROJECT,
+        location=REGION,
+        credentials=credentials,
+        api_endpoint=cloud.vertex.url,
+        api_transport="rest",
+    )
+    assert list(aiplatform.Model.list()) == []  # the deployer may read the registry
+    # Without the pool's binding on the deployer, the exchange gives nothing to impersonate.
+    cloud.access.policies.policies.pop(f"projects/{PROJECT}/serviceAccounts/{deployer}")
+    with pytest.raises(google.auth.exceptions.GoogleAuthError, match=r"iam\.serviceAccounts\.getAccessToken"):
+        _federated_credentials(cloud, tmp_path, sts, provider, "org/o/project/p/user/u").refresh(request)

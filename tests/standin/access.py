@@ -117,12 +117,13 @@ class Policies:
                 return
         policy["bindings"].append({"role": role, "members": [member]})
 
-    def roles_of(self, resource: str, principal: str) -> list[str]:
+    def roles_of(self, resource: str, members: set[str]) -> list[str]:
+        """The roles bound on `resource` to any of `members` (a principal and the sets it is in)."""
         policy = self.policies.get(resource) or {}
         return [
             b["role"]
             for b in policy.get("bindings", [])
-            if principal in b.get("members", []) or any(e in b.get("members", []) for e in EVERYONE)
+            if members & set(b.get("members", [])) or any(e in b.get("members", []) for e in EVERYONE)
         ]
 
     @staticmethod
@@ -145,6 +146,8 @@ class Access:
         self.account_propagation = account_propagation
         self.projects: dict[str, Project] = {}
         self.tokens: dict[str, str] = {}
+        # principal -> the principal sets it belongs to (a federated identity's attributes)
+        self.memberships: dict[str, set[str]] = {}
         self.policies = Policies(self)
         # service account email -> time.monotonic() of its creation
         self.accounts: dict[str, float] = {}
@@ -284,10 +287,11 @@ class Access:
                     raise ApiError(400, f"Service account {email} does not exist.", "INVALID_ARGUMENT")
 
     def allowed(self, principal: str, permission: str, resources: list[str]) -> bool:
+        members = {principal, *self.memberships.get(principal, set())}
         return any(
             grants(role, permission)
             for resource in resources
-            for role in self.policies.roles_of(resource, principal)
+            for role in self.policies.roles_of(resource, members)
         )
 
     def require(self, principal: str, permission: str, resources: list[str], shown: str, api: str) -> None:
