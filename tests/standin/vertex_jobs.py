@@ -334,3 +334,50 @@ class DockerRunner:
             return Outcome(code, tail)
         finally:
             container.remove(force=True)
+
+
+class ProcessRunner:
+    """Runs the job's container command as a local process: the image's entry point, no image.
+
+    For rehearsals without a Docker engine: the trainer image's ENTRYPOINT is `edge`, so a job's
+    `args` run as `edge <args>` from `bin_dir` with the job's environment, as in the container, in
+    an empty working directory of its own (a container sees none of the caller's files).
+    """
+
+    def __init__(self, entrypoint: tuple[str, ...] = ("edge",), bin_dir: str | None = None) -> None:
+        self.entrypoint = entrypoint
+        self.bin_dir = bin_dir
+        self.runs: list[dict[str, Any]] = []
+
+    def pull(self, image: str) -> None:
+        """Nothing to pull: the entry point is installed here."""
+
+    def run(self, job: Job, command: list[str], args: list[str], env: dict[str, str]) -> Outcome:
+        import os
+        import shutil
+        import subprocess
+        import tempfile
+
+        argv = [*(command or self.entrypoint), *args]
+        found = shutil.which(argv[0], path=self.bin_dir) if self.bin_dir else shutil.which(argv[0])
+        if found is None:
+            return Outcome(127, f"{argv[0]}: not found")
+        self.runs.append({"command": command, "args": args, "env": env})
+        with tempfile.TemporaryDirectory(prefix="edge-job-") as workdir:
+            process = subprocess.Popen(
+                [found, *argv[1:]],
+                env={**os.environ, **env},
+                cwd=workdir,
+                stdout=subprocess.PIPE,
+                stderr=subprocess.STDOUT,
+                text=True,
+                start_new_session=True,
+            )
+            while process.poll() is None:
+                if job.cancel_requested.wait(0.2):
+                    process.terminate()
+                    process.wait(10)
+                    raise CancelledError
+            output = process.stdout.read() if process.stdout else ""
+        job.logs = output
+        return Outcome(int(process.returncode), "\n".join(output.strip().splitlines()[-LOG_TAIL:]))
