@@ -165,6 +165,9 @@ def test_the_readme_cloud_sections_run_against_make_emulate(repo: Path, emulated
     assert (repo / "models" / "metadata.json").exists(), trained
     (job,) = emulated.cloud.jobs.jobs.values()
     assert job.resource["jobSpec"].get("serviceAccount") == jobs_account
+    # Inside the job, the jobs account (not the developer) read the tracking URL: setup's grant.
+    (read,) = emulated.cloud.log.find(service="secretmanager", path="/versions/latest:access")
+    assert (read.principal, read.status) == (f"serviceAccount:{jobs_account}", 200)
 
     # --- Deploy to Vertex AI --------------------------------------------------------------------
     for line in deploy:

@@ -151,6 +151,8 @@ class Access:
         self.policies = Policies(self)
         # service account email -> time.monotonic() of its creation
         self.accounts: dict[str, float] = {}
+        # Where credentials files handed to jobs and servers go (the LocalCloud's own folder).
+        self.folder: Path | None = None
         self._lock = threading.Lock()
 
     # --- projects ---------------------------------------------------------------------------------

@@ -43,7 +43,9 @@ class LocalCloud:
     resourcemanager: StandIn
     projects: ResourceManager
     extra: dict[str, StandIn] = field(default_factory=dict)
-    folder: Path = field(default_factory=lambda: Path(tempfile.mkdtemp(prefix="edge-standin-")))
+    folder: Path = field(
+        default_factory=lambda: Path(tempfile.mkdtemp(prefix="edge-standin-"))
+    )  # removed at stop
 
     @classmethod
     def start(
@@ -68,7 +70,10 @@ class LocalCloud:
             name: StandIn(name, log, access=access).start()
             for name in ("serviceusage", "artifactregistry", "iam", "secretmanager", "resourcemanager")
         }
+        folder = Path(tempfile.mkdtemp(prefix="edge-standin-"))
+        access.folder = folder / "identities"
         return cls(
+            folder=folder,
             log=log,
             access=access,
             project=known,

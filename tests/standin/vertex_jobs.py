@@ -18,12 +18,14 @@ tests/standin/vertex_catalogue.py). Creating a job that runs as a service accoun
 
 from __future__ import annotations
 
+import tempfile
 import threading
 import time
 import uuid
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
+from pathlib import Path
 from typing import Any, Protocol
 
 from tests.standin.server import ApiError, Request, StandIn, new_id
@@ -237,7 +239,27 @@ class VertexJobs:
                 AIP_CHECKPOINT_DIR=f"{base}/checkpoints/",
                 AIP_TENSORBOARD_LOG_DIR=f"{base}/logs/",
             )
-        return {**env, **vertex, **self.container_env}
+        return {**env, **vertex, **self.container_env, **self._identity(spec, project)}
+
+    def _identity(self, spec: dict[str, Any], project: str) -> dict[str, str]:
+        """Who the container is: the job's service account, else Vertex AI's Custom Code Service
+        Agent (https://cloud.google.com/vertex-ai/docs/general/access-control#service-agents).
+
+        Vertex hands the container a token of that account through the metadata server; the
+        stand-in hands it application-default credentials holding a token of the same principal.
+        """
+        access = self.standin.access
+        if access is None:
+            return {}
+        account = (
+            spec.get("serviceAccount") or f"service-{project}@gcp-sa-aiplatform-cc.iam.gserviceaccount.com"
+        )
+        folder = access.folder or Path(tempfile.gettempdir()) / "edge-standin-identities"
+        return {
+            "GOOGLE_APPLICATION_CREDENTIALS": str(
+                access.credentials_file(f"serviceAccount:{account}", folder)
+            )
+        }
 
     def _end(self, job: Job, state: int, code: int | None = None, message: str | None = None) -> None:
         fields: dict[str, Any] = {"endTime": _now()}
@@ -318,6 +340,17 @@ class DockerRunner:
             network_mode="host",
             name=name,
             detach=True,
+            # The job's identity (see VertexJobs._identity), read-only at the same path.
+            volumes=(
+                {
+                    env["GOOGLE_APPLICATION_CREDENTIALS"]: {
+                        "bind": env["GOOGLE_APPLICATION_CREDENTIALS"],
+                        "mode": "ro",
+                    }
+                }
+                if "GOOGLE_APPLICATION_CREDENTIALS" in env
+                else None
+            ),
         )
         self.containers.append(name)
         try:
