@@ -20,7 +20,7 @@ import pytest
 import requests
 
 from edge.pipeline import PrepareParams, prepare_stage
-from tests.cloud_env import PROJECT, endpoint_env
+from tests.cloud_env import PROJECT, endpoint_env, ready_cloud
 from tests.conftest import QUIET_ENV
 from tests.datagen import write_fashion_files
 from tests.docker_env import Registry, remove_image
@@ -84,7 +84,7 @@ def local_google(
     """The stand-ins, with CustomJobs run as real containers that reach the GCS emulator."""
     # Stand-in-only: the container's gs:// I/O goes to the emulator, and nothing reaches Google.
     container_env = {**gcs_emulator.env(), **QUIET_ENV}
-    cloud = LocalCloud.start(DockerRunner(docker_engine), container_env=container_env)
+    cloud = ready_cloud(DockerRunner(docker_engine), container_env=container_env)
     GcsFront(cloud.add(StandIn("storage")), gcs_emulator.url)
     try:
         yield cloud

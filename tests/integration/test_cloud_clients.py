@@ -38,5 +38,9 @@ def test_every_client_goes_to_its_configured_endpoint(cloud_env: LocalCloud) -> 
         )
     served = {entry.service for entry in cloud_env.log}
     assert served == {"secretmanager", "serviceusage", "resourcemanager", "iam", "artifactregistry"}
-    # Anonymous credentials: nothing to leak, and no token request went anywhere.
-    assert all("authorization" not in entry.headers for entry in cloud_env.log)
+    # The application-default credentials' token went with every call, and nothing else: no token
+    # refresh went anywhere, and each stand-in took the caller for the project's owner.
+    assert all(
+        entry.headers.get("authorization", "").startswith("Bearer ya29.standin-") for entry in cloud_env.log
+    )
+    assert {entry.principal for entry in cloud_env.log} == {cloud_env.owner}

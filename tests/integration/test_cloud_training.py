@@ -23,7 +23,7 @@ from typer.testing import CliRunner, Result
 from edge.cli import app
 from edge.cloud.training import content_hash
 from edge.pipeline import PrepareParams, prepare_stage
-from tests.cloud_env import PROJECT, endpoint_env, write_settings
+from tests.cloud_env import PROJECT, endpoint_env, ready_cloud, write_settings
 from tests.gcs_emulator import GcsEmulator
 from tests.standin.cloud import LocalCloud
 from tests.standin.gcs_front import GcsFront
@@ -57,7 +57,7 @@ def workspace(
 
 @contextlib.contextmanager
 def cloud(runner: ScriptedRunner, emulator: GcsEmulator) -> Iterator[tuple[LocalCloud, dict[str, str]]]:
-    with LocalCloud.start(runner) as local:
+    with ready_cloud(runner) as local:
         GcsFront(local.add(StandIn("storage")), emulator.url)
         env = {**endpoint_env(local), "EDGE_VERTEX_POLL_SECONDS": "0.05", "EDGE_CONFIG": "edge.yaml"}
         yield local, env
@@ -254,3 +254,16 @@ def test_ctrl_c_cancels_the_job(workspace: Path, gcs_emulator: GcsEmulator) -> N
         job.finished.wait(10)
         assert job.state == CANCELLED
         assert local.log.find(service="aiplatform", method="POST", path=":cancel")
+
+
+def test_a_machine_vertex_does_not_offer_is_named(workspace: Path, gcs_emulator: GcsEmulator) -> None:
+    text = Path("edge.yaml").read_text()
+    machine = "machine_type: a2-highgpu-1\naccelerator_type: NVIDIA_TESLA_A100\naccelerator_count: 1\n"
+    Path("edge.yaml").write_text(text + machine)
+    with cloud(ScriptedRunner(), gcs_emulator) as (local, env):
+        done = _train(env)
+        assert done.exit_code == 1
+        (line,) = [line for line in done.output.splitlines() if line.startswith("error:")]
+        assert 'machine_type "a2-highgpu-1" is not supported' in line
+        assert "check the setting it names in edge.yaml" in line
+        assert local.jobs.jobs == {}

@@ -22,7 +22,7 @@ import pytest
 from typer.testing import CliRunner, Result
 
 from edge.cli import app
-from tests.cloud_env import endpoint_env, write_settings
+from tests.cloud_env import endpoint_env, ready_cloud, write_settings
 from tests.datagen import NO_AUGMENTATION, write_fashion_files
 from tests.standin.cloud import LocalCloud
 from tests.standin.server import ApiError
@@ -123,7 +123,7 @@ def vertex(
     server_env: dict[str, str],
     gcs_bucket: str,
 ) -> Iterator[Vertex]:
-    cloud = LocalCloud.start()
+    cloud = ready_cloud()
     registry = VertexModels(cloud.vertex)
     endpoints = VertexEndpoints(cloud.vertex, registry, servers, server_env, health_timeout=180)
     for name, value in endpoint_env(cloud).items():
@@ -327,7 +327,7 @@ def test_rerunning_after_a_crash_between_steps_converges(vertex: Vertex, models:
 
 
 def _model_name(vertex: Vertex) -> str:
-    return f"projects/edge-test-project/locations/europe-west2/models/{next(iter(vertex.models.models))}"
+    return next(iter(vertex.models.models))  # projects/<number>/locations/<region>/models/<id>
 
 
 def _sample_png(folder: Path, models: Models) -> Path:

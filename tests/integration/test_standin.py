@@ -10,8 +10,8 @@ import time
 
 import pytest
 from google.api_core import exceptions
-from google.auth.credentials import AnonymousCredentials
 
+from tests.cloud_env import ready_cloud
 from tests.standin.cloud import LocalCloud
 from tests.standin.server import ApiError
 from tests.standin.vertex_jobs import FAILED, RUNNING, SUCCEEDED, ScriptedRunner
@@ -25,7 +25,7 @@ def _aiplatform(cloud: LocalCloud):  # type: ignore[no-untyped-def]
     aiplatform.init(
         project=PROJECT,
         location=REGION,
-        credentials=AnonymousCredentials(),
+        credentials=cloud.credentials(),
         api_endpoint=cloud.vertex.url,
         api_transport="rest",
         staging_bucket="gs://edge-test-bucket",
@@ -80,7 +80,7 @@ def test_custom_job_succeeds_through_the_sdk(local_cloud: LocalCloud) -> None:
 
 
 def test_failed_job_carries_the_exit_message() -> None:
-    with LocalCloud.start(ScriptedRunner(exit_code=2, log_tail="ValueError: bad params")) as cloud:
+    with ready_cloud(ScriptedRunner(exit_code=2, log_tail="ValueError: bad params")) as cloud:
         aiplatform = _aiplatform(cloud)
         job = _job(aiplatform)
         job.submit()
@@ -90,7 +90,7 @@ def test_failed_job_carries_the_exit_message() -> None:
 
 
 def test_cancel_stops_a_running_job() -> None:
-    with LocalCloud.start(ScriptedRunner(seconds=30)) as cloud:
+    with ready_cloud(ScriptedRunner(seconds=30)) as cloud:
         aiplatform = _aiplatform(cloud)
         job = _job(aiplatform)
         job.submit()
@@ -101,7 +101,7 @@ def test_cancel_stops_a_running_job() -> None:
 
 
 def test_a_missing_image_fails_the_job() -> None:
-    with LocalCloud.start(ScriptedRunner(missing_images=("sha256:" + "b" * 64,))) as cloud:
+    with ready_cloud(ScriptedRunner(missing_images=("sha256:" + "b" * 64,))) as cloud:
         job = _job(_aiplatform(cloud), image="127.0.0.1:5000/edge/trainer@sha256:" + "b" * 64)
         job.submit()
         assert _wait(job, {FAILED, SUCCEEDED}) == FAILED
@@ -122,9 +122,10 @@ def test_errors_become_api_core_exceptions(local_cloud: LocalCloud) -> None:
 def test_conflict_and_operations_over_rest(local_cloud: LocalCloud) -> None:
     from google.cloud import secretmanager_v1, service_usage_v1
 
+    cloud = local_cloud
     options = {"api_endpoint": local_cloud.secretmanager.url}
     secrets = secretmanager_v1.SecretManagerServiceClient(
-        credentials=AnonymousCredentials(), transport="rest", client_options=options
+        credentials=cloud.credentials(), transport="rest", client_options=options
     )
     request = {
         "parent": f"projects/{PROJECT}",
@@ -135,7 +136,7 @@ def test_conflict_and_operations_over_rest(local_cloud: LocalCloud) -> None:
     with pytest.raises(exceptions.Conflict):  # 409 over REST is Conflict, not AlreadyExists
         secrets.create_secret(request=request)
     usage = service_usage_v1.ServiceUsageClient(
-        credentials=AnonymousCredentials(),
+        credentials=cloud.credentials(),
         transport="rest",
         client_options={"api_endpoint": local_cloud.serviceusage.url},
     )

@@ -9,7 +9,7 @@ import pytest
 from typer.testing import CliRunner
 
 from edge.cli import app
-from tests.cloud_env import endpoint_env, write_settings
+from tests.cloud_env import endpoint_env, ready_cloud, write_settings
 from tests.standin.cloud import LocalCloud
 from tests.standin.cloudrun import CloudRun
 from tests.standin.server import StandIn
@@ -21,7 +21,7 @@ IMAGE = "127.0.0.1:5000/edge/edge-webapp@sha256:" + "cd" * 32
 
 @pytest.fixture
 def cloud(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[tuple[LocalCloud, CloudRun]]:
-    local = LocalCloud.start()
+    local = ready_cloud()
     run = CloudRun(local.add(StandIn("run")))
     VertexEndpoints(local.vertex, VertexModels(local.vertex), ProcessServers())
     for name, value in endpoint_env(local).items():

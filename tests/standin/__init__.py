@@ -13,7 +13,8 @@ What the framework gives every API (tests/standin/server.py):
   `{"error": {"code": 404, "message": "...", "status": "NOT_FOUND"}}`, which api_core turns into
   `NotFound` (409 into `Conflict`, 403 `Forbidden`, 429 `TooManyRequests`);
   `standin.fail_next("POST", r"customJobs$", ApiError(429, "Quota exceeded"))` injects one failure;
-- long-running operations: `standin.operations.done(type_url, body)` answers finished inline,
+- long-running operations: `standin.operations.finished(parent, type_url, body)` answers finished
+  inline (named `parent/operations/<id>`: every operation Google returns has a name),
   `standin.operations.pending(parent, type_url, body, polls=n)` makes the client poll
   `GET <prefix>/<parent>/operations/<id>` (prefix `/ui` for Vertex AI, `/v1` for the others);
   the `@type` must be the exact v1 message the client expects;
@@ -26,22 +27,31 @@ Adding an API or more routes to one (the pattern every module here follows):
     class VertexModels:
         def __init__(self, standin: StandIn) -> None:
             self.models: dict[str, dict] = {}
-            standin.route("POST", "/v1/projects/{project}/locations/{location}/models:upload")(self.upload)
+            route = "/v1/projects/{project}/locations/{location}/models:upload"
+            standin.route("POST", route, "aiplatform.models.upload")(self.upload)  # the permission
 
         def upload(self, request: Request) -> dict:
             ...  # validate request.body like the service does; raise ApiError(...) when it would
-            return request_standin.operations.done(
-                "type.googleapis.com/google.cloud.aiplatform.v1.UploadModelResponse", {"model": name}
+            return self.standin.operations.finished(
+                name, "type.googleapis.com/google.cloud.aiplatform.v1.UploadModelResponse", {"model": name}
             )
 
     cloud = LocalCloud.start(...)              # tests/standin/cloud.py: every API already wired
     models = VertexModels(cloud.vertex)        # more routes on the same Vertex AI host
 
-A new host (e.g. Cloud Run) is `StandIn("run", log=cloud.log).start()` plus its routes; add it to
-`LocalCloud` so `urls` names it. Routes registered later win over earlier ones for the same path.
+A new host (e.g. Cloud Run) is `cloud.add(StandIn("run"))` plus its routes: it shares the cloud's
+log and access rules, and `urls` names it. Routes registered later win over earlier ones for the same path.
 
-Modules: server.py (the framework), vertex_jobs.py (CustomJobs that run the job's container in the
-real Docker engine, or a scripted outcome), setup_apis.py (Service Usage, Artifact Registry, IAM,
-Secret Manager, Resource Manager), cloud.py (all of them at once), __main__.py
-(`python -m tests.standin`: the stand-ins and a GCS emulator for a manual rehearsal).
+Every route of a `LocalCloud` is guarded by its `Access` (access.py): the caller's bearer token,
+the project, the API's state and the permission the method needs (roles.py: Google's role
+reference), refused in Google's error shape.
+
+Modules: server.py (the framework), access.py (projects, principals, policies, API state),
+roles.py (roles -> permissions), vertex_jobs.py (CustomJobs that run the job's container in the
+real Docker engine, as a local process, or a scripted outcome), vertex_models.py and
+vertex_endpoints.py (Model Registry, endpoints that serve), vertex_catalogue.py (machine types and
+accelerators), setup_apis.py (Service Usage, Artifact Registry, IAM, Secret Manager, Resource
+Manager), cloudrun.py, federation.py (STS, IAM Credentials), gcs_front.py (the checking front of
+the GCS emulator), cloud.py (all of them at once), emulate.py and __main__.py (`make emulate`: the
+whole path for one project).
 """

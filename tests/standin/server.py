@@ -11,14 +11,18 @@ import base64
 import itertools
 import json
 import re
+import secrets
 import threading
 from collections import Counter
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from http import HTTPStatus
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
-from typing import Any
+from typing import TYPE_CHECKING, Any
 from urllib.parse import parse_qsl, unquote, urlsplit
+
+if TYPE_CHECKING:
+    from tests.standin.access import Access
 
 # google.rpc.Code names by HTTP status, as Google's REST gateways send them in error bodies.
 STATUS_NAMES = {
@@ -78,6 +82,7 @@ class Request:
     raw_body: bytes = b""
     status: int = 0
     params: dict[str, str] = field(default_factory=dict)
+    principal: str = ""  # who called, once the stand-in's Access has read the bearer token
 
     @property
     def mutating(self) -> bool:
@@ -94,6 +99,7 @@ class Reply:
 
     body: Any
     status: int = 200
+    content_type: str = "application/json; charset=UTF-8"
 
 
 class RequestLog:
@@ -157,9 +163,32 @@ class RequestLog:
 
 
 Handler = Callable[[Request], Any]
+NO_ROUTE_PAGE = (
+    "<!DOCTYPE html>\n<html lang=en><title>Error 404 (Not Found)!!1</title>"
+    "<p><b>404.</b> <ins>That's an error.</ins><p>The requested URL <code>{path}</code> was not found "
+    "on this server. <ins>That's all we know.</ins>"
+)
+
+
+@dataclass
+class Route:
+    method: str
+    pattern: re.Pattern[str]
+    handler: Handler
+    permission: str | None = None
+    resource: Callable[[Request], str] | None = None
+
 
 _SEGMENT = r"[^/:]+"  # a custom verb (`:cancel`) is never part of a segment
 _TYPES = {"": _SEGMENT, "path": r".+?", "ops": r"(?:[^/]+/)*?operations/[^/:]+"}
+
+
+def new_id(taken: Any) -> str:
+    """A resource id as Vertex AI makes them (19 digits), unique in the collection `taken`."""
+    while True:
+        candidate = str(secrets.randbelow(9 * 10**18) + 10**18)
+        if candidate not in taken:
+            return candidate
 
 
 def compile_template(template: str) -> re.Pattern[str]:
@@ -180,27 +209,32 @@ class Operations:
 
     def __init__(self) -> None:
         self._pending: dict[str, dict[str, Any]] = {}
-        self._ids = itertools.count(1000)
+        self._ids = itertools.count(secrets.randbelow(10**17) + 10**18)
         self._lock = threading.Lock()
 
     @staticmethod
-    def done(type_url: str, response: dict[str, Any], name: str | None = None) -> dict[str, Any]:
-        """A finished operation carrying `response` typed as `type_url` (the exact message type)."""
-        op: dict[str, Any] = {"done": True, "response": {"@type": type_url, **response}}
-        if name:
-            op["name"] = name
-        return op
+    def done(type_url: str, response: dict[str, Any], name: str) -> dict[str, Any]:
+        """A finished operation `name` carrying `response` typed as `type_url` (the exact message type).
+
+        Every operation Google returns has a name, finished or not: the SDK prints it.
+        """
+        return {"name": name, "done": True, "response": {"@type": type_url, **response}}
 
     @staticmethod
-    def failed(grpc_status: str, message: str, name: str | None = None) -> dict[str, Any]:
-        op: dict[str, Any] = {"done": True, "error": {"code": GRPC_CODES[grpc_status], "message": message}}
-        if name:
-            op["name"] = name
-        return op
+    def failed(grpc_status: str, message: str, name: str) -> dict[str, Any]:
+        return {"name": name, "done": True, "error": {"code": GRPC_CODES[grpc_status], "message": message}}
+
+    def name(self, parent: str) -> str:
+        """A new operation name under `parent` (`projects/P/locations/L[/...]`, or "" for `operations/N`)."""
+        return f"{parent}/operations/{next(self._ids)}" if parent else f"operations/{next(self._ids)}"
+
+    def finished(self, parent: str, type_url: str, response: dict[str, Any]) -> dict[str, Any]:
+        """A finished operation with a new name under `parent`, answered inline."""
+        return self.done(type_url, response, self.name(parent))
 
     def pending(self, parent: str, type_url: str, response: dict[str, Any], polls: int = 1) -> dict[str, Any]:
         """An operation `parent/operations/<id>` that reports done after `polls` polls."""
-        name = f"{parent}/operations/{next(self._ids)}" if parent else f"operations/{next(self._ids)}"
+        name = self.name(parent)
         with self._lock:
             self._pending[name] = {"left": polls, "done": self.done(type_url, response, name)}
         return {"name": name, "done": False}
@@ -221,13 +255,27 @@ class StandIn:
 
     Register routes with `route(method, template)(handler)`; a handler receives the Request (path
     parameters in `request.params`) and returns a JSON body (200), a `Reply`, or raises `ApiError`.
+
+    With an `Access` attached (every `LocalCloud` attaches one), a route registered with the
+    `permission` its method needs is guarded: caller, project, API state and permission are checked
+    first (tests/standin/access.py), and `{project}` reaches the handler as the project number when
+    `names_by_number` (Vertex AI names resources by number) or else as the project id.
     """
 
-    def __init__(self, service: str, log: RequestLog | None = None, operations_prefix: str = "/v1") -> None:
+    def __init__(
+        self,
+        service: str,
+        log: RequestLog | None = None,
+        operations_prefix: str = "/v1",
+        access: Access | None = None,
+        names_by_number: bool = False,
+    ) -> None:
         self.service = service
         self.log = log if log is not None else RequestLog()
         self.operations = Operations()
-        self._routes: list[tuple[str, re.Pattern[str], Handler]] = []
+        self.access = access
+        self.names_by_number = names_by_number
+        self._routes: list[Route] = []
         self._faults: list[tuple[str, re.Pattern[str], ApiError]] = []
         self._server: ThreadingHTTPServer | None = None
         self._thread: threading.Thread | None = None
@@ -236,12 +284,22 @@ class StandIn:
             lambda r: self.operations.poll(r.params["name"])
         )
 
-    def route(self, method: str, template: str) -> Callable[[Handler], Handler]:
-        """Decorator: answer `method` requests whose decoded path matches `template`."""
+    def route(
+        self,
+        method: str,
+        template: str,
+        permission: str | None = None,
+        resource: Callable[[Request], str] | None = None,
+    ) -> Callable[[Handler], Handler]:
+        """Decorator: answer `method` requests whose decoded path matches `template`.
+
+        `permission` is what Google's reference says the method needs; `resource(request)` names
+        the resource whose own IAM policy may grant it too (a secret, a service account...).
+        """
 
         def register(handler: Handler) -> Handler:
             # Later registrations win, so a test or an extension can override a default route.
-            self._routes.insert(0, (method, compile_template(template), handler))
+            self._routes.insert(0, Route(method, compile_template(template), handler, permission, resource))
             return handler
 
         return register
@@ -290,26 +348,35 @@ class StandIn:
                 self._faults.remove(fault)
                 return error.http_status, error.body()
         matched_path = False
-        for method, pattern, handler in self._routes:
-            match = pattern.match(request.path)
+        for route in self._routes:
+            match = route.pattern.match(request.path)
             if not match:
                 continue
             matched_path = True
-            if method != request.method:
+            if route.method != request.method:
                 continue
             request.params = {k: unquote(v) for k, v in match.groupdict().items()}
             try:
-                result = handler(request)
+                if self.access is not None and route.permission:
+                    resource = route.resource(request) if route.resource else None
+                    project = self.access.guard(request, self.service, route.permission, resource)
+                    if "project" in request.params:
+                        by_number = self.names_by_number
+                        request.params["project"] = project.number if by_number else project.project_id
+                result = route.handler(request)
             except ApiError as exc:
                 return exc.http_status, exc.body()
             if isinstance(result, Reply):
-                return result.status, result.body
+                json_body = result.content_type.startswith("application/json")
+                return result.status, result.body if json_body else result
             return 200, result
         if matched_path:
             return 405, ApiError(
                 405, f"Method {request.method} not allowed on {request.path}", "UNIMPLEMENTED"
             ).body()
-        return 404, ApiError(404, f"The stand-in for {self.service} has no route for {request.path}").body()
+        # Google's front end answers a path no API serves with an HTML page, not an API error: a
+        # client must not read it as "this resource does not exist".
+        return 404, Reply(NO_ROUTE_PAGE.format(path=request.path), 404, "text/html; charset=UTF-8")
 
 
 class _HttpHandler(BaseHTTPRequestHandler):
@@ -337,7 +404,8 @@ class _HttpHandler(BaseHTTPRequestHandler):
             body=body,
             raw_body=raw,
         )
-        if raw and body is None:
+        form = self.headers.get("content-type", "").startswith("application/x-www-form-urlencoded")
+        if raw and body is None and not form:  # OAuth endpoints (STS) take forms, the APIs JSON
             status, answer = 400, ApiError(400, "Invalid JSON payload received.").body()
         else:
             try:
@@ -346,11 +414,16 @@ class _HttpHandler(BaseHTTPRequestHandler):
                 status, answer = 500, ApiError(500, f"stand-in error: {exc!r}").body()
         request.status = status
         self.standin.log.append(request)
-        data = json.dumps(answer).encode()
+        content_type = "application/json; charset=UTF-8"
+        if isinstance(answer, Reply):  # a page, not JSON
+            content_type, answer = answer.content_type, answer.body
+            data = str(answer).encode()
+        else:
+            data = json.dumps(answer).encode()
         self.send_response(
             status, HTTPStatus(status).phrase if status in HTTPStatus._value2member_map_ else None
         )
-        self.send_header("content-type", "application/json; charset=UTF-8")
+        self.send_header("content-type", content_type)
         self.send_header("content-length", str(len(data)))
         self.end_headers()
         self.wfile.write(data)

@@ -9,69 +9,84 @@ from __future__ import annotations
 
 import base64
 import hashlib
-import json
 from typing import Any
 
+from tests.standin.access import ALWAYS_ON, API_TITLES, Policies, Project
 from tests.standin.server import ApiError, Request, StandIn
 
 SERVICE_STATE = {"DISABLED": 1, "ENABLED": 2}
 
 
 class ServiceUsage:
-    """services.list / get / enable / batchEnable; batchEnable is an operation polled once."""
+    """services.list / get / enable / batchEnable, on the projects' API state kept by `Access`.
+
+    An enabled API is listed as ENABLED at once, but answers only after the cloud's `enable_delay`
+    (Google: "If you enabled this API recently, wait a few minutes for the action to propagate").
+    batchEnable is an operation polled once, as the real one is.
+    """
 
     TYPE = "type.googleapis.com/google.api.serviceusage.v1.BatchEnableServicesResponse"
 
-    def __init__(self, standin: StandIn, enabled: set[str] | None = None) -> None:
-        self.enabled: dict[str, set[str]] = {}
-        self.default_enabled = set(enabled or set())
-        standin.route("GET", "/v1/projects/{project}/services")(self.list)
-        standin.route("GET", "/v1/projects/{project}/services/{service}")(self.get)
-        standin.route("POST", "/v1/projects/{project}/services:batchEnable")(self.batch_enable)
-        standin.route("POST", "/v1/projects/{project}/services/{service}:enable")(self.enable)
+    def __init__(self, standin: StandIn) -> None:
+        assert standin.access is not None, "Service Usage keeps its state in the cloud's Access"
+        self.access = standin.access
+        base = "/v1/projects/{project}/services"
+        standin.route("GET", base, "serviceusage.services.list")(self.list)
+        standin.route("GET", base + "/{service}", "serviceusage.services.get")(self.get)
+        standin.route("POST", base + ":batchEnable", "serviceusage.services.enable")(self.batch_enable)
+        standin.route("POST", base + "/{service}:enable", "serviceusage.services.enable")(self.enable)
         self.standin = standin
 
-    def _project(self, project: str) -> set[str]:
-        return self.enabled.setdefault(project, set(self.default_enabled))
+    def _project(self, request: Request) -> Project:
+        project = self.access.find(request.params["project"])
+        assert project is not None  # the guard let the request through
+        return project
 
-    def _service(self, project: str, service: str) -> dict[str, Any]:
-        state = "ENABLED" if service in self._project(project) else "DISABLED"
+    def _service(self, project: Project, service: str) -> dict[str, Any]:
+        state = "ENABLED" if service in project.enabled or service in ALWAYS_ON else "DISABLED"
         return {
-            "name": f"projects/{project}/services/{service}",
-            "parent": f"projects/{project}",
-            "config": {"name": service},
+            "name": f"projects/{project.number}/services/{service}",
+            "parent": f"projects/{project.number}",
+            "config": {"name": service, "title": API_TITLES.get(service, service)},
             "state": SERVICE_STATE[state],
         }
 
     def list(self, request: Request) -> dict[str, Any]:
-        project = request.params["project"]
+        project = self._project(request)
         wanted = request.query.get("filter", "")
         if wanted and wanted != "state:ENABLED":
             raise ApiError(400, f"Invalid filter {wanted!r}; the stand-in knows state:ENABLED only.")
-        return {"services": [self._service(project, s) for s in sorted(self._project(project))]}
+        names = sorted(set(project.enabled) | ALWAYS_ON)
+        return {"services": [self._service(project, s) for s in names]}
 
     def get(self, request: Request) -> dict[str, Any]:
-        return self._service(request.params["project"], request.params["service"])
+        return self._service(self._project(request), request.params["service"])
 
     def batch_enable(self, request: Request) -> dict[str, Any]:
-        project = request.params["project"]
+        project = self._project(request)
         ids = (request.body or {}).get("serviceIds") or []
         if not ids or len(ids) > 20:
             raise ApiError(400, "serviceIds must name 1 to 20 services.")
-        unknown = [s for s in ids if not s.endswith(".googleapis.com")]
-        if unknown:
-            raise ApiError(403, f"Service {unknown[0]} not found or permission denied.", "PERMISSION_DENIED")
-        self._project(project).update(ids)
+        self._known(ids)
+        self.access.enable(project, ids)
         services = [self._service(project, s) for s in ids]
         return self.standin.operations.pending("", self.TYPE, {"services": services}, polls=1)
 
     def enable(self, request: Request) -> dict[str, Any]:
-        project, service = request.params["project"], request.params["service"]
-        self._project(project).add(service)
-        return self.standin.operations.done(
+        project, service = self._project(request), request.params["service"]
+        self._known([service])
+        self.access.enable(project, [service])
+        return self.standin.operations.finished(
+            "",
             "type.googleapis.com/google.api.serviceusage.v1.EnableServiceResponse",
             {"service": self._service(project, service)},
         )
+
+    @staticmethod
+    def _known(ids: list[str]) -> None:
+        unknown = [s for s in ids if not s.endswith(".googleapis.com")]
+        if unknown:
+            raise ApiError(403, f"Service {unknown[0]} not found or permission denied.", "PERMISSION_DENIED")
 
 
 class ArtifactRegistry:
@@ -82,18 +97,25 @@ class ArtifactRegistry:
     def __init__(self, standin: StandIn) -> None:
         self.repositories: dict[str, dict[str, Any]] = {}
         base = "/v1/projects/{project}/locations/{location}/repositories"
-        standin.route("GET", base + "/{repository}")(self.get)
-        standin.route("POST", base)(self.create)
+        standin.route("GET", base + "/{repository}", "artifactregistry.repositories.get", self._name)(
+            self.get
+        )
+        standin.route("POST", base, "artifactregistry.repositories.create")(self.create)
         self.standin = standin
 
+    @staticmethod
+    def _name(request: Request) -> str:
+        p = request.params
+        return f"projects/{p['project']}/locations/{p['location']}/repositories/{p['repository']}"
+
     def get(self, request: Request) -> dict[str, Any]:
-        name = request.path.removeprefix("/v1/")
+        name = self._name(request)
         if name not in self.repositories:
             raise ApiError(404, f"Requested entity was not found. ({name})")
         return self.repositories[name]
 
     def create(self, request: Request) -> dict[str, Any]:
-        parent = request.path.removeprefix("/v1/").removesuffix("/repositories")
+        parent = f"projects/{request.params['project']}/locations/{request.params['location']}"
         repository_id = request.query.get("repositoryId")
         if not repository_id:
             raise ApiError(400, "repository_id is required")
@@ -109,18 +131,40 @@ class ArtifactRegistry:
 
 
 class Iam:
-    """projects.serviceAccounts.get / create, over IAM's REST API."""
+    """projects.serviceAccounts.get / create / getIamPolicy / setIamPolicy, over IAM's REST API.
+
+    A new account exists at once for `get`, but a policy binding it is refused for the cloud's
+    `account_propagation` seconds (tests/standin/access.py).
+    """
 
     def __init__(self, standin: StandIn) -> None:
+        assert standin.access is not None
+        self.access = standin.access
         self.accounts: dict[str, dict[str, Any]] = {}
-        standin.route("GET", "/v1/projects/{project}/serviceAccounts/{email}")(self.get)
-        standin.route("POST", "/v1/projects/{project}/serviceAccounts")(self.create)
+        base = "/v1/projects/{project}/serviceAccounts"
+        name = self._name
+        standin.route("GET", base + "/{email}", "iam.serviceAccounts.get", name)(self.get)
+        standin.route("POST", base, "iam.serviceAccounts.create")(self.create)
+        standin.route("POST", base + "/{email}:getIamPolicy", "iam.serviceAccounts.getIamPolicy", name)(
+            self.get_policy
+        )
+        standin.route("POST", base + "/{email}:setIamPolicy", "iam.serviceAccounts.setIamPolicy", name)(
+            self.set_policy
+        )
+
+    @staticmethod
+    def _name(request: Request) -> str:
+        return f"projects/{request.params['project']}/serviceAccounts/{request.params['email']}"
+
+    def _account(self, request: Request) -> dict[str, Any]:
+        email = request.params["email"]
+        account = self.accounts.get(email)
+        if account is None or account["projectId"] != request.params["project"]:
+            raise ApiError(404, f"Unknown service account {email}")
+        return account
 
     def get(self, request: Request) -> dict[str, Any]:
-        email = request.params["email"]
-        if email not in self.accounts:
-            raise ApiError(404, f"Unknown service account {email}")
-        return self.accounts[email]
+        return self._account(request)
 
     def create(self, request: Request) -> dict[str, Any]:
         project = request.params["project"]
@@ -133,55 +177,59 @@ class Iam:
             raise ApiError(
                 409, f"Service account {account_id} already exists within project projects/{project}."
             )
-        account = {
+        self.add(project, account_id, **(body.get("serviceAccount") or {}))
+        return self.accounts[email]
+
+    def add(self, project: str, account_id: str, **fields: Any) -> str:
+        """Create an account directly (what a test sets up as already there); its email."""
+        email = f"{account_id}@{project}.iam.gserviceaccount.com"
+        self.accounts[email] = {
             "name": f"projects/{project}/serviceAccounts/{email}",
             "projectId": project,
             "uniqueId": str(int(hashlib.sha256(email.encode()).hexdigest()[:15], 16)),
             "email": email,
-            **(body.get("serviceAccount") or {}),
+            **fields,
         }
-        self.accounts[email] = account
-        return account
+        self.access.account_created(email)
+        return email
 
+    def get_policy(self, request: Request) -> dict[str, Any]:
+        self._account(request)
+        return self.access.policies.get(self._name(request))
 
-class Policies:
-    """IAM policies with etags: read-modify-write, a stale etag is refused (409 ABORTED)."""
-
-    def __init__(self) -> None:
-        self.policies: dict[str, dict[str, Any]] = {}
-
-    def get(self, resource: str) -> dict[str, Any]:
-        policy = self.policies.get(resource) or {"version": 1, "bindings": []}
-        return {**policy, "etag": self._etag(policy)}
-
-    def set(self, resource: str, policy: dict[str, Any]) -> dict[str, Any]:
-        current = self.get(resource)
-        if policy.get("etag") and policy["etag"] != current["etag"]:
-            raise ApiError(409, "There were concurrent policy changes. Please retry.", "ABORTED")
-        stored = {k: v for k, v in policy.items() if k != "etag"}
-        stored.setdefault("version", 1)
-        self.policies[resource] = stored
-        return self.get(resource)
-
-    @staticmethod
-    def _etag(policy: dict[str, Any]) -> str:
-        digest = hashlib.sha256(json.dumps(policy, sort_keys=True).encode()).digest()[:8]
-        return base64.b64encode(digest).decode()
-
-    def members(self, resource: str, role: str) -> list[str]:
-        for binding in self.get(resource)["bindings"]:
-            if binding["role"] == role:
-                return list(binding.get("members", []))
-        return []
+    def set_policy(self, request: Request) -> dict[str, Any]:
+        self._account(request)
+        policy = (request.body or {}).get("policy")
+        if policy is None:
+            raise ApiError(400, "policy is required")
+        return self.access.policies.set(self._name(request), policy)
 
 
 class ResourceManager:
-    """projects.getIamPolicy / setIamPolicy (v3)."""
+    """projects.get / getIamPolicy / setIamPolicy (v3): the policies every other call is judged by."""
 
     def __init__(self, standin: StandIn) -> None:
-        self.policies = Policies()
-        standin.route("POST", "/v3/projects/{project}:getIamPolicy")(self.get_policy)
-        standin.route("POST", "/v3/projects/{project}:setIamPolicy")(self.set_policy)
+        assert standin.access is not None
+        self.access = standin.access
+        self.policies: Policies = standin.access.policies
+        base = "/v3/projects/{project}"
+        standin.route("GET", base, "resourcemanager.projects.get")(self.get)
+        standin.route("POST", base + ":getIamPolicy", "resourcemanager.projects.getIamPolicy")(
+            self.get_policy
+        )
+        standin.route("POST", base + ":setIamPolicy", "resourcemanager.projects.setIamPolicy")(
+            self.set_policy
+        )
+
+    def get(self, request: Request) -> dict[str, Any]:
+        project = self.access.find(request.params["project"])
+        assert project is not None
+        return {
+            "name": f"projects/{project.number}",
+            "projectId": project.project_id,
+            "state": 1,  # ACTIVE
+            "displayName": project.project_id,
+        }
 
     def get_policy(self, request: Request) -> dict[str, Any]:
         return self.policies.get(f"projects/{request.params['project']}")
@@ -197,17 +245,29 @@ class SecretManager:
     """secrets.get / create / addVersion / versions.access / getIamPolicy / setIamPolicy."""
 
     def __init__(self, standin: StandIn) -> None:
+        assert standin.access is not None
         self.secrets: dict[str, dict[str, Any]] = {}
         self.versions: dict[str, list[bytes]] = {}
-        self.policies = Policies()
+        self.policies: Policies = standin.access.policies
         base = "/v1/projects/{project}/secrets"
-        standin.route("GET", base + "/{secret}")(self.get)
-        standin.route("POST", base)(self.create)
-        standin.route("POST", base + "/{secret}:addVersion")(self.add_version)
-        standin.route("GET", base + "/{secret}/versions/{version}:access")(self.access)
-        standin.route("GET", base + "/{secret}/versions/{version}")(self.version)
-        standin.route("GET", base + "/{secret}:getIamPolicy")(self.get_policy)
-        standin.route("POST", base + "/{secret}:setIamPolicy")(self.set_policy)
+        name = self._name
+        standin.route("GET", base + "/{secret}", "secretmanager.secrets.get", name)(self.get)
+        standin.route("POST", base, "secretmanager.secrets.create")(self.create)
+        standin.route("POST", base + "/{secret}:addVersion", "secretmanager.versions.add", name)(
+            self.add_version
+        )
+        standin.route(
+            "GET", base + "/{secret}/versions/{version}:access", "secretmanager.versions.access", name
+        )(self.access)
+        standin.route("GET", base + "/{secret}/versions/{version}", "secretmanager.versions.get", name)(
+            self.version
+        )
+        standin.route("GET", base + "/{secret}:getIamPolicy", "secretmanager.secrets.getIamPolicy", name)(
+            self.get_policy
+        )
+        standin.route("POST", base + "/{secret}:setIamPolicy", "secretmanager.secrets.setIamPolicy", name)(
+            self.set_policy
+        )
 
     @staticmethod
     def _name(request: Request) -> str:

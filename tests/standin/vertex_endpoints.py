@@ -19,13 +19,15 @@ fast tests of the deploy logic.
 Stand-in-only differences: `AIP_HTTP_PORT` is a free port of this machine, not the container port
 (host network: containers cannot each have 8080); `AIP_STORAGE_URI` is the model's `artifactUri`
 itself, not the service's copy of it; variables in `server_env` (e.g. STORAGE_EMULATOR_HOST) are
-added; one replica whatever the resources say; no autoscaling, no machine types.
+added; one replica whatever the resources say; no autoscaling. The machine spec is checked
+against Vertex's catalogue (tests/standin/vertex_catalogue.py) but the server runs on this machine.
+A server that never answers its health route keeps the operation running for `health_timeout`
+seconds (Vertex AI waits many minutes) before it fails.
 """
 
 from __future__ import annotations
 
 import contextlib
-import itertools
 import json
 import os
 import shutil
@@ -39,7 +41,8 @@ import uuid
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
-from tests.standin.server import ApiError, Operations, Request, StandIn
+from tests.standin.server import ApiError, Operations, Request, StandIn, new_id
+from tests.standin.vertex_catalogue import PREDICTION_MACHINES, check_machine_spec
 from tests.standin.vertex_models import VertexModels, now
 
 TYPE = "type.googleapis.com/google.cloud.aiplatform.v1."
@@ -103,21 +106,23 @@ class VertexEndpoints:
         self.servers = servers
         self.server_env = dict(server_env or {})
         self.health_timeout = health_timeout
+        # endpoint id -> endpoint (ids are unique across projects; the name says whose it is)
         self.endpoints: dict[str, Endpoint] = {}
-        self._ids = itertools.count(int(time.time()) % 100000 * 1000)
-        self._dm_ids = itertools.count(int(time.time()) % 100000 * 1000 + 500)
+        self._dm_ids: set[str] = set()
         self._lock = threading.RLock()
         self._ops: dict[str, dict[str, Any]] = {}
         self._threads: list[threading.Thread] = []
         base = "/v1/projects/{project}/locations/{location}/endpoints"
-        standin.route("POST", base)(self.create)
-        standin.route("GET", base)(self.list)
-        standin.route("GET", base + "/{endpoint}")(self.get)
-        standin.route("PATCH", base + "/{endpoint}")(self.patch)
-        standin.route("DELETE", base + "/{endpoint}")(self.delete)
-        standin.route("POST", base + "/{endpoint}:deployModel")(self.deploy)
-        standin.route("POST", base + "/{endpoint}:undeployModel")(self.undeploy)
-        standin.route("POST", base + "/{endpoint}:predict")(self.predict)
+        standin.route("POST", base, "aiplatform.endpoints.create")(self.create)
+        standin.route("GET", base, "aiplatform.endpoints.list")(self.list)
+        standin.route("GET", base + "/{endpoint}", "aiplatform.endpoints.get")(self.get)
+        standin.route("PATCH", base + "/{endpoint}", "aiplatform.endpoints.update")(self.patch)
+        standin.route("DELETE", base + "/{endpoint}", "aiplatform.endpoints.delete")(self.delete)
+        standin.route("POST", base + "/{endpoint}:deployModel", "aiplatform.endpoints.deploy")(self.deploy)
+        standin.route("POST", base + "/{endpoint}:undeployModel", "aiplatform.endpoints.undeploy")(
+            self.undeploy
+        )
+        standin.route("POST", base + "/{endpoint}:predict", "aiplatform.endpoints.predict")(self.predict)
         operations = "/ui/projects/{project}/locations/{location}/endpoints/{endpoint}/operations/{op}"
         standin.route("GET", operations)(self.poll)
 
@@ -126,7 +131,7 @@ class VertexEndpoints:
         body = request.body or {}
         if not body.get("displayName"):
             raise ApiError(400, "Endpoint.display_name is required.")
-        endpoint_id = request.query.get("endpointId") or str(next(self._ids))
+        endpoint_id = request.query.get("endpointId") or new_id(self.endpoints)
         p = request.params
         name = f"projects/{p['project']}/locations/{p['location']}/endpoints/{endpoint_id}"
         with self._lock:
@@ -145,7 +150,7 @@ class VertexEndpoints:
             if body.get("predictRequestResponseLoggingConfig"):
                 resource["predictRequestResponseLoggingConfig"] = body["predictRequestResponseLoggingConfig"]
             self.endpoints[endpoint_id] = Endpoint(resource)
-        return Operations.done(TYPE + "Endpoint", dict(resource))
+        return self.standin.operations.finished(name, TYPE + "Endpoint", dict(resource))
 
     def get(self, request: Request) -> dict[str, Any]:
         return self._view(self._endpoint(request))
@@ -191,7 +196,9 @@ class VertexEndpoints:
             )
         with self._lock:
             self.endpoints.pop(endpoint.resource["name"].rsplit("/", 1)[-1], None)
-        return Operations.done("type.googleapis.com/google.protobuf.Empty", {})
+        return self.standin.operations.finished(
+            endpoint.resource["name"], "type.googleapis.com/google.protobuf.Empty", {}
+        )
 
     # --- deploy / undeploy -----------------------------------------------------------------------
     def deploy(self, request: Request) -> dict[str, Any]:
@@ -199,6 +206,23 @@ class VertexEndpoints:
         body = request.body or {}
         wanted = body.get("deployedModel") or {}
         version = self.models.resolve(wanted.get("model", ""))
+        if not version["name"].startswith(endpoint.resource["name"].split("/endpoints/")[0] + "/"):
+            # A model of another project or region cannot be deployed here.
+            raise ApiError(404, f"Model {wanted.get('model')} not found.")
+        access = self.standin.access
+        project = access.find(request.params["project"]) if access is not None else None
+        if access is not None and project is not None:
+            access.require(
+                request.principal,
+                "aiplatform.models.deploy",
+                [f"projects/{project.project_id}"],
+                f"//aiplatform.googleapis.com/{version['name']}",
+                "aiplatform.googleapis.com",
+            )
+            if wanted.get("serviceAccount"):
+                access.act_as(
+                    request.principal, project, wanted["serviceAccount"], "aiplatform.googleapis.com"
+                )
         resources = wanted.get("dedicatedResources") or {}
         if DEDICATED not in version.get("supportedDeploymentResourcesTypes", []):
             raise ApiError(400, "The model does not support dedicated resources.")
@@ -208,11 +232,16 @@ class VertexEndpoints:
                 "Model requires dedicated resources: DeployedModel.dedicated_resources.machine_spec "
                 "is required.",
             )
+        check_machine_spec(
+            resources["machineSpec"], "deployed_model.dedicated_resources.machine_spec", PREDICTION_MACHINES
+        )
         split = {k: int(v) for k, v in (body.get("trafficSplit") or {}).items()}
         if not split:
             split = {"0": 100} if not endpoint.deployed else dict(endpoint.resource["trafficSplit"])
         self._check_split(endpoint, split, {*endpoint.deployed, "0"})
-        dm_id = str(next(self._dm_ids))
+        with self._lock:
+            dm_id = new_id(self._dm_ids)
+            self._dm_ids.add(dm_id)
         deployed = {
             "id": dm_id,
             "model": f"{version['name']}@{version['versionId']}",
@@ -303,7 +332,7 @@ class VertexEndpoints:
             endpoint.resource["trafficSplit"] = split
             endpoint.credit = {}
         gone.server.stop()
-        return Operations.done(TYPE + "UndeployModelResponse", {})
+        return self.standin.operations.finished(endpoint.resource["name"], TYPE + "UndeployModelResponse", {})
 
     def poll(self, request: Request) -> dict[str, Any]:
         p = request.params
@@ -424,7 +453,10 @@ def _wait_healthy(server: Server, port: int, route: str, timeout: float) -> str 
         except (urllib.error.URLError, OSError):
             pass
         time.sleep(0.25)
-    return f"The model server never became healthy within {timeout:.0f} s. Last log lines:\n{server.logs()}"
+    return (
+        "Model server never became ready. Please validate that your model file or container "
+        f"configuration are valid. (stand-in: no answer on {route} within {timeout:g} s)"
+    )
 
 
 class DockerServers:

@@ -10,22 +10,26 @@ a fixed outcome for fast tests of the client's state handling.
 
 Stand-in-only differences: the variables in `container_env` (e.g. STORAGE_EMULATOR_HOST, so the
 container's gs:// I/O reaches the GCS emulator) are added to every container; the job error also
-carries the last log lines (the real service points to Cloud Logging instead); no service account,
-machine type or accelerator is enforced, and the container runs on this machine's CPU.
+carries the last log lines (the real service points to Cloud Logging instead); the container runs
+on this machine's CPU whatever the machine type (which is checked against Vertex's catalogue,
+tests/standin/vertex_catalogue.py). Creating a job that runs as a service account needs
+`iam.serviceAccounts.actAs` on it, as on Vertex.
 """
 
 from __future__ import annotations
 
-import itertools
+import tempfile
 import threading
 import time
 import uuid
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
+from pathlib import Path
 from typing import Any, Protocol
 
-from tests.standin.server import ApiError, Request, StandIn
+from tests.standin.server import ApiError, Request, StandIn, new_id
+from tests.standin.vertex_catalogue import check_machine_spec
 
 # google.cloud.aiplatform.v1.JobState
 QUEUED, PENDING, RUNNING, SUCCEEDED, FAILED, CANCELLING, CANCELLED = 1, 2, 3, 4, 5, 6, 7
@@ -105,14 +109,13 @@ class VertexJobs:
         self.container_env = dict(container_env or {})
         self.locations = locations
         self.jobs: dict[str, Job] = {}
-        self._ids = itertools.count(int(time.time()) % 100000 * 1000)
         self._threads: list[threading.Thread] = []
         self.fail_next_create: ApiError | None = None
         base = "/v1/projects/{project}/locations/{location}/customJobs"
-        standin.route("POST", base)(self.create)
-        standin.route("GET", base + "/{job}")(self.get)
-        standin.route("GET", base)(self.list)
-        standin.route("POST", base + "/{job}:cancel")(self.cancel)
+        standin.route("POST", base, "aiplatform.customJobs.create")(self.create)
+        standin.route("GET", base + "/{job}", "aiplatform.customJobs.get")(self.get)
+        standin.route("GET", base, "aiplatform.customJobs.list")(self.list)
+        standin.route("POST", base + "/{job}:cancel", "aiplatform.customJobs.cancel")(self.cancel)
 
     # --- routes -----------------------------------------------------------------------------------
     def create(self, request: Request) -> dict[str, Any]:
@@ -131,7 +134,15 @@ class VertexJobs:
             raise ApiError(
                 400, "CustomJob.job_spec.worker_pool_specs[0].container_spec.image_uri is required."
             )
-        job_id = str(next(self._ids))
+        for index, pool in enumerate(pools):
+            check_machine_spec(pool.get("machineSpec") or {}, f"worker_pool_specs[{index}].machine_spec")
+        account = spec.get("serviceAccount")
+        access = self.standin.access
+        if account and access is not None:
+            owner = access.find(project)
+            assert owner is not None
+            access.act_as(request.principal, owner, account, "aiplatform.googleapis.com")
+        job_id = new_id(self.jobs)
         name = f"projects/{project}/locations/{location}/customJobs/{job_id}"
         resource = {
             "name": name,
@@ -228,7 +239,27 @@ class VertexJobs:
                 AIP_CHECKPOINT_DIR=f"{base}/checkpoints/",
                 AIP_TENSORBOARD_LOG_DIR=f"{base}/logs/",
             )
-        return {**env, **vertex, **self.container_env}
+        return {**env, **vertex, **self.container_env, **self._identity(spec, project)}
+
+    def _identity(self, spec: dict[str, Any], project: str) -> dict[str, str]:
+        """Who the container is: the job's service account, else Vertex AI's Custom Code Service
+        Agent (https://cloud.google.com/vertex-ai/docs/general/access-control#service-agents).
+
+        Vertex hands the container a token of that account through the metadata server; the
+        stand-in hands it application-default credentials holding a token of the same principal.
+        """
+        access = self.standin.access
+        if access is None:
+            return {}
+        account = (
+            spec.get("serviceAccount") or f"service-{project}@gcp-sa-aiplatform-cc.iam.gserviceaccount.com"
+        )
+        folder = access.folder or Path(tempfile.gettempdir()) / "edge-standin-identities"
+        return {
+            "GOOGLE_APPLICATION_CREDENTIALS": str(
+                access.credentials_file(f"serviceAccount:{account}", folder)
+            )
+        }
 
     def _end(self, job: Job, state: int, code: int | None = None, message: str | None = None) -> None:
         fields: dict[str, Any] = {"endTime": _now()}
@@ -309,6 +340,17 @@ class DockerRunner:
             network_mode="host",
             name=name,
             detach=True,
+            # The job's identity (see VertexJobs._identity), read-only at the same path.
+            volumes=(
+                {
+                    env["GOOGLE_APPLICATION_CREDENTIALS"]: {
+                        "bind": env["GOOGLE_APPLICATION_CREDENTIALS"],
+                        "mode": "ro",
+                    }
+                }
+                if "GOOGLE_APPLICATION_CREDENTIALS" in env
+                else None
+            ),
         )
         self.containers.append(name)
         try:
@@ -325,3 +367,50 @@ class DockerRunner:
             return Outcome(code, tail)
         finally:
             container.remove(force=True)
+
+
+class ProcessRunner:
+    """Runs the job's container command as a local process: the image's entry point, no image.
+
+    For rehearsals without a Docker engine: the trainer image's ENTRYPOINT is `edge`, so a job's
+    `args` run as `edge <args>` from `bin_dir` with the job's environment, as in the container, in
+    an empty working directory of its own (a container sees none of the caller's files).
+    """
+
+    def __init__(self, entrypoint: tuple[str, ...] = ("edge",), bin_dir: str | None = None) -> None:
+        self.entrypoint = entrypoint
+        self.bin_dir = bin_dir
+        self.runs: list[dict[str, Any]] = []
+
+    def pull(self, image: str) -> None:
+        """Nothing to pull: the entry point is installed here."""
+
+    def run(self, job: Job, command: list[str], args: list[str], env: dict[str, str]) -> Outcome:
+        import os
+        import shutil
+        import subprocess
+        import tempfile
+
+        argv = [*(command or self.entrypoint), *args]
+        found = shutil.which(argv[0], path=self.bin_dir) if self.bin_dir else shutil.which(argv[0])
+        if found is None:
+            return Outcome(127, f"{argv[0]}: not found")
+        self.runs.append({"command": command, "args": args, "env": env})
+        with tempfile.TemporaryDirectory(prefix="edge-job-") as workdir:
+            process = subprocess.Popen(
+                [found, *argv[1:]],
+                env={**os.environ, **env},
+                cwd=workdir,
+                stdout=subprocess.PIPE,
+                stderr=subprocess.STDOUT,
+                text=True,
+                start_new_session=True,
+            )
+            while process.poll() is None:
+                if job.cancel_requested.wait(0.2):
+                    process.terminate()
+                    process.wait(10)
+                    raise CancelledError
+            output = process.stdout.read() if process.stdout else ""
+        job.logs = output
+        return Outcome(int(process.returncode), "\n".join(output.strip().splitlines()[-LOG_TAIL:]))

@@ -6,6 +6,9 @@ finished operation; `GET models/ID`, `models/ID@<version or alias>`, `models/ID:
 one version at a time: giving it to another version takes it away from the first, as the service
 does, and `default` is the version `models/ID` resolves to.
 
+Models are kept per project and location, named by project number as Vertex names them; a name
+given with the project id designates the same model, a name in another project none.
+
 Stand-in-only differences: nothing is copied from `artifactUri` (the service copies the artifact
 into its own bucket and serves that copy); filters understand one `labels.k="v"` or
 `display_name="x"` clause, nothing more.
@@ -18,7 +21,7 @@ import threading
 from datetime import UTC, datetime
 from typing import Any
 
-from tests.standin.server import ApiError, Request, StandIn
+from tests.standin.server import ApiError, Request, StandIn, new_id
 
 UPLOAD_RESPONSE = "type.googleapis.com/google.cloud.aiplatform.v1.UploadModelResponse"
 DEDICATED_RESOURCES = 1
@@ -39,24 +42,33 @@ class VertexModels:
 
     def __init__(self, standin: StandIn) -> None:
         self.standin = standin
+        # projects/<number>/locations/<location>/models/<id> -> its versions, in order
         self.models: dict[str, list[dict[str, Any]]] = {}
-        self._ids = iter(range(7_000_000_000, 8_000_000_000))
         self._lock = threading.Lock()
         base = "/v1/projects/{project}/locations/{location}/models"
-        standin.route("POST", base + ":upload")(self.upload)
-        standin.route("GET", base)(self.list)
-        standin.route("GET", base + "/{model}")(self.get)
-        standin.route("GET", base + "/{model}:listVersions")(self.list_versions)
-        standin.route("POST", base + "/{model}:mergeVersionAliases")(self.merge_aliases)
+        standin.route("POST", base + ":upload", "aiplatform.models.upload")(self.upload)
+        standin.route("GET", base, "aiplatform.models.list")(self.list)
+        standin.route("GET", base + "/{model}", "aiplatform.models.get")(self.get)
+        standin.route("GET", base + "/{model}:listVersions", "aiplatform.models.list")(self.list_versions)
+        standin.route("POST", base + "/{model}:mergeVersionAliases", "aiplatform.models.update")(
+            self.merge_aliases
+        )
 
     # --- what other stand-ins (endpoints) ask ----------------------------------------------------
+    def canonical(self, project: str) -> str:
+        """The project number for a project id or number (unknown ones are kept as given)."""
+        access = self.standin.access
+        found = access.find(project) if access is not None else None
+        return found.number if found is not None else project
+
     def resolve(self, name: str) -> dict[str, Any]:
         """The version a (possibly versioned) model resource name designates; ApiError 404 if none."""
-        match = re.match(r"^projects/[^/]+/locations/[^/]+/models/([^/@]+)(?:@(.+))?$", name)
+        match = re.match(r"^projects/([^/]+)/locations/([^/]+)/models/([^/@]+)(?:@(.+))?$", name)
         if not match:
             raise ApiError(400, f"Invalid model name {name!r}.")
-        model_id, selector = match.group(1), match.group(2) or "default"
-        versions = self.models.get(model_id)
+        project, location, model_id = self.canonical(match.group(1)), match.group(2), match.group(3)
+        selector = match.group(4) or "default"
+        versions = self.models.get(f"projects/{project}/locations/{location}/models/{model_id}")
         if not versions:
             raise ApiError(404, f"Model {name} not found.")
         for version in versions:
@@ -81,25 +93,33 @@ class VertexModels:
         for alias in aliases:
             if not _ALIAS.match(alias) or re.fullmatch(r"\d+", alias):
                 raise ApiError(400, f"Invalid version alias {alias!r}.")
+        here = f"projects/{project}/locations/{location}/models"
         with self._lock:
             parent = body.get("parentModel")
             if parent:
-                model_id = parent.rsplit("/", 1)[-1]
-                if model_id not in self.models:
+                match = re.match(r"^projects/([^/]+)/locations/([^/]+)/models/([^/@]+)$", parent)
+                key = (
+                    f"projects/{self.canonical(match.group(1))}/locations/{match.group(2)}/models/{match.group(3)}"
+                    if match
+                    else ""
+                )
+                # A parent in another project or location is not this registry's to extend.
+                if not key.startswith(here + "/") or key not in self.models:
                     raise ApiError(404, f"Parent model {parent} not found.")
+                model_id = key.rsplit("/", 1)[-1]
             else:
-                model_id = body.get("modelId") or str(next(self._ids))
-                if not _MODEL_ID.match(model_id):
+                model_id = body.get("modelId") or new_id({k.rsplit("/", 1)[-1] for k in self.models})
+                if not _MODEL_ID.match(model_id) and not model_id.isdigit():
                     raise ApiError(400, f"Invalid model id {model_id!r}.")
-                if model_id in self.models:
+                if f"{here}/{model_id}" in self.models:
                     raise ApiError(409, f"Model {model_id} already exists.", "ALREADY_EXISTS")
-                self.models[model_id] = []
+                self.models[f"{here}/{model_id}"] = []
                 # The first version of a model is always its default one.
                 if "default" not in aliases:
                     aliases.append("default")
-            versions = self.models[model_id]
+            name = f"{here}/{model_id}"
+            versions = self.models[name]
             version_id = str(len(versions) + 1)
-            name = f"projects/{project}/locations/{location}/models/{model_id}"
             created = now()
             version = {
                 "name": name,
@@ -118,8 +138,10 @@ class VertexModels:
                 "etag": f"v{version_id}",
             }
             versions.append(version)
-            self._give_aliases(model_id, version, aliases)
-        return self.standin.operations.done(UPLOAD_RESPONSE, {"model": name, "modelVersionId": version_id})
+            self._give_aliases(name, version, aliases)
+        return self.standin.operations.finished(
+            name, UPLOAD_RESPONSE, {"model": name, "modelVersionId": version_id}
+        )
 
     def get(self, request: Request) -> dict[str, Any]:
         return dict(self.resolve(self._name(request)))
@@ -137,8 +159,9 @@ class VertexModels:
     def list_versions(self, request: Request) -> dict[str, Any]:
         first = self.resolve(self._name(request))
         test = _filter(request.query.get("filter"))
-        model_id = first["name"].rsplit("/", 1)[-1]
-        found = [{**v, "name": f"{v['name']}@{v['versionId']}"} for v in self.models[model_id] if test(v)]
+        found = [
+            {**v, "name": f"{v['name']}@{v['versionId']}"} for v in self.models[first["name"]] if test(v)
+        ]
         return {"models": found} if found else {}
 
     def merge_aliases(self, request: Request) -> dict[str, Any]:
@@ -147,20 +170,19 @@ class VertexModels:
         if not changes:
             raise ApiError(400, "MergeVersionAliasesRequest.version_aliases is required.")
         with self._lock:
-            model_id = version["name"].rsplit("/", 1)[-1]
             removed = [a[1:] for a in changes if a.startswith("-")]
             added = [a for a in changes if not a.startswith("-")]
             if "default" in removed:
                 raise ApiError(400, "The default alias cannot be removed; give it to another version.")
             version["versionAliases"] = [a for a in version["versionAliases"] if a not in removed]
-            self._give_aliases(model_id, version, added)
+            self._give_aliases(version["name"], version, added)
             version["versionUpdateTime"] = now()
         return dict(version)
 
     # --- helpers ---------------------------------------------------------------------------------
-    def _give_aliases(self, model_id: str, version: dict[str, Any], aliases: list[str]) -> None:
+    def _give_aliases(self, model: str, version: dict[str, Any], aliases: list[str]) -> None:
         for alias in aliases:
-            for other in self.models[model_id]:
+            for other in self.models[model]:
                 if alias in other["versionAliases"]:
                     other["versionAliases"].remove(alias)
             version["versionAliases"].append(alias)

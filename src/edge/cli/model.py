@@ -118,9 +118,7 @@ def _production_dir(production: str) -> str | None:
         return None
     if production != FROM_REGISTRY:
         return production
-    from edge.cloud.registry import PRODUCTION
-
-    version = _registry().get(PRODUCTION)
+    version = _registry().production()
     if version is None:
         console.print("No version is in production yet: the candidate is judged on the floors only.")
         return None

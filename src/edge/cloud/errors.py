@@ -13,10 +13,24 @@ class CloudError(Exception):
 
 
 def explain(exc: BaseException, doing: str) -> CloudError:
-    """Turn an api_core error (403, 429, 404...) into a CloudError that says what to do."""
+    """Turn an api_core error (403, 429, 404...) into a CloudError that says what to do.
+
+    Google's `google.rpc.ErrorInfo` (api_core's `reason` and `metadata`) tells apart what a bare
+    403 does not: a project that does not exist, an API that is disabled, a missing permission.
+    """
     code = getattr(exc, "code", None)
     message = _message(exc)
+    specific = _from_error_info(exc)
+    if specific:
+        return CloudError(f"{doing} failed: {specific}")
+    if code == 400 and "Service account" in message and "does not exist" in message:
+        return CloudError(
+            f"{doing} failed: {message} (a new service account takes up to a minute to be visible to "
+            "IAM: run the same command again in a minute)"
+        )
     hint = {
+        400: "the request was refused as invalid: check the setting it names in edge.yaml "
+        "(`edge config show`)",
         401: "the credentials were refused: run `gcloud auth application-default login` again",
         403: "permission denied: check that the APIs are enabled (`edge setup`), that billing is on, "
         "and that your account has the role this call needs",
@@ -28,6 +42,46 @@ def explain(exc: BaseException, doing: str) -> CloudError:
     }.get(int(code) if isinstance(code, int) else 0, "")
     text = f"{doing} failed: {message}"
     return CloudError(f"{text} ({hint})" if hint else text)
+
+
+def _from_error_info(exc: BaseException) -> str | None:
+    """One sentence for the ErrorInfo reasons a user can act on, or None."""
+    reason = getattr(exc, "reason", None)
+    metadata: dict[str, str] = dict(getattr(exc, "metadata", None) or {})
+    if reason == "SERVICE_DISABLED":
+        service = metadata.get("service", "an API")
+        project = metadata.get("consumer", "the project").removeprefix("projects/")
+        return (
+            f"{service} is not enabled on project {project}: run `edge setup` (or `gcloud services "
+            f"enable {service}`); if it was enabled in the last few minutes, wait and run this again"
+        )
+    if reason == "CONSUMER_INVALID":
+        project = metadata.get("consumer", "").removeprefix("projects/")
+        return (
+            f"project {project!r} does not exist or your account cannot see it: check `project` in "
+            "edge.yaml (`edge config show`) and the account you are logged in with"
+        )
+    if reason == "IAM_PERMISSION_DENIED":
+        permission = metadata.get("permission", "a permission")
+        resource = metadata.get("resource", "the resource")
+        return (
+            f"permission {permission} denied on {resource}: grant the account that runs this a role "
+            "that holds it (docs/cloud.md lists the roles each step needs)"
+        )
+    return None
+
+
+def is_registry_answer(exc: BaseException) -> bool:
+    """Whether a 404 is the API saying "no such resource" (Google's JSON NOT_FOUND error), rather
+    than a path no API serves (an HTML page from the front end: a wrong endpoint or region)."""
+    response = getattr(exc, "response", None)
+    if response is None or getattr(exc, "code", None) != 404:
+        return False
+    try:
+        error = response.json().get("error") or {}
+    except ValueError:
+        return False
+    return bool(error.get("status") == "NOT_FOUND")
 
 
 def _message(exc: BaseException) -> str:

@@ -19,7 +19,7 @@ from typing import Any
 
 from edge import storage
 from edge.cloud.clients import Clients
-from edge.cloud.errors import CloudError, explain
+from edge.cloud.errors import CloudError, explain, is_registry_answer
 
 MODEL_ID = "edge-fashion-mnist"
 DISPLAY_NAME = "fashion-mnist-cnn"
@@ -126,6 +126,31 @@ class Registry:
             return None
         except exceptions.GoogleAPICallError as exc:
             raise explain(exc, f"reading model version {version}") from exc
+
+    def production(self) -> ModelVersion | None:
+        """The version aliased `production`, or None when the registry answered that there is none.
+
+        Fails closed, for the release gate: None only on the registry's own NOT_FOUND for the
+        parent model (nothing registered yet) or for its `production` alias; any other error
+        (a wrong project or endpoint, a permission, a disabled API) raises CloudError.
+        """
+        aiplatform = self._aiplatform()
+        from google.api_core import exceptions
+
+        for version, doing in ((None, "reading the registered model"), (PRODUCTION, "reading production")):
+            try:
+                model = aiplatform.Model(self.parent, version=version)
+            except exceptions.NotFound as exc:
+                if is_registry_answer(exc):
+                    return None
+                raise CloudError(
+                    f"{doing} failed: {self.parent} answered 404 without saying the model does not "
+                    "exist (no Vertex AI API at that address?): check `region` and the endpoint "
+                    "settings (`edge config show`)"
+                ) from exc
+            except exceptions.GoogleAPICallError as exc:
+                raise explain(exc, doing) from exc
+        return ModelVersion.of(model)
 
     def find_by_model_version(self, model_version: str) -> ModelVersion | None:
         """The registry version holding the model whose weights digest is `model_version`."""
