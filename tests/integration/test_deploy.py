@@ -28,6 +28,7 @@ from tests.standin.cloud import LocalCloud
 from tests.standin.server import ApiError
 from tests.standin.vertex_endpoints import DockerServers, ProcessServers, Servers, VertexEndpoints
 from tests.standin.vertex_models import VertexModels
+from tests.verdicts import judge
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(900)]
 
@@ -63,6 +64,7 @@ def _train(prepared: Path, target: Path, epochs: int, seed: int) -> Path:
         "tracking_run_id": uuid.uuid4().hex,
     }
     train_stage(str(prepared), str(target), str(target.parent / f"reports-{target.name}"), params, lineage)
+    judge(target)  # tiny models, declared passed: these tests judge the release, not the model
     return target
 
 
@@ -257,6 +259,12 @@ def full_flow(vertex: Vertex, models: Models) -> tuple[str, str]:
 
 def test_a_model_that_fails_the_gate_never_reaches_the_endpoint(vertex: Vertex, models: Models) -> None:
     v1 = release_v1(models)
+    # Never judged by its test suite: the registry refuses it outright.
+    unjudged = edge("model", "register", "--model-dir", str(models.untrained), "--image", IMAGE)
+    assert unjudged.exit_code == 1
+    assert "has not been judged by its test suite: only a model that passed is registered" in unjudged.output
+    # Declared passed by its suite, it is registered: the release gate is what must stop it.
+    judge(models.untrained)
     register(models.untrained)
     gate = edge("model", "gate", "--candidate", str(models.untrained), "--production", "registry")
     assert gate.exit_code == 1 and "release gate failed" in gate.output

@@ -17,7 +17,7 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-from edge import storage
+from edge import storage, verdict
 from edge.cloud.clients import Clients
 from edge.cloud.errors import CloudError, explain, is_registry_answer
 
@@ -178,6 +178,15 @@ class Registry:
         if not version:
             raise CloudError(
                 f"{model_dir}/metadata.json names no model version: train it with `edge pipeline`"
+            )
+        # The registry holds only models that passed their test suite: what it serves, Vertex AI
+        # serves, and the model server on the endpoint checks the same verdict again.
+        judged = verdict.read(model_dir, metadata)
+        if judged is None or not judged.passed:
+            what = judged.describe() if judged else f"model {version} has not been judged by its test suite"
+            raise CloudError(
+                f"{what}: only a model that passed is registered; judge it with `edge pipeline "
+                f"evaluate --model-dir {model_dir}` (or `dvc repro`), or train another"
             )
         existing = self.find_by_model_version(version)
         if existing is not None:
