@@ -22,7 +22,7 @@ from tests.standin.cloud import LocalCloud
 from tests.standin.vertex_models import VertexModels
 
 IMAGE = "127.0.0.1:5000/edge/edge-trainer@sha256:" + "a" * 64
-PARAMS = "evaluate:\n  min_accuracy: 0.5\ngate:\n  max_regression: 0.05\n  min_class_recall: 0.0\n"
+PARAMS = "evaluate:\n  min_accuracy: 0.5\n  min_class_recall: 0.0\ngate:\n  max_regression: 0.05\n"
 
 
 @pytest.fixture

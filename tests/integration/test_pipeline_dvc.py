@@ -18,6 +18,7 @@ from pathlib import Path
 import pytest
 import yaml
 
+from edge.verdict import VERDICT_FILE
 from tests.conftest import REPO_ROOT
 from tests.datagen import NO_AUGMENTATION, write_fashion_files
 
@@ -164,8 +165,11 @@ def test_lock_records_every_stage_and_its_outputs(reproduced: tuple[Path, str]) 
     lock = yaml.safe_load((project / "dvc.lock").read_text())["stages"]
     assert set(lock) == set(STAGES)
     outs = {out["path"]: out for stage in lock.values() for out in stage["outs"]}
+    # The verdict is written into models/ by the evaluate stage, after the train stage recorded its
+    # output, so .dvcignore keeps it out of the train stage's hash.
+    assert (project / "models" / VERDICT_FILE).is_file()
     for folder in ("data/prepared", "models"):
-        files = [f for f in (project / folder).rglob("*") if f.is_file()]
+        files = [f for f in (project / folder).rglob("*") if f.is_file() and f.name != VERDICT_FILE]
         assert outs[folder]["md5"].endswith(".dir") and outs[folder]["nfiles"] == len(files), folder
     for path in (
         "reports/evaluate/metrics.json",
