@@ -10,6 +10,7 @@ twice from a clean cache: the same seed must give the same model (DVC's md5 of `
 
     EDGE_DATA_SOURCE=/path/to/fashion-mnist python benchmarks/bench_pipeline.py --seeds 3
     python benchmarks/bench_pipeline.py --source DIR --seeds 5 --precision float32 --skip-knn
+    python benchmarks/bench_pipeline.py --source DIR --seed 4 --skip-knn
 """
 
 from __future__ import annotations
@@ -277,6 +278,12 @@ def main() -> None:
         "--seeds", type=int, default=1, choices=range(1, len(SEEDS) + 1), help="How many of 42, 1, 2, 3, 4."
     )
     parser.add_argument(
+        "--seed",
+        type=int,
+        action="append",
+        help="Train this seed instead (repeatable): to add one seed to an earlier run's table.",
+    )
+    parser.add_argument(
         "--precision",
         choices=("bfloat16", "float32"),
         help="Force train.model.bfloat16 (default: params.yaml's).",
@@ -302,7 +309,7 @@ def main() -> None:
         load_before = _load()
         runs = []
         noop: dict[str, Any] = {}
-        for seed in SEEDS[: args.seeds]:
+        for seed in args.seed or SEEDS[: args.seeds]:
             for attempt in range(args.repeat):
                 runs.append(run_seed(work, seed, args.precision, force=attempt > 0))
                 if not noop and runs[-1]["passed"]:
