@@ -27,6 +27,7 @@ from tests.cloud_env import PROJECT, endpoint_env, ready_cloud, write_settings
 from tests.gcs_emulator import GcsEmulator
 from tests.standin.cloud import LocalCloud
 from tests.standin.gcs_front import GcsFront
+from tests.standin.registry import RegistryStandIn
 from tests.standin.server import ApiError, StandIn
 from tests.standin.vertex_jobs import CANCELLED, RUNNING, ScriptedRunner
 
@@ -256,7 +257,9 @@ def test_ctrl_c_cancels_the_job(workspace: Path, gcs_emulator: GcsEmulator) -> N
         assert local.log.find(service="aiplatform", method="POST", path=":cancel")
 
 
-def test_a_machine_vertex_does_not_offer_is_named(workspace: Path, gcs_emulator: GcsEmulator) -> None:
+def test_a_machine_vertex_does_not_offer_is_named_before_any_request(
+    workspace: Path, gcs_emulator: GcsEmulator
+) -> None:
     text = Path("edge.yaml").read_text()
     machine = "machine_type: a2-highgpu-1\naccelerator_type: NVIDIA_TESLA_A100\naccelerator_count: 1\n"
     Path("edge.yaml").write_text(text + machine)
@@ -264,6 +267,88 @@ def test_a_machine_vertex_does_not_offer_is_named(workspace: Path, gcs_emulator:
         done = _train(env)
         assert done.exit_code == 1
         (line,) = [line for line in done.output.splitlines() if line.startswith("error:")]
-        assert 'machine_type "a2-highgpu-1" is not supported' in line
-        assert "check the setting it names in edge.yaml" in line
-        assert local.jobs.jobs == {}
+        assert "'a2-highgpu-1' is not a machine type Vertex AI trains on" in line
+        assert "a2-highgpu-{1,2,4,8}g" in done.output
+        assert not local.log.find(service="aiplatform")
+
+
+def test_a_gpu_of_another_machine_family_is_refused_before_any_request(
+    workspace: Path, gcs_emulator: GcsEmulator
+) -> None:
+    text = Path("edge.yaml").read_text()
+    machine = "machine_type: n1-standard-8\naccelerator_type: NVIDIA_TESLA_A100\naccelerator_count: 1\n"
+    Path("edge.yaml").write_text(text + machine)
+    with cloud(ScriptedRunner(), gcs_emulator) as (local, env):
+        done = _train(env)
+        assert done.exit_code == 1
+        assert "NVIDIA_TESLA_A100 is not attached to N1 machines: choose one of a2-highgpu-1g" in done.output
+        assert not local.log.find(service="aiplatform")
+        assert (
+            gcs_emulator.objects(f"gs://{Path('edge.yaml').read_text().split('bucket: ')[1].split()[0]}")
+            == []
+        )
+
+
+def _commit_checkout(folder: Path) -> str:
+    """Make `folder` an Edge checkout with one commit (the images' sources and params.yaml)."""
+    (folder / "services" / "trainer").mkdir(parents=True)
+    (folder / "services" / "trainer" / "Dockerfile").write_text("FROM scratch\n")
+    (folder / "src").mkdir()
+    (folder / "src" / "code.py").write_text("print('train')\n")
+    (folder / ".gitignore").write_text("data/\nedge.yaml\n.edge/\nmodels/\nreports/\n")
+    git = ["git", "-c", "user.name=t", "-c", "user.email=t@example.com"]
+    subprocess.run([*git, "init", "-q", "-b", "main"], cwd=folder, check=True)
+    subprocess.run([*git, "add", "."], cwd=folder, check=True)
+    subprocess.run([*git, "commit", "-q", "-m", "first"], cwd=folder, check=True)
+    return subprocess.run(
+        ["git", "rev-parse", "HEAD"], cwd=folder, check=True, capture_output=True, text=True
+    ).stdout.strip()
+
+
+def _train_by_commit(env: dict[str, str]) -> Result:
+    command = ["pipeline", "train", "--on", "vertex", "--keep-on-interrupt"]
+    return CliRunner().invoke(app, command, env={**env, "EDGE_TRAINER_IMAGE": None})
+
+
+def test_the_trainer_is_found_in_the_registry_by_the_full_commit_and_params_edits_keep_it(
+    workspace: Path, gcs_emulator: GcsEmulator
+) -> None:
+    commit = _commit_checkout(workspace)
+    with RegistryStandIn() as registry, cloud(ScriptedRunner(exit_code=3), gcs_emulator) as (local, env):
+        # As CI pushes it, from another machine: tagged with $CIRCLE_SHA1, no local engine involved.
+        digest = registry.put("edge/edge-trainer", commit)
+        env["EDGE_REGISTRY"] = f"{registry.host}/edge"
+        # An experiment's params (`dvc exp run -S`) are not the image's code: the same image serves.
+        Path("params.yaml").write_text("train:\n  epochs: 2\n")
+        done = _train_by_commit(env)
+        assert "non-zero status of 3" in done.output, done.output
+        create = local.log.find(service="aiplatform", method="POST", path="customJobs")[0]
+        container = create.body["jobSpec"]["workerPoolSpecs"][0]["containerSpec"]
+        assert container["imageUri"] == f"{registry.host}/edge/edge-trainer@{digest}"
+        # A change to the code the image is built from needs its own image.
+        Path("src/code.py").write_text("print('changed')\n")
+        done = _train_by_commit(env)
+        assert done.exit_code == 1
+        assert f"no edge-trainer image for {commit[:12]}-dirty-" in done.output
+        assert "edge image build trainer" in done.output
+        assert len(local.log.find(service="aiplatform", method="POST", path="customJobs")) == 1
+
+
+def test_a_gpu_machine_trains_with_the_gpu_trainer_on_an_a2_machine(
+    workspace: Path, gcs_emulator: GcsEmulator
+) -> None:
+    commit = _commit_checkout(workspace)
+    text = Path("edge.yaml").read_text()
+    machine = "machine_type: a2-highgpu-1g\naccelerator_type: NVIDIA_TESLA_A100\naccelerator_count: 1\n"
+    Path("edge.yaml").write_text(text + machine)
+    with RegistryStandIn() as registry, cloud(ScriptedRunner(exit_code=3), gcs_emulator) as (local, env):
+        registry.put("edge/edge-trainer", commit[:12])
+        gpu = registry.put("edge/edge-trainer-gpu", commit[:12])
+        env["EDGE_REGISTRY"] = f"{registry.host}/edge"
+        done = _train_by_commit(env)
+        assert "non-zero status of 3" in done.output, done.output
+        create = local.log.find(service="aiplatform", method="POST", path="customJobs")[0]
+        pool = create.body["jobSpec"]["workerPoolSpecs"][0]
+        assert pool["containerSpec"]["imageUri"] == f"{registry.host}/edge/edge-trainer-gpu@{gpu}"
+        assert pool["machineSpec"]["machineType"] == "a2-highgpu-1g"
+        assert pool["machineSpec"]["acceleratorCount"] == 1

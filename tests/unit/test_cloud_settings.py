@@ -130,3 +130,32 @@ def test_config_wizard_reasks_until_valid(tmp_path: Path) -> None:
     assert written["bucket"] == "edge-demo-123-edge"
     assert written["region"] == "europe-west2"
     assert written["train_on"] == "vertex"
+
+
+def test_the_machine_and_gpu_pairings_agree_with_the_vertex_stand_ins_catalogue() -> None:
+    """Every pairing edge.yaml accepts, the stand-in (Google's documented table) accepts, and back."""
+    from tests.standin.server import ApiError
+    from tests.standin.vertex_catalogue import check_machine_spec
+
+    for machine in cfg.MACHINE_TYPES:
+        for accelerator in (None, *cfg.ACCELERATORS):
+            for count in range(0 if accelerator is None else 1, 9 if accelerator else 1):
+                ours = cfg.accelerator_problem(machine, accelerator, count) is None
+                spec = {
+                    "machineType": machine,
+                    "acceleratorType": accelerator or 0,
+                    "acceleratorCount": count,
+                }
+                try:
+                    check_machine_spec(spec, "machine_spec")
+                    theirs = True
+                except ApiError:
+                    theirs = False
+                assert ours == theirs, (machine, accelerator, count)
+
+
+def test_a2_machines_are_named_as_vertex_names_them() -> None:
+    a100 = {"machine_type": "a2-highgpu-2g", "accelerator_type": "NVIDIA_TESLA_A100"}
+    assert cfg.validate({**VALID, **a100, "accelerator_count": 2}).machine_type == "a2-highgpu-2g"
+    with pytest.raises(cfg.SettingsError, match="a2-highgpu-2g comes with 2 NVIDIA_TESLA_A100"):
+        cfg.validate({**VALID, **a100})

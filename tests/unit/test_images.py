@@ -25,8 +25,10 @@ def git(root: Path, *args: str) -> str:
 @pytest.fixture
 def checkout(tmp_path: Path) -> Path:
     git(tmp_path, "init", "-q", "-b", "main")
-    (tmp_path / "a.txt").write_text("one\n")
-    git(tmp_path, "add", "a.txt")
+    (tmp_path / "src").mkdir()
+    (tmp_path / "src" / "a.py").write_text("one\n")
+    (tmp_path / "params.yaml").write_text("train:\n  epochs: 1\n")
+    git(tmp_path, "add", "src/a.py", "params.yaml")
     git(tmp_path, "commit", "-q", "-m", "first")
     return tmp_path
 
@@ -37,16 +39,25 @@ def test_a_clean_tree_is_tagged_with_its_commit(checkout: Path) -> None:
     assert state.branch == "main"
     assert not state.dirty
     assert state.tag == state.commit[:12]
+    assert state.tags == (state.commit, state.commit[:12])
 
 
 def test_uncommitted_changes_get_a_dirty_tag_that_follows_the_content(checkout: Path) -> None:
-    (checkout / "a.txt").write_text("two\n")
+    (checkout / "src" / "a.py").write_text("two\n")
     first = images.git_state(checkout)
     assert first.dirty
     assert first.tag.startswith(f"{first.commit[:12]}-dirty-")
     assert images.git_state(checkout).tag == first.tag  # same changes, same tag
-    (checkout / "new.txt").write_text("untracked files count too\n")
+    (checkout / "src" / "new.py").write_text("untracked files count too\n")
     assert images.git_state(checkout).tag != first.tag
+
+
+def test_params_and_other_files_outside_the_images_sources_keep_the_commit_tag(checkout: Path) -> None:
+    (checkout / "params.yaml").write_text("train:\n  epochs: 3\n")  # `dvc exp run -S train.epochs=3`
+    (checkout / "dvc.lock").write_text("schema: '2.0'\n")
+    state = images.git_state(checkout)
+    assert not state.dirty
+    assert state.tag == state.commit[:12]
 
 
 def test_building_outside_git_is_refused(tmp_path: Path) -> None:

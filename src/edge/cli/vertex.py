@@ -88,24 +88,22 @@ def train_on_vertex(
 
 
 def _pushed_trainer(settings: cfg.Settings) -> str:
-    """The trainer image `edge image push` pushed for this checkout, by digest, from the local engine."""
-    import docker.errors
+    """The trainer image pushed for this checkout's code, by digest, as the registry reports it.
 
+    The GPU variant when edge.yaml names an accelerator; tagged with the full commit (CI's
+    $CIRCLE_SHA1) or the short one, with `-dirty-<hash>` when the images' sources have changes.
+    """
     from edge.cloud import images
     from edge.cloud.errors import CloudError
 
     registry = settings.image_registry.rstrip("/")
+    service = images.trainer_image_for(settings.accelerator_type)
     state = images.git_state(images.repository_root())
-    local = images.image_ref("trainer", state.tag)
-    try:
-        image = images.engine().images.get(local)
-    except docker.errors.ImageNotFound:
-        image = None
-    digests = (image.attrs.get("RepoDigests") or []) if image else []
-    for digest in digests:
-        if digest.startswith(f"{registry}/{images.image_name('trainer')}@"):
-            return str(digest)
+    found = images.find_pushed(service, registry, state.tags)
+    if found:
+        return found
     raise CloudError(
-        f"no trainer image for {state.tag} pushed to {registry}: run `edge image build trainer` and "
-        "`edge image push trainer`, or pass --image <registry>/edge-trainer@sha256:..."
+        f"no {images.image_name(service)} image for {state.tag} pushed to {registry}: run "
+        f"`edge image build {service}` and `edge image push {service}`, or pass --image "
+        f"<registry>/{images.image_name(service)}@sha256:..."
     )

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import os
+import re
 import shutil
 import subprocess
 import tempfile
@@ -30,6 +31,17 @@ IMAGES: dict[str, tuple[str, dict[str, str]]] = {
 # Registries that take a Google access token as the password of the user `oauth2accesstoken`.
 GOOGLE_REGISTRY_SUFFIXES = ("docker.pkg.dev", "gcr.io")
 GOOGLE_SCOPES = ("https://www.googleapis.com/auth/cloud-platform",)
+# What the images are built from. Only changes here make a tree "dirty" for the image tag: params.yaml
+# travels to a job through gs://, so `dvc exp run -S train.epochs=3` still finds the commit's image.
+IMAGE_SOURCES = ("src", "services", "pyproject.toml", "uv.lock", ".python-version", ".dockerignore")
+# Every manifest type a push may have stored: asking for them all makes the registry answer with the
+# digest it stored, the one `docker push` reported (https://distribution.github.io/distribution/spec/api/).
+MANIFEST_TYPES = (
+    "application/vnd.oci.image.index.v1+json",
+    "application/vnd.oci.image.manifest.v1+json",
+    "application/vnd.docker.distribution.manifest.list.v2+json",
+    "application/vnd.docker.distribution.manifest.v2+json",
+)
 
 
 class ImageError(CloudError):
@@ -38,7 +50,7 @@ class ImageError(CloudError):
 
 @dataclass(frozen=True)
 class GitState:
-    """The commit the images are built from, and a hash of uncommitted changes if any."""
+    """The commit the images are built from, and a hash of uncommitted changes to their sources if any."""
 
     commit: str
     branch: str | None
@@ -54,6 +66,12 @@ class GitState:
         """The image tag: the short commit, with `-dirty-<hash>` when the tree has changes."""
         short = self.commit[:12]
         return f"{short}-dirty-{self.dirty_hash[:8]}" if self.dirty_hash else short
+
+    @property
+    def tags(self) -> tuple[str, ...]:
+        """The tags an image of this tree may have been pushed with: CI's full commit ($CIRCLE_SHA1),
+        then `tag`."""
+        return (self.tag,) if self.dirty_hash else (self.commit, self.tag)
 
 
 @dataclass(frozen=True)
@@ -109,17 +127,18 @@ def repository_root(start: Path = Path()) -> Path:
 
 
 def git_state(root: Path) -> GitState:
-    """Read the commit and whether the working tree differs from it."""
+    """Read the commit and whether the images' sources (IMAGE_SOURCES) differ from it."""
     commit = _git(root, "rev-parse", "HEAD")
     if not commit:
         raise ImageError(f"{root} is not a git checkout with a commit: images are tagged with the commit")
     changes = hashlib.sha256()
     dirty = False
-    diff = _git(root, "diff", "HEAD", "--binary", strip=False)
+    diff = _git(root, "diff", "HEAD", "--binary", "--", *IMAGE_SOURCES, strip=False)
     if diff:
         dirty = True
         changes.update(diff.encode())
-    for name in (_git(root, "ls-files", "--others", "--exclude-standard") or "").splitlines():
+    untracked = _git(root, "ls-files", "--others", "--exclude-standard", "--", *IMAGE_SOURCES)
+    for name in (untracked or "").splitlines():
         dirty = True
         changes.update(name.encode())
         path = root / name
@@ -265,6 +284,68 @@ def push(
     if not digest:
         raise ImageError(f"the registry took {remote} but reported no digest: check the registry's logs")
     return PushedImage(service, f"{repository}@{digest}", digest, remote)
+
+
+def find_pushed(service: str, registry: str, tags: tuple[str, ...]) -> str | None:
+    """`<registry>/edge-<service>@<digest>` for the first of `tags` the registry holds, else None.
+
+    Asks the registry itself (the Docker Registry HTTP API v2), not a Docker engine: in CI the image
+    was built and pushed by another job, on another machine.
+    """
+    import requests
+
+    host, _, path = registry.rstrip("/").partition("/")
+    repository = f"{path}/{image_name(service)}" if path else image_name(service)
+    local = host.split(":", 1)[0] in {"127.0.0.1", "localhost"}
+    base = f"{'http' if local else 'https'}://{host}/v2/{repository}/manifests/"
+    session = requests.Session()
+    session.headers["Accept"] = ", ".join(MANIFEST_TYPES)
+    try:
+        for tag in tags:
+            answer = session.head(base + tag, timeout=30)
+            if answer.status_code == 401:
+                _authenticate(session, answer, registry, repository)
+                answer = session.head(base + tag, timeout=30)
+            if answer.status_code == 404:
+                continue
+            if answer.status_code in (401, 403):
+                raise ImageError(
+                    f"the registry {host} refused to show {repository}:{tag} ({answer.status_code}): "
+                    "reading it needs roles/artifactregistry.reader on the repository"
+                )
+            answer.raise_for_status()
+            digest = answer.headers.get("Docker-Content-Digest")
+            if not digest:
+                raise ImageError(f"the registry {host} gave no digest for {repository}:{tag}")
+            return f"{host}/{repository}@{digest}"
+    except requests.RequestException as exc:
+        raise ImageError(f"the registry {host} cannot be reached: check the host and port ({exc})") from exc
+    return None
+
+
+def _authenticate(session: Any, challenge: Any, registry: str, repository: str) -> None:
+    """Answer a registry's 401: a bearer token from its token service, or basic credentials.
+
+    The token handshake of https://distribution.github.io/distribution/spec/auth/token/ (Artifact
+    Registry's too), with Google's `oauth2accesstoken` credentials for a Google registry.
+    """
+    import requests
+
+    auth = registry_auth(registry)
+    credentials = (auth["username"], auth["password"]) if auth else None
+    header = challenge.headers.get("WWW-Authenticate", "")
+    scheme, _, rest = header.partition(" ")
+    if scheme.lower() == "basic" and credentials:
+        session.auth = credentials
+        return
+    if scheme.lower() != "bearer":
+        return
+    fields = dict(re.findall(r'(\w+)="([^"]*)"', rest))
+    query = {"service": fields.get("service", ""), "scope": f"repository:{repository}:pull"}
+    answer = requests.get(fields.get("realm", ""), params=query, auth=credentials, timeout=30)
+    if answer.ok:
+        token = answer.json().get("token") or answer.json().get("access_token")
+        session.headers["Authorization"] = f"Bearer {token}"
 
 
 def explain_push_error(ref: str, error: str) -> str:

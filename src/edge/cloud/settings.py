@@ -58,7 +58,8 @@ REGIONS = (
     "me-west1",
 )
 
-# Machine families Vertex AI custom training accepts, with the vCPU counts each comes in.
+# Machine families Vertex AI custom training accepts without an accelerator (N1 may take one, below),
+# with the vCPU counts each comes in.
 MACHINE_FAMILIES: dict[str, tuple[int, ...]] = {
     "n1-standard": (4, 8, 16, 32, 64, 96),
     "n1-highmem": (2, 4, 8, 16, 32, 64, 96),
@@ -70,10 +71,30 @@ MACHINE_FAMILIES: dict[str, tuple[int, ...]] = {
     "e2-highmem": (2, 4, 8, 16),
     "e2-highcpu": (16, 32),
     "c2-standard": (4, 8, 16, 30, 60),
-    "g2-standard": (4, 8, 12, 16, 24, 32, 48, 96),
-    "a2-highgpu": (1, 2, 4, 8),
 }
-MACHINE_TYPES = tuple(f"{family}-{n}" for family, sizes in MACHINE_FAMILIES.items() for n in sizes)
+# Which GPUs a machine takes, and how many, as Vertex AI names them: N1 machines take a T4, V100, P4 or
+# P100 in the counts below; A2 and G2 machines come with their GPUs attached, one model in one count
+# per machine type (a2-highgpu-1g: one A100; g2-standard-24: two L4s). Sources: "Configure compute
+# resources for custom training", https://cloud.google.com/vertex-ai/docs/training/configure-compute
+# (its GPU table), and https://cloud.google.com/compute/docs/gpus (the A2 and G2 machine types).
+N1_ACCELERATORS: dict[str, tuple[int, ...]] = {
+    "NVIDIA_TESLA_T4": (1, 2, 4),
+    "NVIDIA_TESLA_V100": (1, 2, 4, 8),
+    "NVIDIA_TESLA_P4": (1, 2, 4),
+    "NVIDIA_TESLA_P100": (1, 2, 4),
+}
+GPU_MACHINES: dict[str, tuple[str, int]] = {
+    **{f"a2-highgpu-{n}g": ("NVIDIA_TESLA_A100", n) for n in (1, 2, 4, 8)},
+    **{f"a2-ultragpu-{n}g": ("NVIDIA_A100_80GB", n) for n in (1, 2, 4, 8)},
+    **{
+        f"g2-standard-{size}": ("NVIDIA_L4", gpus)
+        for size, gpus in ((4, 1), (8, 1), (12, 1), (16, 1), (24, 2), (32, 1), (48, 4), (96, 8))
+    },
+}
+MACHINE_TYPES = (
+    *(f"{family}-{n}" for family, sizes in MACHINE_FAMILIES.items() for n in sizes),
+    *GPU_MACHINES,
+)
 ACCELERATORS = (
     "NVIDIA_TESLA_T4",
     "NVIDIA_L4",
@@ -83,6 +104,31 @@ ACCELERATORS = (
     "NVIDIA_TESLA_A100",
     "NVIDIA_A100_80GB",
 )
+
+
+def accelerator_problem(machine_type: str, accelerator_type: str | None, count: int) -> str | None:
+    """What is wrong with a machine and GPU pairing Vertex AI would refuse, or None when it takes it."""
+    if machine_type in GPU_MACHINES:
+        gpu, gpus = GPU_MACHINES[machine_type]
+        if accelerator_type != gpu or count != gpus:
+            return (
+                f"{machine_type} comes with {gpus} {gpu}: set accelerator_type: {gpu} and "
+                f"accelerator_count: {gpus}"
+            )
+        return None
+    if not accelerator_type:
+        return None
+    machines = [m for m, (g, _) in GPU_MACHINES.items() if g == accelerator_type]
+    where = "an n1- machine type" if accelerator_type in N1_ACCELERATORS else ", ".join(machines)
+    if not machine_type.startswith("n1-"):
+        return f"{machine_type} takes no GPU: for {accelerator_type} choose {where}, or set no accelerator"
+    counts = N1_ACCELERATORS.get(accelerator_type)
+    if counts is None:
+        return f"{accelerator_type} is not attached to N1 machines: choose one of {where}"
+    if count not in counts:
+        return f"{machine_type} takes {' or '.join(map(str, counts))} {accelerator_type}, not {count}"
+    return None
+
 
 # The APIs Edge calls; each may be given another endpoint (`endpoints.<name>` or EDGE_<NAME>_ENDPOINT).
 APIS = (
@@ -223,6 +269,7 @@ class Settings(BaseModel):
     def _machine(cls, value: str) -> str:
         if value not in MACHINE_TYPES:
             families = ", ".join(f"{f}-{{{','.join(map(str, n))}}}" for f, n in MACHINE_FAMILIES.items())
+            families += ", a2-highgpu-{1,2,4,8}g, a2-ultragpu-{1,2,4,8}g, g2-standard-{4,8,12,16,24,32,48,96}"
             raise ValueError(f"{value!r} is not a machine type Vertex AI trains on; choose from {families}")
         return value
 
@@ -248,6 +295,10 @@ class Settings(BaseModel):
             self.accelerator_count = 1
         if not self.accelerator_type and self.accelerator_count:
             raise ValueError("accelerator_count is set but accelerator_type is not: name the GPU or set 0")
+        # Before a job is submitted, not as the job's 400: Vertex takes only these pairings.
+        problem = accelerator_problem(self.machine_type, self.accelerator_type, self.accelerator_count)
+        if problem:
+            raise ValueError(problem)
         return self
 
     # What the other cloud modules derive from the settings, in one place.
