@@ -25,7 +25,8 @@ from edge.cli import app
 from tests.cloud_env import endpoint_env, ready_cloud, write_settings
 from tests.datagen import NO_AUGMENTATION, write_fashion_files
 from tests.standin.cloud import LocalCloud
-from tests.standin.server import ApiError
+from tests.standin.gcs_front import GcsFront
+from tests.standin.server import ApiError, StandIn
 from tests.standin.vertex_endpoints import DockerServers, ProcessServers, Servers, VertexEndpoints
 from tests.standin.vertex_models import VertexModels
 from tests.verdicts import judge
@@ -332,6 +333,46 @@ def test_rerunning_after_a_crash_between_steps_converges(vertex: Vertex, models:
         assert env["EDGE_MONITOR_LOG"].startswith("gs://") and env["EDGE_MONITOR_LOG"].endswith(
             "/predictions"
         )
+
+
+def test_the_deployed_server_runs_as_the_jobs_account_and_writes_its_prediction_log(
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    servers: Servers,
+    models: Models,
+    gcs_bucket: str,
+    gcs_emulator: Any,
+) -> None:
+    """Vertex's default serving identity may only read the model: the log needs the jobs account."""
+    cloud = ready_cloud()
+    front = GcsFront(cloud.add(StandIn("storage")), gcs_emulator.url)
+    registry = VertexModels(cloud.vertex)
+    endpoints = VertexEndpoints(cloud.vertex, registry, servers, {}, health_timeout=180, storage=front)
+    jobs = f"edge-jobs@{cloud.project.project_id}.iam.gserviceaccount.com"
+    cloud.grant("roles/storage.objectAdmin", f"serviceAccount:{jobs}")  # what `edge setup` grants
+    try:
+        for name, value in endpoint_env(cloud).items():
+            monkeypatch.setenv(name, value)
+        bucket = gcs_bucket.removeprefix("gs://")
+        monkeypatch.setenv("EDGE_CONFIG", str(write_settings(tmp_path, bucket=bucket)))
+        monkeypatch.chdir(tmp_path)
+        shutil.copytree(models.prepared, tmp_path / "data" / "prepared")
+        (tmp_path / "params.yaml").write_text("evaluate:\n  min_accuracy: 0.5\n  min_class_recall: 0.0\n")
+        release_v1(models)
+        (proxy,) = endpoints.identities.values()
+        deadline = time.monotonic() + 30
+        while not any(j.permission == "storage.objects.create" for j in proxy.judged):
+            assert time.monotonic() < deadline, f"the server never wrote its log: {proxy.judged}"
+            time.sleep(0.2)
+        writes = [j for j in proxy.judged if j.permission == "storage.objects.create"]
+        assert {j.principal for j in writes} == {f"serviceAccount:{jobs}"}
+        assert all(j.status == 200 for j in writes), writes
+        assert all("predictions" in j.path or "/upload/" in j.path for j in writes)
+        (deploy,) = [r for r in cloud.log.mutations() if r.path.endswith(":deployModel")]
+        assert deploy.body["deployedModel"]["serviceAccount"] == jobs
+    finally:
+        endpoints.stop()
+        cloud.stop()
 
 
 def _model_name(vertex: Vertex) -> str:

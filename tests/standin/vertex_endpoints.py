@@ -23,6 +23,12 @@ added; one replica whatever the resources say; no autoscaling. The machine spec 
 against Vertex's catalogue (tests/standin/vertex_catalogue.py) but the server runs on this machine.
 A server that never answers its health route keeps the operation running for `health_timeout`
 seconds (Vertex AI waits many minutes) before it fails.
+
+With `storage` (the cloud's Cloud Storage front) each server runs as its deployed model's identity:
+the deployment's `serviceAccount`, which needs `iam.serviceAccounts.actAs` of the caller, else
+Vertex's managed prediction account, which may only read the model's artifacts. Its Cloud Storage
+requests go through an `IdentityProxy` (tests/standin/gcs_identity.py) that refuses what that
+identity may not do, a prediction log's writes included.
 """
 
 from __future__ import annotations
@@ -41,6 +47,8 @@ import uuid
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
+from tests.standin.gcs_front import GcsFront
+from tests.standin.gcs_identity import IdentityProxy
 from tests.standin.server import ApiError, Operations, Request, StandIn, new_id
 from tests.standin.vertex_catalogue import PREDICTION_MACHINES, check_machine_spec
 from tests.standin.vertex_models import VertexModels, now
@@ -100,8 +108,12 @@ class VertexEndpoints:
         servers: Servers,
         server_env: dict[str, str] | None = None,
         health_timeout: float = 180.0,
+        storage: GcsFront | None = None,
     ) -> None:
         self.standin = standin
+        self.storage = storage
+        # deployed model id -> the proxy its server reaches Cloud Storage through (with `storage`)
+        self.identities: dict[str, IdentityProxy] = {}
         self.models = models
         self.servers = servers
         self.server_env = dict(server_env or {})
@@ -249,6 +261,7 @@ class VertexEndpoints:
             "displayName": wanted.get("displayName") or version["displayName"],
             "dedicatedResources": resources,
             "createTime": now(),
+            **({"serviceAccount": wanted["serviceAccount"]} if wanted.get("serviceAccount") else {}),
         }
         op_name = f"{endpoint.resource['name']}/operations/{uuid.uuid4().int % 10**18}"
         with self._lock:
@@ -286,6 +299,19 @@ class VertexEndpoints:
             AIP_MACHINE_TYPE=deployed["dedicatedResources"]["machineSpec"]["machineType"],
             **self.server_env,
         )
+        if self.storage is not None:
+            number = endpoint.resource["name"].split("/")[1]
+            proxy = IdentityProxy(
+                self.storage,
+                self.storage.emulator,
+                deployed.get("serviceAccount"),
+                version.get("artifactUri", ""),
+                # The Vertex-managed account a serving container runs as by default; it lives in a
+                # tenant project of Google's, named after the consumer project here.
+                f"custom-online-prediction@p{number}-tp.iam.gserviceaccount.com",
+            ).start()
+            self.identities[deployed["id"]] = proxy
+            env["STORAGE_EMULATOR_HOST"] = proxy.url
         server: Server | None = None
         try:
             server = self.servers.start(f"edge-standin-dm-{deployed['id']}", spec, env)
@@ -429,6 +455,8 @@ class VertexEndpoints:
                 for deployed in endpoint.deployed.values():
                     deployed.server.stop()
                 endpoint.deployed.clear()
+            for proxy in self.identities.values():
+                proxy.stop()
 
     def servers_running(self) -> int:
         return sum(1 for e in self.endpoints.values() for d in e.deployed.values() if d.server.alive())

@@ -262,6 +262,9 @@ class Release:
                 machine_type=self.machine_type,
                 min_replica_count=1,
                 max_replica_count=1,
+                # The server writes its prediction log to the bucket: Vertex's default serving
+                # identity may only read the model's artifacts, the jobs account may write there.
+                service_account=self.clients.settings.service_account_email,
                 sync=True,
             )
         except exceptions.GoogleAPICallError as exc:
