@@ -352,3 +352,19 @@ def test_a_gpu_machine_trains_with_the_gpu_trainer_on_an_a2_machine(
         assert pool["containerSpec"]["imageUri"] == f"{registry.host}/edge/edge-trainer-gpu@{gpu}"
         assert pool["machineSpec"]["machineType"] == "a2-highgpu-1g"
         assert pool["machineSpec"]["acceleratorCount"] == 1
+
+
+def test_a_long_job_prints_progress_lines_without_a_terminal(
+    workspace: Path, gcs_emulator: GcsEmulator
+) -> None:
+    with cloud(ScriptedRunner(seconds=2, exit_code=3), gcs_emulator) as (_local, env):
+        # CliRunner is no terminal: as in CI, where a spinner shows nothing and silence ends the job.
+        done = _train({**env, "EDGE_PROGRESS_SECONDS": "0.2"})
+        assert "non-zero status of 3" in done.output
+        job = done.output.split("Vertex AI job ", 1)[1].split(":", 1)[0]
+        assert f"Job {job}: running after" in done.output
+        ticks = [line for line in done.output.splitlines() if line.startswith(f"Job {job}: running (")]
+        assert len(ticks) >= 3, done.output
+        again = _train({**env, "EDGE_PROGRESS_SECONDS": "soon"})
+        assert again.exit_code == 1
+        assert "EDGE_PROGRESS_SECONDS='soon' is not a number of seconds above 0" in again.output

@@ -335,6 +335,20 @@ def test_rerunning_after_a_crash_between_steps_converges(vertex: Vertex, models:
         )
 
 
+def test_a_deployment_prints_progress_lines_while_vertex_deploys(
+    vertex: Vertex, models: Models, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # No terminal here, as in CI: a line every EDGE_PROGRESS_SECONDS while deployModel runs.
+    monkeypatch.setenv("EDGE_PROGRESS_SECONDS", "0.3")
+    register(models.good)
+    ok("model", "gate", "--candidate", str(models.good), "--production", "registry")
+    done = ok("deploy", "--smoke-images", "3")
+    ticks = [
+        line for line in done.output.splitlines() if line.startswith("Waiting for version 1 to be deployed (")
+    ]
+    assert len(ticks) >= 2, done.output
+
+
 def test_the_deployed_server_runs_as_the_jobs_account_and_writes_its_prediction_log(
     tmp_path: Path,
     monkeypatch: pytest.MonkeyPatch,

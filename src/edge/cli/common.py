@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+import os
+import threading
+import time
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from typing import NoReturn
 
@@ -16,6 +19,11 @@ from edge.evaluate import QualityGateError
 
 console = Console(stderr=True)
 out = Console()
+
+# Without a terminal (CI, a log file) a long operation prints a line this often, so that the log shows
+# it is alive: CircleCI ends a step after 10 minutes without output unless told otherwise.
+PROGRESS_ENV = "EDGE_PROGRESS_SECONDS"
+DEFAULT_PROGRESS_SECONDS = 30.0
 
 # Errors whose message already says what went wrong and how to fix it.
 EXPECTED_ERRORS: tuple[type[Exception], ...] = (
@@ -53,3 +61,50 @@ def fail(message: str, code: int = 1) -> NoReturn:
     # Escaped: messages quote lists and tables whose brackets are not markup.
     console.print(f"[bold red]error:[/] {escape(message)}", highlight=False, soft_wrap=True)
     raise typer.Exit(code)
+
+
+def progress_seconds() -> float:
+    """How often `waiting` prints a line without a terminal: $EDGE_PROGRESS_SECONDS, else 30."""
+    raw = os.environ.get(PROGRESS_ENV, "").strip()
+    if not raw:
+        return DEFAULT_PROGRESS_SECONDS
+    try:
+        seconds = float(raw)
+    except ValueError:
+        seconds = 0.0
+    if not seconds > 0:
+        fail(f"{PROGRESS_ENV}={raw!r} is not a number of seconds above 0: set it to e.g. 30, or unset it")
+    return seconds
+
+
+@contextmanager
+def waiting(message: str) -> Iterator[Callable[[str], None]]:
+    """Show that a long operation runs: a spinner in a terminal; otherwise `message` at once and again
+    every EDGE_PROGRESS_SECONDS with the time so far. Yields a function that replaces the message."""
+    current = [message]
+    if console.is_terminal:
+        with console.status(message) as status:
+
+            def update_status(text: str) -> None:
+                current[0] = text
+                status.update(text)
+
+            yield update_status
+        return
+    every = progress_seconds()
+    start = time.monotonic()
+    stop = threading.Event()
+
+    def tick() -> None:
+        while not stop.wait(every):
+            line = f"{current[0]} ({time.monotonic() - start:.0f} s)"
+            console.print(escape(line), highlight=False, soft_wrap=True)
+
+    console.print(escape(message), highlight=False, soft_wrap=True)
+    ticker = threading.Thread(target=tick, name="edge-progress", daemon=True)
+    ticker.start()
+    try:
+        yield lambda text: current.__setitem__(0, text)
+    finally:
+        stop.set()
+        ticker.join()

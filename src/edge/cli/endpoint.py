@@ -10,7 +10,7 @@ import typer
 from rich.table import Table
 
 from edge import storage
-from edge.cli.common import cloud_errors, console, fail, out
+from edge.cli.common import cloud_errors, console, fail, out, waiting
 
 app = typer.Typer(help="The Vertex AI endpoint: status, a prediction, a rollback.", no_args_is_help=True)
 
@@ -24,6 +24,7 @@ def _release(machine_type: str | None = None) -> Any:
         Clients(cfg.load()),
         progress=lambda m: console.print(m, highlight=False),
         machine_type=machine_type or DEFAULT_MACHINE_TYPE,
+        waiting=waiting,
     )
 
 

@@ -13,7 +13,7 @@ from pathlib import Path
 from rich.prompt import Confirm
 
 from edge import lineage
-from edge.cli.common import console
+from edge.cli.common import console, waiting
 from edge.cloud import settings as cfg
 from edge.tracking import observers
 
@@ -59,10 +59,14 @@ def train_on_vertex(
     try:
         # From here on, Ctrl-C knows which job to cancel.
         console.print(f"Vertex AI job {handle.id}: {handle.console_url}", highlight=False, soft_wrap=True)
-        with console.status("Job queued") as status:
+        with waiting(f"Job {handle.id}: submitted") as update:
+            seen = [""]
 
             def show(state: str, elapsed: float) -> None:
-                status.update(f"Job {handle.id}: {state}, {elapsed:.0f} s")
+                update(f"Job {handle.id}: {state}")
+                if state != seen[0]:  # each change of state is a line, in a terminal and in CI logs
+                    seen[0] = state
+                    console.print(f"Job {handle.id}: {state} after {elapsed:.0f} s", highlight=False)
 
             training.wait(handle, show, timeout=wait_timeout, poll_seconds=poll)
     except KeyboardInterrupt:

@@ -21,6 +21,7 @@ import io
 import math
 import time
 from collections.abc import Callable, Sequence
+from contextlib import AbstractContextManager, nullcontext
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -33,6 +34,8 @@ from edge.data import CLASS_NAMES
 
 DEFAULT_MACHINE_TYPE = "n1-standard-2"
 Progress = Callable[[str], None]
+# Shows that a long call (deployModel: minutes) is still running; the CLI's prints a line every 30 s.
+Waiting = Callable[[str], AbstractContextManager[Any]]
 
 
 class ReleaseError(CloudError):
@@ -106,9 +109,11 @@ class Release:
         clients: Clients,
         progress: Progress = lambda _m: None,
         machine_type: str = DEFAULT_MACHINE_TYPE,
+        waiting: Waiting = lambda _m: nullcontext(),
     ) -> None:
         self.clients = clients
         self.progress = progress
+        self.waiting = waiting
         self.machine_type = machine_type
         self.registry = Registry(clients, progress)
         self._endpoint: Any = None
@@ -255,18 +260,19 @@ class Release:
         model = aiplatform.Model(candidate.resource_name, version=candidate.version_id)
         before = dict(endpoint.gca_resource.traffic_split)
         try:
-            endpoint.deploy(
-                model=model,
-                deployed_model_display_name=f"{model.display_name}-v{candidate.version_id}",
-                traffic_percentage=share,
-                machine_type=self.machine_type,
-                min_replica_count=1,
-                max_replica_count=1,
-                # The server writes its prediction log to the bucket: Vertex's default serving
-                # identity may only read the model's artifacts, the jobs account may write there.
-                service_account=self.clients.settings.service_account_email,
-                sync=True,
-            )
+            with self.waiting(f"Waiting for version {candidate.version_id} to be deployed"):
+                endpoint.deploy(
+                    model=model,
+                    deployed_model_display_name=f"{model.display_name}-v{candidate.version_id}",
+                    traffic_percentage=share,
+                    machine_type=self.machine_type,
+                    min_replica_count=1,
+                    max_replica_count=1,
+                    # The server writes its prediction log to the bucket: Vertex's default serving
+                    # identity may only read the model's artifacts, the jobs account may write there.
+                    service_account=self.clients.settings.service_account_email,
+                    sync=True,
+                )
         except exceptions.GoogleAPICallError as exc:
             # The service leaves the endpoint as it was; say so only after checking.
             endpoint._sync_gca_resource()
