@@ -335,6 +335,28 @@ def test_rerunning_after_a_crash_between_steps_converges(vertex: Vertex, models:
         )
 
 
+def test_a_model_registered_from_a_job_output_is_kept_under_models(
+    vertex: Vertex, models: Models, gcs_bucket: str, gcs_emulator: Any
+) -> None:
+    from edge import storage
+
+    # Where a Vertex job leaves its model: under staging/, which the bucket's lifecycle rule empties.
+    staged = f"{gcs_bucket}/staging/jobs/edge-train-0123-20260101-000000/model"
+    storage.upload_tree(models.good, staged)
+    register(staged)
+    (upload,) = vertex.mutations("models:upload")
+    version = json.loads((models.good / "metadata.json").read_text())["version"]
+    assert upload.body["model"]["artifactUri"] == f"{gcs_bucket}/models/{version}"
+    kept = gcs_emulator.objects(gcs_bucket)
+    assert f"models/{version}/metadata.json" in kept
+    # Once staging/ is gone, the registered version still deploys.
+    for name in kept:
+        if name.startswith("staging/"):
+            storage.remove(f"{gcs_bucket}/{name}")
+    ok("model", "gate", "--candidate", str(models.good), "--production", "registry")
+    ok("deploy", "--smoke-images", "3")
+
+
 def test_a_deployment_prints_progress_lines_while_vertex_deploys(
     vertex: Vertex, models: Models, monkeypatch: pytest.MonkeyPatch
 ) -> None:

@@ -235,10 +235,20 @@ class Registry:
         return f"{self.clients.settings.bucket_uri}/predictions"
 
     def publish_artifact(self, model_dir: str, version: str) -> str:
-        """Where Vertex AI reads the model from: `model_dir` itself when on GCS, else an upload."""
-        if storage.is_remote(model_dir):
-            return model_dir.rstrip("/")
+        """Where Vertex AI reads the model from: `models/<version>` in the bucket, copied there first.
+
+        A registered version is redeployed and rolled back to for as long as it is kept, so its
+        artifact must outlive where it was trained: a job's output under staging/ is deleted by the
+        bucket's lifecycle rule after 7 days.
+        """
         target = f"{self.clients.settings.bucket_uri}/models/{version}"
+        if model_dir.rstrip("/") == target:
+            return target
+        if storage.is_remote(model_dir):
+            self.progress(f"Copying {model_dir} to {target}, where it is kept")
+            with storage.local_dir_for_reading(model_dir) as local:
+                storage.upload_tree(local, target)
+            return target
         self.progress(f"Uploading {model_dir} to {target}")
         storage.upload_tree(model_dir, target)
         return target
