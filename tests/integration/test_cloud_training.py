@@ -368,3 +368,14 @@ def test_a_long_job_prints_progress_lines_without_a_terminal(
         again = _train({**env, "EDGE_PROGRESS_SECONDS": "soon"})
         assert again.exit_code == 1
         assert "EDGE_PROGRESS_SECONDS='soon' is not a number of seconds above 0" in again.output
+
+
+def test_params_are_checked_before_anything_is_sent(workspace: Path, gcs_emulator: GcsEmulator) -> None:
+    Path("params.yaml").write_text("train:\n  epochz: 1\n")
+    with cloud(ScriptedRunner(), gcs_emulator) as (local, env):
+        done = _train(env)
+        assert done.exit_code == 1
+        assert "epochz" in done.output
+        assert not local.log.find(service="aiplatform")
+        bucket = Path("edge.yaml").read_text().split("bucket: ")[1].split()[0]
+        assert gcs_emulator.objects(f"gs://{bucket}") == []

@@ -15,6 +15,7 @@ from rich.prompt import Confirm
 from edge import lineage
 from edge.cli.common import console, waiting
 from edge.cloud import settings as cfg
+from edge.pipeline import load_params
 from edge.tracking import observers
 
 POLL_ENV = "EDGE_VERTEX_POLL_SECONDS"
@@ -35,6 +36,8 @@ def train_on_vertex(
     from edge.cloud.training import TrainRequest, VertexTraining
 
     settings = cfg.load()
+    # The job runs the same check on the same file: a typo fails here, not minutes later on Vertex.
+    load_params(params)
     git = lineage.git_info(Path()) or {}
     image = image or os.environ.get(IMAGE_ENV) or _pushed_trainer(settings)
     request = TrainRequest(
