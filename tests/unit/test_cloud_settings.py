@@ -159,3 +159,23 @@ def test_a2_machines_are_named_as_vertex_names_them() -> None:
     assert cfg.validate({**VALID, **a100, "accelerator_count": 2}).machine_type == "a2-highgpu-2g"
     with pytest.raises(cfg.SettingsError, match="a2-highgpu-2g comes with 2 NVIDIA_TESLA_A100"):
         cfg.validate({**VALID, **a100})
+
+
+def test_config_leaves_the_environment_s_endpoint_overrides_out_of_edge_yaml(tmp_path: Path) -> None:
+    path = tmp_path / "edge.yaml"
+    emulator = {
+        "EDGE_AIPLATFORM_ENDPOINT": "http://127.0.0.1:8085",
+        "EDGE_REGISTRY": "127.0.0.1:5000/edge",
+        "EDGE_CREDENTIALS": "anonymous",
+    }
+    runner = CliRunner()
+    done = runner.invoke(
+        app, ["config", "-y", "--project", "edge-demo-123", "--file", str(path)], env=emulator
+    )
+    assert done.exit_code == 0, done.output
+    text = path.read_text()
+    assert "endpoints" not in yaml.safe_load(text)
+    assert "127.0.0.1" not in text and "anonymous" not in text
+    # They still apply while they are set: `edge config show` reads them from the environment.
+    shown = runner.invoke(app, ["config", "show", "--file", str(path)], env=emulator)
+    assert "http://127.0.0.1:8085" in shown.stdout

@@ -60,7 +60,8 @@ def config(
     """Write edge.yaml: ask for each setting (current value or default offered), or take them from flags.
 
     Endpoint overrides (Private Service Connect, local stand-ins) come from EDGE_<API>_ENDPOINT,
-    EDGE_REGISTRY and EDGE_CREDENTIALS, or an `endpoints:` block edited in the file.
+    EDGE_REGISTRY and EDGE_CREDENTIALS when Edge runs (they are not written to the file), or from an
+    `endpoints:` block edited in the file.
     """
     if ctx.invoked_subcommand is not None:
         return
@@ -79,10 +80,9 @@ def config(
         "tracking_secret": tracking_secret,
         "endpoint_name": endpoint_name,
     }
+    # EDGE_<API>_ENDPOINT and the like stay in the environment: edge.yaml is committed, and a local
+    # stand-in's address or `credentials: anonymous` must not reach other people's checkouts or CI.
     values = {**current, **{k: v for k, v in given.items() if v is not None}}
-    overrides = cfg.env_overrides()
-    if overrides:
-        values["endpoints"] = {**(values.get("endpoints") or {}), **overrides}
     if not non_interactive:
         values = _ask(values, asked={k for k, v in given.items() if v is None})
     if not values.get("bucket") and values.get("project"):
