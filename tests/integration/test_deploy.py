@@ -357,6 +357,24 @@ def test_a_model_registered_from_a_job_output_is_kept_under_models(
     ok("deploy", "--smoke-images", "3")
 
 
+def test_after_a_release_status_shows_whole_aliases_and_an_unregistered_model_is_named(
+    vertex: Vertex, models: Models
+) -> None:
+    v1 = release_v1(models)
+    (deployed,) = endpoint_state()["deployed"]
+    # Promoted, v1 is production and no longer the candidate.
+    assert deployed["version"] == v1 and sorted(deployed["aliases"]) == ["default", "production"]
+    shown = ok("endpoint", "status").stdout.split()
+    assert "default" in shown and "production" in shown  # whole, one per line, at 80 columns
+    # A new model gated but never registered: the advice is to register it, not to gate again.
+    ok("model", "gate", "--candidate", str(models.better), "--production", "registry")
+    refused = edge("deploy", "--smoke-images", "3")
+    assert refused.exit_code == 1
+    assert "`edge model register`" in refused.output
+    assert "run `edge model gate`" not in refused.output
+    assert traffic() == {v1: 100}
+
+
 def test_a_deployment_prints_progress_lines_while_vertex_deploys(
     vertex: Vertex, models: Models, monkeypatch: pytest.MonkeyPatch
 ) -> None:

@@ -77,4 +77,7 @@ def test_an_image_by_tag_is_refused(cloud: tuple[LocalCloud, CloudRun]) -> None:
     result = CliRunner().invoke(app, ["webapp", "deploy", "--image", "edge-webapp:latest"])
     assert result.exit_code == 1
     assert "not an image by digest" in result.output
+    # It names the webapp's image and what to do with it, not the trainer's registration.
+    assert "REGISTRY/edge-webapp@sha256:" in result.output and "deploy the image" in result.output
+    assert "trainer" not in result.output and "register" not in result.output
     assert not cloud[0].log.find(service="run") and not cloud[0].log.find(service="aiplatform")

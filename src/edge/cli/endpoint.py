@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from collections.abc import Callable
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -28,12 +29,22 @@ def _release(machine_type: str | None = None) -> Any:
     )
 
 
-def check_gate_report(path: str, model_version: str) -> None:
-    """Refuse a candidate without a passing gate report that names this very model."""
+def check_gate_report(path: str, model_version: str, registered: Callable[[str], bool]) -> None:
+    """Refuse a candidate without a passing gate report that names this very model.
+
+    `registered(model)` tells whether a model is in the registry, to say what to do when the gate
+    judged a model that was never registered.
+    """
     if not storage.exists(path):
         fail(f"no gate report at {path}: run `edge model gate` first (a release needs a passing gate)")
     report = json.loads(storage.read_text(path))
     gated = str(((report.get("candidate") or {}).get("model") or {}).get("version") or "")
+    if gated and gated != model_version and report.get("passed") and not registered(gated):
+        fail(
+            f"model {gated} passed the gate ({path}) but is not registered; the registry's candidate is "
+            f"model {model_version}: run `edge model register` to make {gated} the candidate, then "
+            "`edge deploy`"
+        )
     if gated != model_version:
         fail(
             f"the gate report {path} is about model {gated or '?'}, not the candidate {model_version}: "
@@ -74,7 +85,11 @@ def deploy(
         candidate = release.registry.get(version)
         if candidate is None:
             fail(f"no registered version {version!r}: run `edge model register` first")
-        check_gate_report(gate_report, str(candidate.labels.get("model_version", "")))
+        check_gate_report(
+            gate_report,
+            str(candidate.labels.get("model_version", "")),
+            lambda model: release.registry.find_by_model_version(model) is not None,
+        )
         images = pick_images(storage.read_bytes(storage.join(prepared_dir, "test.npz")), smoke_images)
         report = release.deploy(
             candidate,
@@ -101,13 +116,14 @@ def status(as_json: Annotated[bool, typer.Option("--json", help="Print JSON for 
         return
     table = Table(title=f"{state['display_name']} ({state['endpoint']})")
     for column in ("version", "traffic", "aliases", "git commit", "data", "run", "image digest"):
-        table.add_column(column)
+        # Aliases one per line, never cut: they are what `edge deploy` and a rollback go by.
+        table.add_column(column, no_wrap=column == "aliases", min_width=10 if column == "aliases" else None)
     for dm in state["deployed"]:
         labels = dm["labels"]
         table.add_row(
             dm["version"],
             f"{dm['traffic']}%",
-            ",".join(dm["aliases"]),
+            "\n".join(sorted(dm["aliases"])),
             labels.get("git_commit", "")[:12],
             labels.get("data_version", "")[:12],
             labels.get("run_id", "")[:12],

@@ -36,7 +36,7 @@ def deploy(
     from edge.cloud.webapp import deploy_webapp
 
     with cloud_errors():
-        check_image(image)
+        check_image(image, "webapp", "deploy")
         clients = Clients(cfg.load())
         endpoint = Release(clients).find_endpoint()
         if endpoint is None:

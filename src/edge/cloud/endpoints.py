@@ -29,7 +29,7 @@ import numpy as np
 
 from edge.cloud.clients import Clients
 from edge.cloud.errors import CloudError, explain
-from edge.cloud.registry import PREVIOUS, PRODUCTION, ModelVersion, Registry
+from edge.cloud.registry import CANDIDATE, PREVIOUS, PRODUCTION, ModelVersion, Registry
 from edge.data import CLASS_NAMES
 
 DEFAULT_MACHINE_TYPE = "n1-standard-2"
@@ -355,6 +355,8 @@ class Release:
     def _promote_aliases(self, candidate: ModelVersion) -> None:
         current = self.registry.get(candidate.version_id) or candidate
         self.registry.move_aliases(current, (PRODUCTION, "default"))
+        # Promoted, it is no longer a candidate: `candidate` waits for the next registered model.
+        self.registry.remove_aliases(current, (CANDIDATE,))
 
     def _roll_back(self, endpoint: Any, ours: str, others: dict[str, str]) -> None:
         from google.api_core import exceptions

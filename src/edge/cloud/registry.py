@@ -93,12 +93,12 @@ def _label_value(value: str) -> str:
     return cleaned[:LABEL_MAX]
 
 
-def check_image(image_uri: str) -> str:
+def check_image(image_uri: str, service: str = "trainer", doing: str = "register") -> str:
     """Refuse an image named by tag: a tag can move, a digest names exactly what was tested."""
     if "@sha256:" not in image_uri:
         raise CloudError(
-            f"{image_uri!r} is not an image by digest: register the image `edge image push` pushed, "
-            "as REGISTRY/trainer@sha256:<digest>"
+            f"{image_uri!r} is not an image by digest: {doing} the image `edge image push {service}` "
+            f"printed, REGISTRY/edge-{service}@sha256:<digest>"
         )
     return image_uri
 
@@ -252,6 +252,19 @@ class Registry:
         self.progress(f"Uploading {model_dir} to {target}")
         storage.upload_tree(model_dir, target)
         return target
+
+    def remove_aliases(self, version: ModelVersion, aliases: tuple[str, ...]) -> None:
+        """Take `aliases` away from `version` where it has them (`default` cannot be removed)."""
+        present = [a for a in aliases if a in version.aliases]
+        if not present:
+            return
+        aiplatform = self._aiplatform()
+        from google.api_core import exceptions
+
+        try:
+            aiplatform.models.ModelRegistry(self.parent).remove_version_aliases(present, version.version_id)
+        except exceptions.GoogleAPICallError as exc:
+            raise explain(exc, f"removing aliases {present} from version {version.version_id}") from exc
 
     def move_aliases(self, version: ModelVersion, aliases: tuple[str, ...]) -> None:
         """Give `aliases` to `version` (the registry takes them from whichever version had them)."""

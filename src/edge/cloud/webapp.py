@@ -42,7 +42,7 @@ def deploy_webapp(
     progress: Progress = lambda _m: None,
 ) -> WebappDeployment:
     """Create or update the Cloud Run service; grant or withdraw public access as asked."""
-    check_image(image_uri)
+    check_image(image_uri, "webapp", "deploy")
     from google.api_core import exceptions
     from google.cloud import run_v2
 
