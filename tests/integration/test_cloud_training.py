@@ -251,6 +251,8 @@ def test_ctrl_c_cancels_the_job(workspace: Path, gcs_emulator: GcsEmulator) -> N
                 process.kill()
         assert process.returncode != 0
         assert "Cancelled job" in output
+        # The SDK's own INFO lines stay out of the user's terminal (and of stdout, kept for results).
+        assert "in another session" not in output and "backing LRO" not in output
         (job,) = local.jobs.jobs.values()
         job.finished.wait(10)
         assert job.state == CANCELLED

@@ -92,6 +92,7 @@ class Clients:
         """The Vertex AI SDK, initialised for this project (process-wide: the SDK keeps it globally)."""
         from google.cloud import aiplatform
 
+        quiet_sdk_logs()
         aiplatform.init(
             project=self.settings.project,
             location=self.settings.region,
@@ -101,6 +102,17 @@ class Clients:
             api_transport="rest",
         )
         return aiplatform
+
+
+def quiet_sdk_logs() -> None:
+    """Keep the Vertex AI SDK's INFO lines ("To use this CustomJob in another session:", operation
+    names) off the terminal: they go to stdout, which carries only results for scripts, and edge
+    prints what matters itself. Its warnings and errors still show."""
+    import logging
+
+    for name in list(logging.root.manager.loggerDict):
+        if name == "google.cloud.aiplatform" or name.startswith("google.cloud.aiplatform."):
+            logging.getLogger(name).setLevel(logging.WARNING)
 
 
 def credentials_for(endpoints: Endpoints) -> Any:
