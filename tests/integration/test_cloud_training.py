@@ -211,45 +211,49 @@ def test_edge_yaml_train_on_vertex_sends_the_dvc_stage_to_vertex(
         assert len(local.log.find(service="aiplatform", method="POST", path="customJobs")) == 1
 
 
+def _interrupted(local: LocalCloud, env: dict[str, str], *flags: str) -> tuple[int, str]:
+    """Run `edge pipeline train --on vertex` as from a terminal, Ctrl-C it once its job runs."""
+    command = [sys.executable, "-m", "edge", "pipeline", "train", "--on", "vertex", "--image", IMAGE, *flags]
+    process = subprocess.Popen(
+        command,
+        env={**os.environ, **env},
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        # As from a terminal: a test run started in the background by a script (as CI may be)
+        # inherits SIGINT ignored, and Python then never turns Ctrl-C into KeyboardInterrupt.
+        preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),
+    )
+    assert process.stdout is not None
+    lines: list[str] = []
+    reader = threading.Thread(target=lambda: lines.extend(process.stdout or []), daemon=True)
+    reader.start()
+    try:
+        # Ctrl-C once the job runs and the command has said which job it follows (before that,
+        # an interrupted submit has no job to cancel).
+        deadline = time.monotonic() + 120
+        while not (
+            any(j.state == RUNNING for j in local.jobs.jobs.values())
+            and any(line.startswith("Vertex AI job ") for line in list(lines))
+        ):
+            assert time.monotonic() < deadline and process.poll() is None, "the job never ran"
+            time.sleep(0.2)
+        process.send_signal(signal.SIGINT)
+        try:
+            process.wait(60)
+        except subprocess.TimeoutExpired:
+            raise AssertionError("still running 60 s after Ctrl-C:\n" + "".join(lines)) from None
+        reader.join(10)
+        return process.returncode, "".join(lines)
+    finally:
+        if process.poll() is None:
+            process.kill()
+
+
 def test_ctrl_c_cancels_the_job(workspace: Path, gcs_emulator: GcsEmulator) -> None:
     with cloud(ScriptedRunner(seconds=120), gcs_emulator) as (local, env):
-        command = [sys.executable, "-m", "edge", "pipeline", "train", "--on", "vertex", "--image", IMAGE]
-        command.append("--cancel-on-interrupt")
-        process = subprocess.Popen(
-            command,
-            env={**os.environ, **env},
-            stdout=subprocess.PIPE,
-            stderr=subprocess.STDOUT,
-            text=True,
-            # As from a terminal: a test run started in the background by a script (as CI may be)
-            # inherits SIGINT ignored, and Python then never turns Ctrl-C into KeyboardInterrupt.
-            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),
-        )
-        assert process.stdout is not None
-        lines: list[str] = []
-        reader = threading.Thread(target=lambda: lines.extend(process.stdout or []), daemon=True)
-        reader.start()
-        try:
-            # Ctrl-C once the job runs and the command has said which job it follows (before that,
-            # an interrupted submit has no job to cancel).
-            deadline = time.monotonic() + 120
-            while not (
-                any(j.state == RUNNING for j in local.jobs.jobs.values())
-                and any(line.startswith("Vertex AI job ") for line in list(lines))
-            ):
-                assert time.monotonic() < deadline and process.poll() is None, "the job never ran"
-                time.sleep(0.2)
-            process.send_signal(signal.SIGINT)
-            try:
-                process.wait(60)
-            except subprocess.TimeoutExpired:
-                raise AssertionError("still running 60 s after Ctrl-C:\n" + "".join(lines)) from None
-            reader.join(10)
-            output = "".join(lines)
-        finally:
-            if process.poll() is None:
-                process.kill()
-        assert process.returncode != 0
+        code, output = _interrupted(local, env, "--cancel-on-interrupt")
+        assert code != 0
         assert "Cancelled job" in output
         # The SDK's own INFO lines stay out of the user's terminal (and of stdout, kept for results).
         assert "in another session" not in output and "backing LRO" not in output
@@ -257,6 +261,23 @@ def test_ctrl_c_cancels_the_job(workspace: Path, gcs_emulator: GcsEmulator) -> N
         job.finished.wait(10)
         assert job.state == CANCELLED
         assert local.log.find(service="aiplatform", method="POST", path=":cancel")
+
+
+def test_a_job_left_running_after_ctrl_c_is_picked_up_with_attach(
+    workspace: Path, gcs_emulator: GcsEmulator
+) -> None:
+    with cloud(ScriptedRunner(seconds=4, exit_code=3), gcs_emulator) as (local, env):
+        code, output = _interrupted(local, env, "--keep-on-interrupt")
+        assert code != 0
+        (job_id,) = [j.rsplit("/", 1)[-1] for j in local.jobs.jobs]
+        assert f"--attach {job_id}" in output
+        done = CliRunner().invoke(app, ["pipeline", "train", "--on", "vertex", "--attach", job_id], env=env)
+        # The same job, followed to its end: its outcome is this command's.
+        assert done.exit_code == 1
+        assert f"Vertex AI job {job_id} failed" in done.output and "non-zero status of 3" in done.output
+        assert len(local.log.find(service="aiplatform", method="POST", path="customJobs")) == 1
+        bad = CliRunner().invoke(app, ["pipeline", "train", "--on", "vertex", "--attach", "x/y"], env=env)
+        assert bad.exit_code == 1 and "is not a custom job" in bad.output
 
 
 def test_a_machine_vertex_does_not_offer_is_named_before_any_request(

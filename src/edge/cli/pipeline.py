@@ -80,6 +80,14 @@ def train(
         float | None,
         typer.Option(help="--on vertex: stop waiting (and cancel the job) after this many seconds."),
     ] = None,
+    attach: Annotated[
+        str | None,
+        typer.Option(
+            help="--on vertex: follow this job (its id) instead of submitting one, and bring its "
+            "outputs home, e.g. after Ctrl-C left it running.",
+            show_default=False,
+        ),
+    ] = None,
     journal_uri: Annotated[
         str | None,
         typer.Option(
@@ -91,6 +99,8 @@ def train(
     where = on or _default_train_on()
     if where not in ("local", "vertex"):
         fail(f"--on {where}: choose local or vertex")
+    if attach and where != "vertex":
+        fail("--attach follows a Vertex AI job: add --on vertex")
     with friendly_errors():
         # Before minutes of training, not after them: a place the model could not be published to.
         storage.check_publish_target(model_dir)
@@ -99,7 +109,7 @@ def train(
 
         with friendly_errors():
             train_on_vertex(
-                params, prepared_dir, model_dir, reports_dir, image, cancel_on_interrupt, wait_timeout
+                params, prepared_dir, model_dir, reports_dir, image, cancel_on_interrupt, wait_timeout, attach
             )
         return
     with friendly_errors():

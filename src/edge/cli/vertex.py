@@ -30,8 +30,9 @@ def train_on_vertex(
     image: str | None,
     cancel_on_interrupt: bool | None,
     wait_timeout: float | None,
+    attach: str | None = None,
 ) -> None:
-    """Run the train stage as a Vertex AI CustomJob and bring its outputs home."""
+    """Run the train stage as a Vertex AI CustomJob (or follow job `attach`) and bring its outputs home."""
     from edge.cloud.errors import CloudError
     from edge.cloud.training import TrainRequest, VertexTraining
 
@@ -39,9 +40,10 @@ def train_on_vertex(
     # The job runs the same check on the same file: a typo fails here, not minutes later on Vertex.
     load_params(params)
     git = lineage.git_info(Path()) or {}
-    image = image or os.environ.get(IMAGE_ENV) or _pushed_trainer(settings)
+    if not attach:
+        image = image or os.environ.get(IMAGE_ENV) or _pushed_trainer(settings)
     request = TrainRequest(
-        image=image,
+        image=image or "",
         params=Path(params),
         prepared_dir=prepared_dir,
         model_dir=model_dir,
@@ -51,13 +53,18 @@ def train_on_vertex(
         data_version=lineage.data_version(Path()) or None,
     )
     training = VertexTraining(settings)
-    with console.status("Checking the bucket..."):
-        training.check_bucket()
-    with console.status(f"Uploading {prepared_dir} (content-addressed)..."):
-        data_uri, data_hash, uploaded = training.upload_data(prepared_dir)
-    console.print(f"{'Uploaded' if uploaded else 'Reusing'} the prepared data: {data_uri}", highlight=False)
-    with console.status("Submitting the training job..."):
-        handle = training.submit(request, data_uri, data_hash)
+    if attach:
+        handle = training.attach(attach)
+        console.print(f"Following job {handle.id} again; its outputs: {handle.output}", highlight=False)
+    else:
+        with console.status("Checking the bucket..."):
+            training.check_bucket()
+        with console.status(f"Uploading {prepared_dir} (content-addressed)..."):
+            data_uri, data_hash, uploaded = training.upload_data(prepared_dir)
+        what = "Uploaded" if uploaded else "Reusing"
+        console.print(f"{what} the prepared data: {data_uri}", highlight=False)
+        with console.status("Submitting the training job..."):
+            handle = training.submit(request, data_uri, data_hash)
     poll = float(os.environ.get(POLL_ENV) or 15)
     try:
         # From here on, Ctrl-C knows which job to cancel.
@@ -81,7 +88,8 @@ def train_on_vertex(
             console.print(f"Cancelled job {handle.id}.")
         else:
             console.print(
-                f"Job {handle.id} keeps running: follow it at {handle.console_url}, or cancel it with "
+                f"Job {handle.id} keeps running: `edge pipeline train --on vertex --attach {handle.id}` "
+                f"picks its result up later; follow it at {handle.console_url}, or cancel it with "
                 f"`gcloud ai custom-jobs cancel {handle.id} --region {settings.region}`",
                 soft_wrap=True,
             )

@@ -219,6 +219,26 @@ class VertexTraining:
             raise _explained(exc, "submitting the training job") from None
         return JobHandle(job, name, console_url(self.settings, name.rsplit("/", 1)[-1]), output)
 
+    def attach(self, job: str) -> JobHandle:
+        """The handle of a job submitted earlier (its id or resource name), to follow it again."""
+        if "/" not in job:
+            job = f"projects/{self.settings.project}/locations/{self.settings.region}/customJobs/{job}"
+        if not re.fullmatch(r"projects/[^/]+/locations/[^/]+/customJobs/\d+", job):
+            raise CloudError(
+                f"{job!r} is not a custom job: pass the job id `edge pipeline train` printed "
+                "(`Vertex AI job <id>`), or its resource name projects/P/locations/L/customJobs/ID"
+            )
+        aiplatform = self.clients.aiplatform()
+        try:
+            found = aiplatform.CustomJob.get(job)
+            output = found.job_spec.base_output_directory.output_uri_prefix
+        except Exception as exc:
+            raise _explained(exc, f"reading job {job.rsplit('/', 1)[-1]}") from None
+        if not output:
+            raise CloudError(f"job {job.rsplit('/', 1)[-1]} has no output folder: it was not started by Edge")
+        name = found.resource_name
+        return JobHandle(found, name, console_url(self.settings, name.rsplit("/", 1)[-1]), output.rstrip("/"))
+
     def _job_env(self) -> dict[str, str]:
         """What the job needs besides its arguments: where the tracking URL is, never the URL itself."""
         env = {
