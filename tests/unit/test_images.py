@@ -134,3 +134,33 @@ def test_push_without_a_registry_or_edge_yaml_says_what_to_pass(
 def test_an_accelerator_in_edge_yaml_adds_the_gpu_trainer() -> None:
     assert images.default_images(None) == ["webapp", "trainer"]
     assert images.default_images("NVIDIA_TESLA_T4") == ["webapp", "trainer", "trainer-gpu"]
+
+
+def test_a_push_without_a_terminal_prints_lines_while_the_engine_works(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """As in CI: the engine's events (docker's push stream) become lines, and silence gets a heartbeat."""
+    import time
+
+    from edge.cli.image import push_progress
+
+    monkeypatch.setenv("EDGE_PROGRESS_SECONDS", "0.1")
+    events = [
+        {"status": "The push refers to repository [r/edge-trainer]"},
+        {"id": "a1b2", "status": "Preparing", "progressDetail": {}},
+        {"id": "a1b2", "status": "Pushing", "progressDetail": {"current": 5_000_000, "total": 90_000_000}},
+        {"id": "c3d4", "status": "Layer already exists", "progressDetail": {}},
+        {"id": "a1b2", "status": "Pushed", "progressDetail": {}},
+        {"id": "t", "status": "t: digest: sha256:" + "e" * 64 + " size: 1234"},
+    ]
+    with push_progress("Pushing r/edge-trainer:t") as on_event:
+        for event in events[:3]:
+            on_event(event)
+        time.sleep(0.35)  # the engine uploads a large layer silently
+        for event in events[3:]:
+            on_event(event)
+    lines = capsys.readouterr().err.splitlines()
+    assert lines[0] == "Pushing r/edge-trainer:t"
+    assert "  c3d4 layer already exists" in lines and "  a1b2 pushed" in lines
+    heartbeats = [line for line in lines if line.startswith("Pushing r/edge-trainer:t: layer a1b2 5/90 MB (")]
+    assert len(heartbeats) >= 2

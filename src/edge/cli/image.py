@@ -9,7 +9,7 @@ from typing import TYPE_CHECKING, Annotated, Any
 import typer
 from rich.progress import BarColumn, DownloadColumn, Progress, TaskID, TextColumn
 
-from edge.cli.common import console, fail, out
+from edge.cli.common import console, fail, out, waiting
 
 if TYPE_CHECKING:
     from edge.cloud.images import BuiltImage, PushedImage
@@ -137,9 +137,32 @@ def _settings_registry() -> str:
     return settings.load().image_registry
 
 
+def _finished(status: str) -> bool:
+    return status in {"Pushed", "Layer already exists"} or status.startswith("Mounted")
+
+
 @contextmanager
 def push_progress(title: str) -> Iterator[Any]:
-    """A progress bar over the bytes of every layer the engine reports uploading."""
+    """A progress bar over the bytes of every layer the engine reports uploading; without a terminal,
+    a line per layer done and, while the engine works, a line every EDGE_PROGRESS_SECONDS."""
+    if not console.is_terminal:
+        with waiting(title) as update:
+            done: set[str] = set()
+
+            def on_line(event: dict[str, Any]) -> None:
+                layer, status = event.get("id"), event.get("status", "")
+                detail = event.get("progressDetail") or {}
+                if not layer or ":" in layer:
+                    return
+                if _finished(status) and layer not in done:
+                    done.add(layer)
+                    console.print(f"  {layer} {status.lower()}", highlight=False)
+                elif detail.get("total"):
+                    sent, total = detail.get("current", 0) / 1e6, detail["total"] / 1e6
+                    update(f"{title}: layer {layer} {sent:,.0f}/{total:,.0f} MB")
+
+            yield on_line
+        return
     layers: dict[str, TaskID] = {}
     with Progress(
         TextColumn("{task.description}"), BarColumn(), DownloadColumn(), console=console, transient=True
@@ -156,7 +179,7 @@ def push_progress(title: str) -> Iterator[Any]:
             task = layers[layer]
             if detail.get("total"):
                 progress.update(task, completed=detail.get("current", 0), total=detail["total"])
-            if status in {"Pushed", "Layer already exists", "Mounted from"} or status.startswith("Mounted"):
+            if _finished(status):
                 progress.update(task, description=f"  {layer} {status.lower()}", completed=1, total=1)
 
         yield on_event
