@@ -2,9 +2,17 @@
 
 from __future__ import annotations
 
+import importlib.abc
+import importlib.machinery
+import importlib.util
 import os
 import platform
 import sys
+import tempfile
+from collections.abc import Iterator
+from contextlib import contextmanager
+from types import ModuleType
+from typing import Any
 
 import typer
 
@@ -47,6 +55,7 @@ def main() -> None:
     """Run the `edge` command line."""
     # TensorFlow's C++ start-up notices say nothing a user can act on.
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+    quiet_tensorflow_import()
     if computes_in_batches(sys.argv[1:]):
         enable_onednn()
     app()
@@ -73,3 +82,68 @@ def enable_onednn(machine: str | None = None) -> None:
     """
     if (machine or platform.machine()).lower() in ("x86_64", "amd64"):
         os.environ.setdefault("TF_ENABLE_ONEDNN_OPTS", "1")
+
+
+# What TensorFlow's C++ side prints while it is imported, whatever TF_CPP_MIN_LOG_LEVEL says: absl's
+# notice that it is not initialised yet, the oneDNN notice (twice: two libraries load) and the CPU
+# features it was not built for. Anything else printed then (a missing CUDA library, an error) stays.
+TENSORFLOW_NOISE = (
+    "All log messages before absl::InitializeLog() is called are written to STDERR",
+    "oneDNN custom operations are on",
+    "cpu_feature_guard.cc",
+    "To enable the following instructions:",
+)
+
+
+class _QuietTensorFlow(importlib.abc.MetaPathFinder):
+    """Runs TensorFlow's first import with file descriptor 2 captured, then writes back all but the
+    start-up notices (TENSORFLOW_NOISE). Once: later imports find the module already loaded."""
+
+    def find_spec(
+        self, fullname: str, path: Any, target: Any = None
+    ) -> importlib.machinery.ModuleSpec | None:
+        if fullname != "tensorflow":
+            return None
+        sys.meta_path.remove(self)
+        spec = importlib.util.find_spec(fullname)
+        if spec is None or spec.loader is None:
+            return spec
+        loader = spec.loader
+        run = loader.exec_module
+
+        def exec_module(module: ModuleType) -> None:
+            with _stderr_without(TENSORFLOW_NOISE):
+                run(module)
+
+        loader.exec_module = exec_module  # type: ignore[method-assign]
+        return spec
+
+
+def quiet_tensorflow_import() -> None:
+    """Keep TensorFlow's C++ start-up notices off the terminal when a command imports it (lazily)."""
+    if "tensorflow" not in sys.modules and not any(isinstance(f, _QuietTensorFlow) for f in sys.meta_path):
+        sys.meta_path.insert(0, _QuietTensorFlow())
+
+
+@contextmanager
+def _stderr_without(noise: tuple[str, ...]) -> Iterator[None]:
+    """Capture what is written to file descriptor 2 (C++ included); then write back the other lines."""
+    sys.stderr.flush()
+    saved = os.dup(2)
+    with tempfile.TemporaryFile() as captured:
+        os.dup2(captured.fileno(), 2)
+        try:
+            yield
+        finally:
+            sys.stderr.flush()
+            os.dup2(saved, 2)
+            os.close(saved)
+            captured.seek(0)
+            kept = [
+                line
+                for line in captured.read().decode("utf-8", "replace").splitlines(keepends=True)
+                if not any(part in line for part in noise)
+            ]
+            if kept:
+                sys.stderr.write("".join(kept))
+                sys.stderr.flush()
