@@ -321,7 +321,7 @@ def test_rerunning_after_a_crash_between_steps_converges(vertex: Vertex, models:
     assert len(vertex.mutations(":deployModel")) == deploys
     mutations = len(vertex.cloud.log.mutations())
     again = ok("deploy", "--smoke-images", "5")
-    assert "already serves all the traffic" in again.output
+    assert f"Nothing to release: no version is a candidate; version {v2} is in production" in again.output
     assert len(vertex.cloud.log.mutations()) == mutations
     # Registering the same model again is a no-op too.
     assert register(models.better) == v2

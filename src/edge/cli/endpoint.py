@@ -84,7 +84,8 @@ def deploy(
         release = _release(machine_type)
         candidate = release.registry.get(version)
         if candidate is None:
-            fail(f"no registered version {version!r}: run `edge model register` first")
+            _nothing_to_release(release, version, gate_report)
+            return
         check_gate_report(
             gate_report,
             str(candidate.labels.get("model_version", "")),
@@ -101,6 +102,30 @@ def deploy(
     name = release.clients.settings.endpoint_name
     done = f"Version {candidate.version_id} serves all the traffic of {name}"
     out.print(done + (f" ({report.summary()})." if report else "."), highlight=False)
+
+
+def _nothing_to_release(release: Any, version: str, gate_report: str) -> None:
+    """No version `version`: say why, and what to do; exit 0 only when the last release is done."""
+    from edge.cloud.registry import CANDIDATE, PRODUCTION
+
+    if version != CANDIDATE:
+        fail(f"no registered version {version!r}: run `edge model register` first")
+    report = json.loads(storage.read_text(gate_report)) if storage.exists(gate_report) else {}
+    gated = str(((report.get("candidate") or {}).get("model") or {}).get("version") or "")
+    if gated and report.get("passed") and release.registry.find_by_model_version(gated) is None:
+        fail(
+            f"model {gated} passed the gate ({gate_report}) but is not registered: run `edge model "
+            "register` to make it the candidate, then `edge deploy`"
+        )
+    production = release.registry.get(PRODUCTION)
+    if production is None:
+        fail("no registered version 'candidate': run `edge model register` first")
+    # Promotion takes `candidate` away: running `edge deploy` again after a release changes nothing.
+    out.print(
+        f"Nothing to release: no version is a candidate; version {production.version_id} is in "
+        "production. `edge model register` makes a new model the candidate.",
+        highlight=False,
+    )
 
 
 @app.command()
