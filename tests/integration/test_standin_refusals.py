@@ -245,6 +245,39 @@ def test_object_admin_on_a_bucket_cannot_read_the_bucket_itself(cloud: LocalClou
     assert _call(cloud, "GET", f"{front.url}/storage/v1/b/{bucket}", None).status_code == 401
 
 
+def test_a_serving_container_reaches_storage_as_its_identity(cloud: LocalCloud, gcs_emulator: Any) -> None:
+    """Vertex's default serving account reads the model and nothing more; a custom one, by its roles."""
+    from tests.standin.gcs_front import GcsFront
+    from tests.standin.gcs_identity import IdentityProxy
+    from tests.standin.server import StandIn
+
+    front = GcsFront(cloud.add(StandIn("storage")), gcs_emulator.url)
+    bucket = gcs_emulator.create_bucket().removeprefix("gs://")
+    gcs_emulator.upload(f"gs://{bucket}", "models/v1/metadata.json", b"{}")
+    managed = "custom-online-prediction@p1-tp.iam.gserviceaccount.com"
+    log = f"/upload/storage/v1/b/{bucket}/o?uploadType=media&name=predictions/x.jsonl"
+    proxies = []
+    try:
+        default = IdentityProxy(front, gcs_emulator.url, None, f"gs://{bucket}/models/v1", managed).start()
+        proxies.append(default)
+        model = requests.get(f"{default.url}/storage/v1/b/{bucket}/o/models%2Fv1%2Fmetadata.json", timeout=10)
+        assert model.status_code == 200
+        refused = requests.post(default.url + log, data=b"{}", timeout=10)
+        assert refused.status_code == 403
+        assert refused.json()["error"]["message"].startswith(
+            f"{managed} does not have storage.objects.create access to the Google Cloud Storage object."
+        )
+        jobs = IdentityProxy(front, gcs_emulator.url, JOBS, f"gs://{bucket}/models/v1", managed).start()
+        proxies.append(jobs)
+        assert requests.post(jobs.url + log, data=b"{}", timeout=10).status_code == 403  # no role yet
+        cloud.grant("roles/storage.objectAdmin", f"serviceAccount:{JOBS}")
+        assert requests.post(jobs.url + log, data=b"{}", timeout=10).status_code == 200
+        assert "predictions/x.jsonl" in gcs_emulator.objects(f"gs://{bucket}")
+    finally:
+        for proxy in proxies:
+            proxy.stop()
+
+
 # --- API state --------------------------------------------------------------------------------------
 def test_a_new_project_has_every_api_disabled_until_enabling_propagates() -> None:
     from google.cloud import service_usage_v1
