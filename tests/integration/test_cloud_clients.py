@@ -44,3 +44,23 @@ def test_every_client_goes_to_its_configured_endpoint(cloud_env: LocalCloud) -> 
         entry.headers.get("authorization", "").startswith("Bearer ya29.standin-") for entry in cloud_env.log
     )
     assert {entry.principal for entry in cloud_env.log} == {cloud_env.owner}
+
+
+def test_the_registry_token_is_the_credentials_every_client_uses(cloud_env: LocalCloud) -> None:
+    from edge.cloud import images
+
+    # The application-default credentials hold a token the stand-ins issued, valid for hours: it
+    # goes as it is, with no refresh at Google's token endpoint (unreachable here).
+    auth = images.registry_auth("europe-west2-docker.pkg.dev/edge-test-project/edge")
+    assert auth is not None and auth["username"] == "oauth2accesstoken"
+    assert cloud_env.access.tokens[auth["password"]] == cloud_env.owner
+
+
+def test_no_registry_token_from_anonymous_credentials(
+    cloud_env: LocalCloud, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from edge.cloud import images
+
+    monkeypatch.setenv("EDGE_CREDENTIALS", "anonymous")
+    with pytest.raises(images.ImageError, match="EDGE_CREDENTIALS=anonymous sends no credentials"):
+        images.registry_auth("europe-west2-docker.pkg.dev/edge-test-project/edge")

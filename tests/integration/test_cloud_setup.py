@@ -7,6 +7,7 @@ import contextlib
 import secrets
 import subprocess
 import sys
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -14,12 +15,12 @@ import requests
 from typer.testing import CliRunner, Result
 
 from edge.cli import app
-from edge.cloud.setup import BUCKET_ROLE, PROJECT_ROLES, SECRET_ROLE
+from edge.cloud.setup import APIS, BUCKET_ROLE, PROJECT_ROLES, SECRET_ROLE
 from tests.cloud_env import PROJECT, endpoint_env, write_settings
 from tests.gcs_emulator import GcsEmulator
 from tests.standin.cloud import LocalCloud
 from tests.standin.gcs_front import GcsFront
-from tests.standin.server import ApiError, StandIn
+from tests.standin.server import ApiError, Request, StandIn
 
 PASSWORD = "s3cret-" + secrets.token_hex(6)
 TRACKING_URL = f"mongodb://edge:{PASSWORD}@mongo.example.com:27017/edge"
@@ -91,11 +92,14 @@ def test_dry_run_then_apply_then_nothing(
         "secretmanager POST edge-tracking-url:setIamPolicy",
     ]
     enable, repository, account, roles, secret, version, secret_policy = changes
-    assert enable.body["serviceIds"] == ["aiplatform.googleapis.com"]  # only what was off
+    # only what was off: Vertex AI, and STS, which keyless CI exchanges its token at
+    assert enable.body["serviceIds"] == ["aiplatform.googleapis.com", "sts.googleapis.com"]
     assert repository.query["repositoryId"] == "edge" and repository.body["format"] == 1
     assert account.body["accountId"] == "edge-jobs"
     bindings = {b["role"]: b["members"] for b in roles.body["policy"]["bindings"]}
     assert all(ACCOUNT in bindings[role] for role in PROJECT_ROLES)
+    # The webapp runs as the jobs account on Cloud Run and calls the Vertex AI endpoint.
+    assert ACCOUNT in bindings["roles/aiplatform.user"]
     # least privilege: nothing else granted, and the owner's binding kept as it was
     assert set(bindings) == {*PROJECT_ROLES, "roles/owner"}
     assert bindings["roles/owner"] == [local_cloud.owner]
@@ -119,6 +123,14 @@ def test_dry_run_then_apply_then_nothing(
     again = _setup(project, tracking_url=TRACKING_URL)
     assert again.exit_code == 0, again.output
     assert "Nothing to do" in again.output, again.output
+    # Policies are read at version 3: at version 1 a conditional binding comes back renamed.
+    reads = [e for e in list(local_cloud.log)[mark:] if e.path.endswith((":getIamPolicy", "/iam"))]
+    assert {e.service for e in reads} == {"resourcemanager", "storage", "secretmanager"}
+    for read in reads:
+        version = (read.body or {}).get("options", {}).get("requestedPolicyVersion") or read.query.get(
+            "optionsRequestedPolicyVersion", read.query.get("options.requestedPolicyVersion")
+        )
+        assert str(version) == "3", read
     assert [e for e in list(local_cloud.log)[mark:] if e.mutating] == []
     assert (repo / ".dvc" / "config").read_text() == config
 
@@ -202,10 +214,23 @@ def test_a_bucket_of_another_project_is_named_as_such(
     assert local_cloud.log.mutations() == []
 
 
-def test_a_service_account_iam_does_not_see_yet_says_to_run_again(
+def test_a_new_service_account_is_bound_once_iam_sees_it(
     project: dict[str, object], local_cloud: LocalCloud
 ) -> None:
-    # Google: a new service account can take a minute before a policy may bind it.
+    # Google: a new service account can take a minute before a policy may bind it; setup waits.
+    local_cloud.access.account_propagation = 3
+    done = _setup(project, tracking_url=TRACKING_URL)
+    assert done.exit_code == 0, done.output
+    assert f"IAM does not see edge-jobs@{PROJECT}.iam.gserviceaccount.com yet" in done.output
+    assert ACCOUNT in local_cloud.projects.policies.members(f"projects/{PROJECT}", PROJECT_ROLES[0])
+    refused = [e for e in local_cloud.log.find(path=":setIamPolicy") if e.status == 400]
+    assert refused, "the first binding came before IAM saw the account"
+
+
+def test_a_service_account_iam_never_sees_says_to_run_again(
+    project: dict[str, object], local_cloud: LocalCloud, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr("edge.cloud.setup.ACCOUNT_WAIT", 3.0)
     local_cloud.access.account_propagation = 3600
     done = _setup(project, tracking_url=TRACKING_URL)
     assert done.exit_code == 1
@@ -217,3 +242,102 @@ def test_a_service_account_iam_does_not_see_yet_says_to_run_again(
     again = _setup(project, tracking_url=TRACKING_URL)
     assert again.exit_code == 0, again.output
     assert ACCOUNT in local_cloud.projects.policies.members(f"projects/{PROJECT}", PROJECT_ROLES[0])
+
+
+def test_a_policy_changed_meanwhile_is_read_again_and_kept(
+    project: dict[str, object], local_cloud: LocalCloud
+) -> None:
+    """Someone grants a role between setup's read and its write: IAM refuses the stale etag (409)."""
+    policies = local_cloud.access.policies
+    resource = f"projects/{PROJECT}"
+    colleague = "user:colleague@example.com"
+    reads = 0
+
+    def read_then_someone_writes(request: Request) -> dict[str, object]:
+        nonlocal reads
+        reads += 1
+        answer = policies.get(resource)
+        if reads == 2:  # setup's read just before its write
+            policies.bind(resource, "roles/viewer", colleague)
+        return answer
+
+    local_cloud.resourcemanager.route(
+        "POST", "/v3/projects/{project}:getIamPolicy", "resourcemanager.projects.getIamPolicy"
+    )(read_then_someone_writes)
+    done = _setup(project, tracking_url=TRACKING_URL)
+    assert done.exit_code == 0, done.output
+    assert "the policy changed meanwhile; reading it again" in done.output
+    writes = local_cloud.log.find(service="resourcemanager", path=":setIamPolicy")
+    assert [w.status for w in writes] == [409, 200]
+    assert policies.members(resource, "roles/viewer") == [colleague]  # the other change is kept
+    assert ACCOUNT in policies.members(resource, PROJECT_ROLES[0])
+
+
+def test_a_role_already_bound_on_the_bucket_gets_a_member_not_a_second_binding(
+    project: dict[str, object], gcs_emulator: GcsEmulator
+) -> None:
+    bucket: str = project["bucket"]  # type: ignore[assignment]
+    requests.post(
+        f"{gcs_emulator.url}/storage/v1/b",
+        params={"project": PROJECT},
+        json={"name": bucket},
+        timeout=10,
+    ).raise_for_status()
+    # The emulator creates every bucket in US; PATCH moves it (what the front does on insert).
+    requests.patch(
+        f"{gcs_emulator.url}/storage/v1/b/{bucket}", json={"location": "europe-west2"}, timeout=10
+    ).raise_for_status()
+    other = "serviceAccount:other@example.iam.gserviceaccount.com"
+    requests.put(
+        f"{gcs_emulator.url}/storage/v1/b/{bucket}/iam",
+        json={"bindings": [{"role": BUCKET_ROLE, "members": [other]}]},
+        timeout=10,
+    ).raise_for_status()
+    done = _setup(project, tracking_url=TRACKING_URL)
+    assert done.exit_code == 0, done.output
+    policy = requests.get(f"{gcs_emulator.url}/storage/v1/b/{bucket}/iam", timeout=10).json()
+    (binding,) = [b for b in policy["bindings"] if b["role"] == BUCKET_ROLE]
+    assert sorted(binding["members"]) == sorted([other, ACCOUNT])
+
+
+@pytest.fixture
+def fresh(tmp_path: Path, gcs_emulator: GcsEmulator) -> Iterator[dict[str, object]]:
+    """A project as Google hands it over: every API disabled; enabling one takes 6 s to propagate."""
+    cloud = LocalCloud.start(project=PROJECT, enable_delay=6.0)
+    try:
+        repo = tmp_path / "repo"
+        repo.mkdir()
+        subprocess.run(["git", "init", "-q"], cwd=repo, check=True)
+        subprocess.run([sys.executable, "-m", "dvc", "init", "-q"], cwd=repo, check=True)
+        config = write_settings(repo, bucket=f"edge-setup-{secrets.token_hex(4)}")
+        GcsFront(cloud.add(StandIn("storage")), gcs_emulator.url)
+        env = {**endpoint_env(cloud), "EDGE_CONFIG": str(config)}
+        yield {"repo": repo, "env": env, "cloud": cloud}
+    finally:
+        cloud.stop()
+
+
+def test_a_fresh_project_gets_its_apis_enabled_before_anything_behind_them_is_read(
+    fresh: dict[str, object],
+) -> None:
+    cloud: LocalCloud = fresh["cloud"]  # type: ignore[assignment]
+    dry = _setup(fresh, "--dry-run")
+    assert dry.exit_code == 0, dry.output
+    assert "not read: storage.googleapis.com is not enabled yet" in dry.output
+    assert "once their APIs answer" in dry.output
+    assert {e.service for e in cloud.log} == {"serviceusage"}  # nothing read behind a disabled API
+
+    done = _setup(fresh, tracking_url=TRACKING_URL)
+    assert done.exit_code == 0, done.output
+    entries = list(cloud.log)
+    enable = next(i for i, e in enumerate(entries) if e.path.endswith(":batchEnable"))
+    assert {e.service for e in entries[:enable]} == {"serviceusage"}
+    assert set(entries[enable].body["serviceIds"]) == set(APIS)
+    # Enabled, then waited for: a line while the APIs still answer SERVICE_DISABLED, no error.
+    assert "waiting for aiplatform.googleapis.com to answer" in done.output, done.output
+    vertex = cloud.log.find(service="aiplatform", path="/customJobs")
+    assert vertex[0].status == 403 and vertex[-1].status == 200
+    assert "Done:" in done.output
+    assert all(cloud.project.is_enabled(api) for api in APIS)
+    assert ACCOUNT in cloud.projects.policies.members(f"projects/{PROJECT}", "roles/aiplatform.user")
+    assert _setup(fresh, tracking_url=TRACKING_URL).output.count("Nothing to do") == 1

@@ -7,8 +7,8 @@ applied through the same IAM, Resource Manager and STS stand-ins. What cannot ru
 where it is skipped: Docker (`edge image build/push`: the image is given by digest, the job's
 container runs as a local process, the served model as `edge serve`).
 
-Where edge itself is wrong on a fresh project (it reads APIs before enabling them), the project
-starts with its APIs enabled, as a second `edge setup` would find it.
+The project starts as Google hands it over: every API disabled, and enabling one takes a moment
+to propagate; `edge setup` enables them and waits until they answer.
 """
 
 from __future__ import annotations
@@ -21,6 +21,7 @@ import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 import requests
@@ -28,7 +29,6 @@ from click.testing import Result
 from typer.testing import CliRunner
 
 from edge.cli import app
-from tests.cloud_env import APIS
 from tests.datagen import write_fashion_files
 from tests.standin.emulate import Emulation, emulation
 from tests.standin.federation import Provider
@@ -38,6 +38,7 @@ from tests.standin.vertex_jobs import ProcessRunner
 ROOT = Path(__file__).resolve().parents[2]
 README = ROOT / "README.md"
 PROJECT = "edge-local"
+CIRCLE_PROJECT = "circle-project"  # CircleCI's project id, in the README's PROJECT_ID
 IMAGE = "127.0.0.1:5000/edge/edge-trainer@sha256:" + "e" * 64
 WEBAPP = "127.0.0.1:5000/edge/edge-webapp@sha256:" + "f" * 64
 PARAMS = """\
@@ -96,7 +97,7 @@ def emulated(tmp_path: Path) -> Iterator[Emulation]:
         project=PROJECT,
         runner=ProcessRunner(bin_dir=bin_dir),
         servers=ProcessServers(bin_dir=bin_dir),
-        enabled=APIS,
+        enable_delay=2.0,
         health_timeout=120,
     ) as found:
         yield found
@@ -202,22 +203,35 @@ def test_the_readme_cloud_sections_run_against_make_emulate(repo: Path, emulated
     assert service["template"]["containers"][0]["image"] == WEBAPP
 
     # --- CI/CD: the one-time gcloud steps, applied through the same stand-ins -------------------
-    applied_steps = apply_gcloud(ci, emulated)
+    applied_steps = apply_gcloud(ci, emulated, bucket)
     assert applied_steps >= 4
     deployer = f"serviceAccount:edge-deployer@{PROJECT}.iam.gserviceaccount.com"
+    policies = emulated.cloud.projects.policies
     for role in ("aiplatform.user", "artifactregistry.writer", "storage.objectAdmin", "run.admin"):
-        assert deployer in emulated.cloud.projects.policies.members(f"projects/{PROJECT}", f"roles/{role}")
+        assert deployer in policies.members(f"projects/{PROJECT}", f"roles/{role}")
+    # One binding per role: the README's lines add members, never a second binding for a role.
+    for resource, policy in policies.policies.items():
+        roles = [b["role"] for b in policy.get("bindings", [])]
+        assert len(roles) == len(set(roles)), (resource, roles)
+    # The deployer reads the bucket's own metadata (its region), which storage.objectAdmin cannot.
+    bucket_policy = requests.get(
+        f"{emulated.cloud.extra['storage'].url}/storage/v1/b/{bucket}/iam",
+        headers={"authorization": f"Bearer {emulated.cloud.access.issue_token(emulated.cloud.owner)}"},
+        timeout=10,
+    ).json()
+    assert {"role": "roles/storage.legacyBucketReader", "members": [deployer]} in bucket_policy["bindings"]
     print(f"rehearsal: {time.monotonic() - started:.1f} s wall time")
 
 
-def apply_gcloud(lines: list[str], emulated: Emulation) -> int:
+def apply_gcloud(lines: list[str], emulated: Emulation, bucket: str) -> int:
     """Apply the README's `gcloud` lines through the stand-ins' REST APIs, as the owner; how many."""
     cloud = emulated.cloud
     number = cloud.project.number
     token = cloud.access.issue_token(cloud.owner)
     auth = {"authorization": f"Bearer {token}"}
     text = " ; ".join(lines).replace("MY_PROJECT", PROJECT).replace("PROJECT_NUMBER", number)
-    text = text.replace("ORG_ID", "org-id").replace("PROJECT_ID", "circle-project")
+    text = text.replace("ORG_ID", "org-id").replace("PROJECT_ID", CIRCLE_PROJECT)
+    text = text.replace("MY_BUCKET", bucket)
     applied = 0
     loop = re.search(r"for role in ([^;]+); do (.+?); done", text)
     steps = re.split(r"\s*;\s*", text[: loop.start()] if loop else text)
@@ -232,13 +246,14 @@ def apply_gcloud(lines: list[str], emulated: Emulation) -> int:
         flags = {k: v.strip('"') for k, v in flags.items()}
         if step.startswith("gcloud iam workload-identity-pools providers create-oidc"):
             mapping = dict(pair.split("=", 1) for pair in flags["attribute-mapping"].split(","))
+            audiences = flags.get("allowed-audiences")
             emulated.sts.add_provider(
                 Provider(
                     cloud.project,
                     flags["workload-identity-pool"],
                     step.split()[5],
                     issuer=flags["issuer-uri"],
-                    allowed_audiences=flags["allowed-audiences"].split(","),
+                    allowed_audiences=audiences.split(",") if audiences else [],
                     mapping=mapping,
                     condition=flags.get("attribute-condition"),
                 )
@@ -258,15 +273,57 @@ def apply_gcloud(lines: list[str], emulated: Emulation) -> int:
         elif step.startswith("gcloud iam service-accounts add-iam-policy-binding"):
             email = step.split()[4]
             _bind(f"{cloud.iam.url}/v1/projects/{PROJECT}/serviceAccounts/{email}", flags, auth)
+        elif step.startswith("gcloud storage buckets add-iam-policy-binding"):
+            name = step.split()[4].removeprefix("gs://")
+            _bind_bucket(f"{cloud.extra['storage'].url}/storage/v1/b/{name}/iam", flags, auth)
         else:
             raise AssertionError(f"the rehearsal does not know how to apply: {step}")
         applied += 1
     return applied
 
 
+def _add_member(policy: dict[str, Any], role: str, member: str) -> None:
+    """gcloud's add-iam-policy-binding: the member joins the role's one unconditional binding."""
+    bindings = policy.setdefault("bindings", [])
+    for binding in bindings:
+        if binding["role"] == role and not binding.get("condition"):
+            if member not in binding["members"]:
+                binding["members"].append(member)
+            return
+    bindings.append({"role": role, "members": [member]})
+
+
 def _bind(resource_url: str, flags: dict[str, str], auth: dict[str, str]) -> None:
-    """gcloud's add-iam-policy-binding: read the policy, add the member, write it with the etag."""
-    policy = requests.post(f"{resource_url}:getIamPolicy", json={}, headers=auth, timeout=10).json()
-    policy.setdefault("bindings", []).append({"role": flags["role"], "members": [flags["member"]]})
-    answer = requests.post(f"{resource_url}:setIamPolicy", json={"policy": policy}, headers=auth, timeout=10)
-    assert answer.ok, answer.text
+    """Read the policy (version 3), add the member, write it with the etag read; on 409 (a change
+    in between) read again and redo, as gcloud does."""
+    for _ in range(5):
+        policy = requests.post(
+            f"{resource_url}:getIamPolicy",
+            json={"options": {"requestedPolicyVersion": 3}},
+            headers=auth,
+            timeout=10,
+        ).json()
+        _add_member(policy, flags["role"], flags["member"])
+        policy["version"] = 3
+        answer = requests.post(
+            f"{resource_url}:setIamPolicy", json={"policy": policy}, headers=auth, timeout=10
+        )
+        if answer.status_code != 409:
+            assert answer.ok, answer.text
+            return
+    raise AssertionError(f"{resource_url}: the policy kept changing")
+
+
+def _bind_bucket(iam_url: str, flags: dict[str, str], auth: dict[str, str]) -> None:
+    """The same on a bucket, through Cloud Storage's JSON API (412 on a stale etag)."""
+    for _ in range(5):
+        policy = requests.get(
+            iam_url, params={"optionsRequestedPolicyVersion": 3}, headers=auth, timeout=10
+        ).json()
+        _add_member(policy, flags["role"], flags["member"])
+        policy["version"] = 3
+        answer = requests.put(iam_url, json=policy, headers=auth, timeout=10)
+        if answer.status_code not in (409, 412):
+            assert answer.ok, answer.text
+            return
+    raise AssertionError(f"{iam_url}: the policy kept changing")

@@ -4,11 +4,16 @@
 `external_account` credentials send it) takes an OIDC token for a Workload Identity Federation
 provider of this cloud and answers a federated access token, as STS does
 (https://cloud.google.com/iam/docs/reference/sts/rest/v1/TopLevel/token): the audience must name a
-known provider, the token its issuer and one of its allowed audiences and not be expired; the
-provider's attribute mapping is applied (`assertion.sub`, `assertion['claim']`), `google.subject`
-may hold at most 127 bytes
-(https://cloud.google.com/iam/docs/workload-identity-federation#mapping), and the attribute
-condition (`attribute.x=='value'`) must hold. The federated principal is
+known provider, the token its issuer and one of its allowed audiences (with none configured, the
+provider's own name, with or without `https:`:
+https://cloud.google.com/iam/docs/reference/rest/v1/projects.locations.workloadIdentityPools.providers#oidc)
+and not be expired; the provider's attribute mapping is applied (`assertion.sub`,
+`assertion['claim']`), `google.subject` may hold at most 127 bytes
+(https://cloud.google.com/iam/docs/workload-identity-federation#mapping, attribute mapping
+limits), and the attribute condition (`attribute.x=='value'`) must hold. CircleCI's `sub`
+(`org/<uuid>/project/<uuid>/user/<uuid>/vcs-origin/<repository>/vcs-ref/<ref>`) is longer than
+that, so a provider mapping `google.subject=assertion.sub` refuses every CircleCI job. The
+federated principal is
 `principal://iam.googleapis.com/projects/N/locations/global/workloadIdentityPools/POOL/subject/SUB`,
 member of `principalSet://.../attribute.NAME/VALUE` for each mapped attribute.
 
@@ -90,6 +95,7 @@ class SecurityTokenService:
     def __init__(self, standin: StandIn, access: Access) -> None:
         self.access = access
         self.providers: dict[str, Provider] = {}
+        self.lifetime = 3600  # seconds a federated token lives (a test shortens the hour)
         standin.route("POST", "/v1/token")(self.exchange)
 
     def add_provider(self, provider: Provider) -> Provider:
@@ -120,9 +126,8 @@ class SecurityTokenService:
                     f"The issuer in ID Token {claims.get('iss')!r} does not match the expected ones.",
                 )
             audiences = claims.get("aud") if isinstance(claims.get("aud"), list) else [claims.get("aud")]
-            if not set(audiences) & set(
-                provider.allowed_audiences or [f"https://iam.googleapis.com/{provider.name}"]
-            ):
+            default = [f"https://iam.googleapis.com/{provider.name}", f"//iam.googleapis.com/{provider.name}"]
+            if not set(audiences) & set(provider.allowed_audiences or default):
                 return _oauth_error(
                     "invalid_grant", "The audience in ID Token does not match the expected audience."
                 )
@@ -161,7 +166,7 @@ class SecurityTokenService:
                 "access_token": self.access.issue_token(principal),
                 "issued_token_type": "urn:ietf:params:oauth:token-type:access_token",
                 "token_type": "Bearer",
-                "expires_in": 3600,
+                "expires_in": self.lifetime,
             }
         )
 
@@ -170,6 +175,7 @@ class IamCredentials:
     def __init__(self, standin: StandIn, access: Access, accounts: dict[str, dict[str, Any]]) -> None:
         self.access = access
         self.accounts = accounts
+        self.lifetime = 3600  # seconds a service account's token lives (Google's default: an hour)
         standin.route("POST", "/v1/projects/{project}/serviceAccounts/{email}:generateAccessToken")(
             self.generate
         )
@@ -192,7 +198,7 @@ class IamCredentials:
             f"//iam.googleapis.com/{resource}",
             api,
         )
-        expires = datetime.now(UTC) + timedelta(hours=1)
+        expires = datetime.now(UTC) + timedelta(seconds=self.lifetime)
         return {
             "accessToken": self.access.issue_token(f"serviceAccount:{email}"),
             "expireTime": expires.strftime("%Y-%m-%dT%H:%M:%SZ"),

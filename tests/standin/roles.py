@@ -1,7 +1,8 @@
 """The IAM roles the cloud path grants, with the permissions the stand-ins check.
 
 Source: Google's IAM role reference, https://cloud.google.com/iam/docs/roles-permissions (one page
-per service: .../roles-permissions/aiplatform, /storage, /secretmanager, /run, /iam,
+per service: .../roles-permissions/aiplatform, /storage (and, for the legacy bucket roles,
+https://cloud.google.com/storage/docs/access-control/iam-roles), /secretmanager, /run, /iam,
 /artifactregistry, /logging, /serviceusage, /resourcemanager), and the Cloud Run role table at
 https://cloud.google.com/run/docs/reference/iam/roles. Each role below lists, copied from those
 pages, the permissions of that role that some stand-in checks; a role's other permissions (the
@@ -95,6 +96,9 @@ ROLES: dict[str, frozenset[str]] = {
             "artifactregistry.repositories.uploadArtifacts",
         }
     ),
+    # Granted on a bucket only (legacy roles cannot be granted on a project); the least role that
+    # reads the bucket's own metadata: https://cloud.google.com/storage/docs/access-control/iam-roles
+    "roles/storage.legacyBucketReader": frozenset({"storage.buckets.get", "storage.objects.list"}),
     "roles/storage.objectViewer": frozenset({"storage.objects.get", "storage.objects.list"}),
     "roles/storage.objectCreator": frozenset({"storage.objects.create"}),
     "roles/storage.objectAdmin": frozenset(

@@ -81,12 +81,15 @@ class Clients:
             client_options=self._options("storage"),
         )
 
-    def iam(self) -> IamRest:
-        """IAM's REST API: its Python client (iam_admin_v1) has no REST transport, only gRPC."""
+    def session(self) -> Any:
+        """An HTTP session that sends these credentials, for the few REST calls no client makes."""
         from google.auth.transport.requests import AuthorizedSession
 
-        session = AuthorizedSession(self.credentials)  # type: ignore[no-untyped-call]
-        return IamRest(session, self.settings.endpoint("iam") or PUBLIC["iam"])
+        return AuthorizedSession(self.credentials)  # type: ignore[no-untyped-call]
+
+    def iam(self) -> IamRest:
+        """IAM's REST API: its Python client (iam_admin_v1) has no REST transport, only gRPC."""
+        return IamRest(self.session(), self.settings.endpoint("iam") or PUBLIC["iam"])
 
     def aiplatform(self) -> Any:
         """The Vertex AI SDK, initialised for this project (process-wide: the SDK keeps it globally)."""

@@ -375,22 +375,31 @@ def registry_auth(registry: str) -> dict[str, str] | None:
 
 
 def google_access_token() -> str:
-    """A short-lived OAuth access token from Application Default Credentials (no key files)."""
-    # TODO(issue 9): route through edge.cloud.clients once it builds every Google credential.
+    """A short-lived OAuth access token of the credentials every Google client uses.
+
+    Built where every other Google credential is (edge.cloud.clients), so EDGE_CREDENTIALS counts
+    here too, and refreshed only when due: a token that is still valid goes as it is.
+    """
     try:
-        import google.auth
         import google.auth.exceptions
         import google.auth.transport.requests
+
+        from edge.cloud.clients import credentials_for
+        from edge.cloud.settings import Endpoints, env_overrides
     except ImportError as exc:
         raise ImageError("pushing to Google needs the cloud extra: `uv sync --extra cloud`") from exc
-    try:
-        credentials, _ = google.auth.default(scopes=list(GOOGLE_SCOPES))
-        credentials.refresh(google.auth.transport.requests.Request())  # type: ignore[no-untyped-call]
-    except google.auth.exceptions.DefaultCredentialsError as exc:
+    endpoints = Endpoints.model_validate(env_overrides())
+    if endpoints.credentials == "anonymous":
         raise ImageError(
-            "no Google credentials found: run `gcloud auth application-default login`, or run where "
-            "a service account is attached (Cloud Build, a VM, CI with workload identity federation)"
-        ) from exc
+            "EDGE_CREDENTIALS=anonymous sends no credentials, and a Google registry needs them: unset "
+            "EDGE_CREDENTIALS, or push to a local registry (EDGE_REGISTRY)"
+        )
+    try:
+        credentials = credentials_for(endpoints)
+        if not credentials.valid:
+            credentials.refresh(google.auth.transport.requests.Request())
+    except CloudError as exc:
+        raise ImageError(str(exc)) from None
     except google.auth.exceptions.GoogleAuthError as exc:
         raise ImageError(f"could not get a Google access token: {exc}") from exc
     token: str | None = credentials.token
