@@ -433,7 +433,7 @@ def save_model(
         export_serving(model, str(staging / SERVING_DIR))
         for name, content in (extra_files or {}).items():
             relative = storage.relative_name(name, "extra_files")
-            if relative == METADATA_FILE or (staging / relative).exists():
+            if relative in (METADATA_FILE, RUN_FILE) or (staging / relative).exists():
                 raise ValueError(f"extra file {name!r} would overwrite a part of the model folder")
             destination = staging / relative
             destination.parent.mkdir(parents=True, exist_ok=True)
@@ -453,6 +453,38 @@ def read_metadata(model_dir: str | Path) -> dict[str, Any]:
     folder = storage.resolve_dir(str(model_dir))
     loaded: dict[str, Any] = json.loads(storage.read_text(storage.join(folder, METADATA_FILE)))
     return loaded
+
+
+def write_run(model_dir: str, metadata: Mapping[str, Any], created: str, tracking_run_id: str | None) -> None:
+    """Record beside a published model when it was made and by which tracked run (on `gs://`, in the
+    published version). Not part of the model's content: see `RUN_FILE`."""
+    from edge import storage
+
+    record = {
+        "model_version": str(metadata.get("version")),
+        "created": created,
+        "tracking_run_id": tracking_run_id,
+    }
+    storage.write_text(
+        storage.join(storage.resolve_dir(model_dir), RUN_FILE), json.dumps(record, indent=2) + "\n"
+    )
+
+
+def read_run(model_dir: str | Path, metadata: Mapping[str, Any]) -> dict[str, Any] | None:
+    """The run record of the model that `metadata` describes, or None when there is none.
+
+    A record of another version (left beside a model restored with `dvc checkout`, which does not
+    track it) is none for this one, and so is an unreadable one: it only informs, nothing depends on it.
+    """
+    from edge import storage
+
+    try:
+        record = json.loads(storage.read_text(storage.join(storage.resolve_dir(str(model_dir)), RUN_FILE)))
+    except (FileNotFoundError, ValueError, UnicodeDecodeError):
+        return None
+    if not isinstance(record, dict) or record.get("model_version") != str(metadata.get("version")):
+        return None
+    return record
 
 
 def verify_model_dir(model_dir: str | Path) -> dict[str, Any]:
