@@ -19,10 +19,12 @@ if TYPE_CHECKING:
 KERAS_FILE = "model.keras"
 SERVING_DIR = "serving"
 METADATA_FILE = "metadata.json"
-# When and in which tracked run a model was made, written beside it after it is published
-# (`write_run`): facts about one run, kept out of the folder's content so that the same weights make
-# the same bytes, and the md5 that DVC records for `models` names the model, not the run.
+# When, from which checkout (git commit, branch, uncommitted changes) and in which tracked run or
+# Vertex AI job a model was made, written beside it after it is published (`write_run`): facts about
+# one run, kept out of the folder's content so that the same inputs make the same bytes, and the md5
+# that DVC records for `models` names the model, not the run (committing dvc.lock moves the commit).
 RUN_FILE = "run.json"
+RUN_FACTS = ("created", "tracking_run_id", "git", "vertex_job")
 # The time every entry of a `.keras` archive carries (zip's earliest), whenever it was saved.
 ZIP_EPOCH = (1980, 1, 1, 0, 0, 0)
 HEADS = ("flatten", "gap")
@@ -455,16 +457,12 @@ def read_metadata(model_dir: str | Path) -> dict[str, Any]:
     return loaded
 
 
-def write_run(model_dir: str, metadata: Mapping[str, Any], created: str, tracking_run_id: str | None) -> None:
-    """Record beside a published model when it was made and by which tracked run (on `gs://`, in the
-    published version). Not part of the model's content: see `RUN_FILE`."""
+def write_run(model_dir: str, metadata: Mapping[str, Any], run: Mapping[str, Any]) -> None:
+    """Record beside a published model the facts of the run that made it (`RUN_FACTS`), on `gs://` in
+    the published version. Not part of the model's content: see `RUN_FILE`."""
     from edge import storage
 
-    record = {
-        "model_version": str(metadata.get("version")),
-        "created": created,
-        "tracking_run_id": tracking_run_id,
-    }
+    record = {"model_version": str(metadata.get("version")), **{key: run.get(key) for key in RUN_FACTS}}
     storage.write_text(
         storage.join(storage.resolve_dir(model_dir), RUN_FILE), json.dumps(record, indent=2) + "\n"
     )

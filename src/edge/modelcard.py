@@ -45,8 +45,9 @@ class Card:
     history: list[dict[str, float]] = field(default_factory=list)
     # The gate's verdict, when the card is made by the evaluate stage.
     with_checks: bool = False
-    # When and in which tracked run the model was made (`edge.model.read_run`): shown by the evaluate
-    # stage's card in reports/, never by the card inside the model folder, whose bytes the inputs decide.
+    # When, from which commit and in which tracked run the model was made (`edge.model.read_run`):
+    # shown by the evaluate stage's card in reports/, never by the card inside the model folder, whose
+    # bytes the inputs decide.
     run: dict[str, Any] | None = None
 
     def confusions(self, top: int = 5) -> list[tuple[str, str, int, float]]:
@@ -63,10 +64,6 @@ class Card:
 
 def _lineage_rows(metadata: dict[str, Any], run: dict[str, Any] | None = None) -> list[tuple[str, str]]:
     lineage = metadata.get("lineage") or {}
-    git = lineage.get("git") or {}
-    commit = str(git.get("commit") or lineage.get("git_commit") or "unknown")
-    if git.get("dirty"):
-        commit += " (uncommitted changes)"
     data = lineage.get("data_version") or {}
     data_text = (
         ", ".join(f"{path} {md5}" for path, md5 in sorted(data.items()))
@@ -77,15 +74,19 @@ def _lineage_rows(metadata: dict[str, Any], run: dict[str, Any] | None = None) -
     calibration_info = metadata.get("calibration") or {}
     rows = [
         ("model", f"{metadata.get('name', '?')} version {metadata.get('version', '?')}"),
-        ("git commit", commit + (f" on {git['branch']}" if git.get("branch") else "")),
         ("data version", data_text or "unknown"),
-        ("Vertex AI job", str(lineage.get("vertex_job") or "none")),
         ("compute precision", f"{precision.get('policy', '?')} ({precision.get('reason', '')})"),
     ]
     if run is not None:
+        git = run.get("git") or {}
+        commit = str(git.get("commit") or "unknown")
+        if git.get("dirty"):
+            commit += " (uncommitted changes)"
         rows[1:1] = [
             ("created", str(run.get("created") or "?")),
+            ("git commit", commit + (f" on {git['branch']}" if git.get("branch") else "")),
             ("tracked run", str(run.get("tracking_run_id") or "not recorded")),
+            ("Vertex AI job", str(run.get("vertex_job") or "none")),
         ]
     if calibration_info:
         rows.append(("temperature", f"{calibration_info.get('temperature', 1.0):.3f} (fitted on validation)"))

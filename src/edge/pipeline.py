@@ -27,7 +27,7 @@ from edge.evaluate import (
     serving_predictor,
 )
 from edge.gate import GateParams
-from edge.model import SERVING_DIR, read_run, save_model, verify_model_dir, write_run
+from edge.model import RUN_FACTS, SERVING_DIR, read_run, save_model, verify_model_dir, write_run
 from edge.monitoring.profile import PROFILE_FILE, compute_profile
 from edge.train import (
     EpochCallback,
@@ -131,13 +131,18 @@ def train_stage(
     history and metrics. The card measures the model with the test suite (`suite`), whose result is
     returned too (None without a suite).
 
-    The model folder holds only what the inputs decide, so the same inputs on the same kind of machine
-    publish the same bytes; when and in which tracked run (`tracking_run_id`) the model was made goes
-    into the run record beside it (`edge.model.RUN_FILE`), after it is published."""
+    The model folder holds only what the inputs decide (data, parameters, the kind of machine), so
+    the same inputs publish the same bytes; when, from which checkout (`lineage["git"]`) and in which
+    tracked run (`tracking_run_id`) or Vertex AI job it was made goes into the run record beside it
+    (`edge.model.RUN_FILE`), written after the model is published."""
     validation = load_prepared(prepared_dir, "validation")
     result = train(load_prepared(prepared_dir, "train"), validation, params, on_epoch_end=on_epoch_end)
-    created = datetime.now(UTC).isoformat(timespec="seconds")
-    metadata = model_metadata(result, params, lineage)
+    run = {
+        **{key: lineage.get(key) for key in RUN_FACTS},
+        "created": datetime.now(UTC).isoformat(timespec="seconds"),
+        "tracking_run_id": tracking_run_id,
+    }
+    metadata = model_metadata(result, params, {k: v for k, v in lineage.items() if k not in RUN_FACTS})
     # Monitoring judges live traffic against the validation data as this model sees it.
     profile = compute_profile(result.model, validation.images, metadata["class_names"])
     extra_files = {PROFILE_FILE: profile.to_json().encode()}
@@ -151,7 +156,7 @@ def train_stage(
     # The profile and the model card are part of the model folder: published with it in one step,
     # covered by its hash.
     metadata = save_model(result.model, model_dir, metadata, extra_files=extra_files)
-    write_run(model_dir, metadata, created, tracking_run_id)
+    write_run(model_dir, metadata, run)
     storage.write_text(storage.join(reports_dir, "history.csv"), history_csv(result.history))
     _write_json(
         storage.join(reports_dir, "metrics.json"),
