@@ -210,7 +210,8 @@ def train(
 
     The same splits, params and seed give the same weights, bit for bit, on the same kind of CPU: the
     seeds are set, TensorFlow runs only deterministic kernels, and the input stream is reproducible
-    (`_dataset`). Another CPU (another instruction set, thread count or precision) sums in another
+    (`_dataset`). Saved, they make the same bytes (`edge.model.save_model`), so DVC records the same
+    md5 for the model folder. Another CPU (another instruction set, thread count or precision) sums in another
     order and gives a slightly different model of the same quality.
     """
     import keras
