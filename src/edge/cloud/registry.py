@@ -67,7 +67,8 @@ def lineage_labels(metadata: Mapping[str, Any], image_uri: str) -> dict[str, str
     `metadata` is the model's metadata.json with its run record (`edge.model.read_run`) under "run".
     """
     lineage = metadata.get("lineage") or {}
-    run = metadata.get("run") or {}
+    # Models saved before the run record existed kept these facts in their lineage.
+    run = metadata.get("run") or {k: lineage.get(k) for k in ("git", "tracking_run_id", "vertex_job")}
     git = run.get("git") or {}
     data = lineage.get("data_version") or {}
     raw = next((v for k, v in sorted(data.items()) if "raw" in k), None) or next(iter(data.values()), None)
