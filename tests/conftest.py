@@ -96,7 +96,6 @@ def real_fashion_source() -> Path:
 TINY_MODEL_METADATA = {
     "name": "fashion-mnist",
     "version": "0.0.0-test",
-    "created": "2026-01-01T00:00:00+00:00",
     "class_names": list(CLASS_NAMES),
     "lineage": {"git_commit": "0" * 40, "data_version": "test", "run_id": None},
 }

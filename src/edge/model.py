@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
-from collections.abc import Callable, Mapping
+import zipfile
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
@@ -17,6 +19,14 @@ if TYPE_CHECKING:
 KERAS_FILE = "model.keras"
 SERVING_DIR = "serving"
 METADATA_FILE = "metadata.json"
+# When, from which checkout (git commit, branch, uncommitted changes) and in which tracked run or
+# Vertex AI job a model was made, written beside it after it is published (`write_run`): facts about
+# one run, kept out of the folder's content so that the same inputs make the same bytes, and the md5
+# that DVC records for `models` names the model, not the run (committing dvc.lock moves the commit).
+RUN_FILE = "run.json"
+RUN_FACTS = ("created", "tracking_run_id", "git", "vertex_job")
+# The time every entry of a `.keras` archive carries (zip's earliest), whenever it was saved.
+ZIP_EPOCH = (1980, 1, 1, 0, 0, 0)
 HEADS = ("flatten", "gap")
 LOGITS_LAYER = "logits"
 # Keras' default of 0.99 averages over ~100 steps: a run of a few dozen steps (the tests' tiny data)
@@ -243,7 +253,11 @@ def embedding_model(model: keras.Model) -> keras.Model:
 
 
 def export_serving(model: keras.Model, path: str) -> None:
-    """Write the SavedModel the server runs: `serve` (probabilities) and `embed` (for monitoring)."""
+    """Write the SavedModel the server runs: `serve` (probabilities) and `embed` (for monitoring).
+
+    The same weights give the same bytes: variables are written in the model's own order, and the
+    fingerprint's random uuid is cleared (see `_variables_in_model_order`, `_clear_fingerprint_uuid`).
+    """
     import keras
     import tensorflow as tf
 
@@ -257,7 +271,113 @@ def export_serving(model: keras.Model, path: str) -> None:
     archive.add_endpoint(
         "embed", lambda x: tf.cast(embedder(x, training=False), tf.float32), input_signature=[spec]
     )
-    archive.write_out(path, verbose=False)
+    with _variables_in_model_order([model, embedder]):
+        archive.write_out(path, verbose=False)
+    _clear_fingerprint_uuid(Path(path))
+
+
+@contextlib.contextmanager
+def _variables_in_model_order(models: Sequence[keras.Model]) -> Iterator[None]:
+    """While writing a SavedModel, list its variables in the models' order rather than TensorFlow's.
+
+    Keras lists the variables an export uses in the order TensorFlow captured them while tracing,
+    which differs from one process to the next; that order numbers the variables in saved_model.pb
+    and in the checkpoint, so the same weights would be written as different bytes. Sorting by each
+    variable's place in `models` (fixed by the architecture) makes one model one set of bytes. The
+    function replaced is private to Keras: if a Keras upgrade drops it, fail here, loudly, rather
+    than export models whose bytes change with every run.
+    """
+    from keras.src.export import saved_model_export_archive as export_module
+
+    listing = getattr(export_module, "_list_variables_used_by_fns", None)
+    if listing is None:
+        import keras
+
+        raise RuntimeError(
+            f"Keras {keras.__version__} has no keras.src.export.saved_model_export_archive."
+            "_list_variables_used_by_fns, which edge.model.export_serving reorders so that the same "
+            "weights export the same bytes: install the Keras version in uv.lock, or update "
+            "_variables_in_model_order for this one"
+        )
+    rank: dict[int, int] = {}
+    for model in models:
+        for variable in model.variables:
+            # The traced functions capture the backend variable beneath each Keras variable.
+            for obj in (variable, getattr(variable, "value", None)):
+                rank.setdefault(id(obj), len(rank))
+
+    def key(variable: Any) -> tuple[int, str]:
+        return rank.get(id(variable), len(rank)), str(variable.name)
+
+    def ordered(fns: Any) -> tuple[list[Any], list[Any]]:
+        trainable, other = listing(fns)
+        return sorted(trainable, key=key), sorted(other, key=key)
+
+    export_module._list_variables_used_by_fns = ordered
+    try:
+        yield
+    finally:
+        export_module._list_variables_used_by_fns = listing
+
+
+def _clear_fingerprint_uuid(saved_model: Path) -> None:
+    """Empty the random uuid TensorFlow writes into a SavedModel's fingerprint.pb at each save.
+
+    The fingerprint's hashes of the graph and the checkpoint stay: they identify the export by its
+    content, which is all the uuid was standing in for.
+    """
+    from tensorflow.core.protobuf import fingerprint_pb2
+
+    path = saved_model / "fingerprint.pb"
+    if not path.is_file():
+        return
+    fingerprint = fingerprint_pb2.FingerprintDef()
+    fingerprint.ParseFromString(path.read_bytes())
+    fingerprint.ClearField("uuid")
+    path.write_bytes(fingerprint.SerializeToString(deterministic=True))
+
+
+def save_keras(model: keras.Model, path: str | Path) -> None:
+    """Save the model as a `.keras` file whose bytes depend only on the model, not on when or where.
+
+    Keras writes the save time (in metadata.json and in the weights entry's zip header) and, for a
+    layer used twice (the network under flip TTA), the layer's `id()` in this process as
+    `shared_object_id` in config.json. The archive is rewritten with the same entries, order and
+    compression, without the date, every entry dated `ZIP_EPOCH` and the shared ids numbered by first
+    appearance: Keras only matches equal ids on load, so the model loads as before.
+    """
+    target = Path(path)
+    model.save(target)
+    rewritten = target.with_name(f".{target.name}.rewrite")
+    with zipfile.ZipFile(target) as source, zipfile.ZipFile(rewritten, "w") as out:
+        for entry in source.infolist():
+            data = source.read(entry)
+            if entry.filename == "metadata.json":
+                metadata = json.loads(data)
+                metadata.pop("date_saved", None)
+                data = json.dumps(metadata).encode()
+            elif entry.filename == "config.json":
+                data = json.dumps(_renumber_shared_objects(json.loads(data), {})).encode()
+            info = zipfile.ZipInfo(entry.filename, date_time=ZIP_EPOCH)
+            info.compress_type = entry.compress_type
+            info.external_attr = entry.external_attr
+            out.writestr(info, data)
+    rewritten.replace(target)
+
+
+def _renumber_shared_objects(node: Any, numbers: dict[Any, int]) -> Any:
+    """A copy of a Keras config with each `shared_object_id` replaced by 1, 2... in order of appearance."""
+    if isinstance(node, dict):
+        copy = {}
+        for name, value in node.items():
+            if name == "shared_object_id":
+                copy[name] = numbers.setdefault(value, len(numbers) + 1)
+            else:
+                copy[name] = _renumber_shared_objects(value, numbers)
+        return copy
+    if isinstance(node, list):
+        return [_renumber_shared_objects(item, numbers) for item in node]
+    return node
 
 
 class ModelIntegrityError(ValueError):
@@ -265,15 +385,15 @@ class ModelIntegrityError(ValueError):
 
 
 def content_manifest(folder: str | Path) -> dict[str, Any]:
-    """Hash every file of a local model folder but the metadata and the verdict: per file and for the
-    whole. The verdict is written after the save, by the stage that judges the model."""
+    """Hash every file of a local model folder but the metadata, the verdict and the run record: per
+    file and for the whole. The verdict and the run record are written after the save."""
     from edge.verdict import VERDICT_FILE
 
     root = Path(folder)
     files = {
         path.relative_to(root).as_posix(): _sha256(path)
         for path in sorted(root.rglob("*"))
-        if path.is_file() and path.relative_to(root).as_posix() not in (METADATA_FILE, VERDICT_FILE)
+        if path.is_file() and path.relative_to(root).as_posix() not in (METADATA_FILE, VERDICT_FILE, RUN_FILE)
     }
     whole = hashlib.sha256("".join(f"{name}\0{digest}\n" for name, digest in files.items()).encode())
     return {"algorithm": "sha256", "sha256": whole.hexdigest(), "files": files}
@@ -311,11 +431,11 @@ def save_model(
 
     with storage.publish_dir(model_dir) as staging_dir:
         staging = Path(staging_dir)
-        model.save(staging / KERAS_FILE)
+        save_keras(model, staging / KERAS_FILE)
         export_serving(model, str(staging / SERVING_DIR))
         for name, content in (extra_files or {}).items():
             relative = storage.relative_name(name, "extra_files")
-            if relative == METADATA_FILE or (staging / relative).exists():
+            if relative in (METADATA_FILE, RUN_FILE) or (staging / relative).exists():
                 raise ValueError(f"extra file {name!r} would overwrite a part of the model folder")
             destination = staging / relative
             destination.parent.mkdir(parents=True, exist_ok=True)
@@ -335,6 +455,34 @@ def read_metadata(model_dir: str | Path) -> dict[str, Any]:
     folder = storage.resolve_dir(str(model_dir))
     loaded: dict[str, Any] = json.loads(storage.read_text(storage.join(folder, METADATA_FILE)))
     return loaded
+
+
+def write_run(model_dir: str, metadata: Mapping[str, Any], run: Mapping[str, Any]) -> None:
+    """Record beside a published model the facts of the run that made it (`RUN_FACTS`), on `gs://` in
+    the published version. Not part of the model's content: see `RUN_FILE`."""
+    from edge import storage
+
+    record = {"model_version": str(metadata.get("version")), **{key: run.get(key) for key in RUN_FACTS}}
+    storage.write_text(
+        storage.join(storage.resolve_dir(model_dir), RUN_FILE), json.dumps(record, indent=2) + "\n"
+    )
+
+
+def read_run(model_dir: str | Path, metadata: Mapping[str, Any]) -> dict[str, Any] | None:
+    """The run record of the model that `metadata` describes, or None when there is none.
+
+    A record of another version (left beside a model restored with `dvc checkout`, which does not
+    track it) is none for this one, and so is an unreadable one: it only informs, nothing depends on it.
+    """
+    from edge import storage
+
+    try:
+        record = json.loads(storage.read_text(storage.join(storage.resolve_dir(str(model_dir)), RUN_FILE)))
+    except (FileNotFoundError, ValueError, UnicodeDecodeError):
+        return None
+    if not isinstance(record, dict) or record.get("model_version") != str(metadata.get("version")):
+        return None
+    return record
 
 
 def verify_model_dir(model_dir: str | Path) -> dict[str, Any]:

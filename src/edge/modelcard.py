@@ -45,6 +45,10 @@ class Card:
     history: list[dict[str, float]] = field(default_factory=list)
     # The gate's verdict, when the card is made by the evaluate stage.
     with_checks: bool = False
+    # When, from which commit and in which tracked run the model was made (`edge.model.read_run`):
+    # shown by the evaluate stage's card in reports/, never by the card inside the model folder, whose
+    # bytes the inputs decide.
+    run: dict[str, Any] | None = None
 
     def confusions(self, top: int = 5) -> list[tuple[str, str, int, float]]:
         """The most frequent mistakes: actual, predicted, count and share of the actual class."""
@@ -58,12 +62,8 @@ class Card:
         return sorted(pairs, key=lambda row: -row[2])[:top]
 
 
-def _lineage_rows(metadata: dict[str, Any]) -> list[tuple[str, str]]:
+def _lineage_rows(metadata: dict[str, Any], run: dict[str, Any] | None = None) -> list[tuple[str, str]]:
     lineage = metadata.get("lineage") or {}
-    git = lineage.get("git") or {}
-    commit = str(git.get("commit") or lineage.get("git_commit") or "unknown")
-    if git.get("dirty"):
-        commit += " (uncommitted changes)"
     data = lineage.get("data_version") or {}
     data_text = (
         ", ".join(f"{path} {md5}" for path, md5 in sorted(data.items()))
@@ -74,13 +74,20 @@ def _lineage_rows(metadata: dict[str, Any]) -> list[tuple[str, str]]:
     calibration_info = metadata.get("calibration") or {}
     rows = [
         ("model", f"{metadata.get('name', '?')} version {metadata.get('version', '?')}"),
-        ("created", str(metadata.get("created", "?"))),
-        ("git commit", commit + (f" on {git['branch']}" if git.get("branch") else "")),
         ("data version", data_text or "unknown"),
-        ("tracked run", str(lineage.get("tracking_run_id") or "not recorded")),
-        ("Vertex AI job", str(lineage.get("vertex_job") or "none")),
         ("compute precision", f"{precision.get('policy', '?')} ({precision.get('reason', '')})"),
     ]
+    if run is not None:
+        git = run.get("git") or {}
+        commit = str(git.get("commit") or "unknown")
+        if git.get("dirty"):
+            commit += " (uncommitted changes)"
+        rows[1:1] = [
+            ("created", str(run.get("created") or "?")),
+            ("git commit", commit + (f" on {git['branch']}" if git.get("branch") else "")),
+            ("tracked run", str(run.get("tracking_run_id") or "not recorded")),
+            ("Vertex AI job", str(run.get("vertex_job") or "none")),
+        ]
     if calibration_info:
         rows.append(("temperature", f"{calibration_info.get('temperature', 1.0):.3f} (fitted on validation)"))
     return rows
@@ -164,7 +171,7 @@ def markdown(card: Card) -> str:
         f"# Model card: {m.get('name', 'model')} {m.get('version', '')}",
         "## Intended use\n\n" + INTENDED_USE,
         "## Limits\n\n" + LIMITS,
-        "## Lineage\n\n" + _md_table(("", ""), _lineage_rows(m)),
+        "## Lineage\n\n" + _md_table(("", ""), _lineage_rows(m, card.run)),
         "## Metrics\n\n" + _md_table(("metric", "value"), _metric_rows(card)),
         "## Per class (test set)\n\n"
         + _md_table(
@@ -271,7 +278,7 @@ def html_page(card: Card, plots: dict[str, bytes] | None = None) -> str:
         f"<h1>{html.escape(title)}</h1>",
         f"<h2>Intended use</h2><p>{html.escape(INTENDED_USE)}</p>",
         f"<h2>Limits</h2><p>{html.escape(LIMITS)}</p>",
-        "<h2>Lineage</h2>" + _html_table(("", ""), _lineage_rows(m)),
+        "<h2>Lineage</h2>" + _html_table(("", ""), _lineage_rows(m, card.run)),
         "<h2>Metrics</h2>" + _html_table(("metric", "value"), _metric_rows(card)),
         "<h2>Per class (test set)</h2>"
         + _html_table(

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 from dataclasses import asdict, dataclass, field
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -26,7 +27,7 @@ from edge.evaluate import (
     serving_predictor,
 )
 from edge.gate import GateParams
-from edge.model import SERVING_DIR, save_model, verify_model_dir
+from edge.model import RUN_FACTS, SERVING_DIR, read_run, save_model, verify_model_dir, write_run
 from edge.monitoring.profile import PROFILE_FILE, compute_profile
 from edge.train import (
     EpochCallback,
@@ -124,13 +125,24 @@ def train_stage(
     *,
     suite: SuiteParams | None = None,
     on_epoch_end: EpochCallback | None = None,
+    tracking_run_id: str | None = None,
 ) -> tuple[TrainResult, dict[str, Any], SuiteResult | None]:
     """Train on the prepared splits; write the model, its metadata, reference profile and model card,
     history and metrics. The card measures the model with the test suite (`suite`), whose result is
-    returned too (None without a suite)."""
+    returned too (None without a suite).
+
+    The model folder holds only what the inputs decide (data, parameters, the kind of machine), so
+    the same inputs publish the same bytes; when, from which checkout (`lineage["git"]`) and in which
+    tracked run (`tracking_run_id`) or Vertex AI job it was made goes into the run record beside it
+    (`edge.model.RUN_FILE`), written after the model is published."""
     validation = load_prepared(prepared_dir, "validation")
     result = train(load_prepared(prepared_dir, "train"), validation, params, on_epoch_end=on_epoch_end)
-    metadata = model_metadata(result, params, lineage)
+    run = {
+        **{key: lineage.get(key) for key in RUN_FACTS},
+        "created": datetime.now(UTC).isoformat(timespec="seconds"),
+        "tracking_run_id": tracking_run_id,
+    }
+    metadata = model_metadata(result, params, {k: v for k, v in lineage.items() if k not in RUN_FACTS})
     # Monitoring judges live traffic against the validation data as this model sees it.
     profile = compute_profile(result.model, validation.images, metadata["class_names"])
     extra_files = {PROFILE_FILE: profile.to_json().encode()}
@@ -144,6 +156,7 @@ def train_stage(
     # The profile and the model card are part of the model folder: published with it in one step,
     # covered by its hash.
     metadata = save_model(result.model, model_dir, metadata, extra_files=extra_files)
+    write_run(model_dir, metadata, run)
     storage.write_text(storage.join(reports_dir, "history.csv"), history_csv(result.history))
     _write_json(
         storage.join(reports_dir, "metrics.json"),
@@ -181,7 +194,7 @@ def evaluate_stage(prepared_dir: str, model_dir: str, reports_dir: str, params: 
         result = behaviour.run_suite(serving_predictor(str(Path(local, SERVING_DIR))), test, params)
     write_reports(reports_dir, test, result, model_version=str(metadata["version"]))
     verdict.write(model_dir, behaviour.verdict_of(result, metadata))
-    card = modelcard.Card(metadata, result, with_checks=True)
+    card = modelcard.Card(metadata, result, with_checks=True, run=read_run(model_dir, metadata))
     for name, text in modelcard.render(card).items():
         storage.write_text(storage.join(reports_dir, name), text)
     behaviour.check_gate(result)

@@ -9,7 +9,6 @@ import sys
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -211,7 +210,8 @@ def train(
 
     The same splits, params and seed give the same weights, bit for bit, on the same kind of CPU: the
     seeds are set, TensorFlow runs only deterministic kernels, and the input stream is reproducible
-    (`_dataset`). Another CPU (another instruction set, thread count or precision) sums in another
+    (`_dataset`). Saved, they make the same bytes (`edge.model.save_model`), so DVC records the same
+    md5 for the model folder. Another CPU (another instruction set, thread count or precision) sums in another
     order and gives a slightly different model of the same quality.
     """
     import keras
@@ -356,11 +356,13 @@ def weights_digest(model: keras.Model) -> str:
 
 
 def model_metadata(result: TrainResult, params: TrainParams, lineage: dict[str, Any]) -> dict[str, Any]:
-    """Describe a trained model for the server and for people: name, version, lineage."""
+    """Describe a trained model for the server and for people: name, version, lineage.
+
+    Only what the inputs decide: the metadata is part of the model folder whose md5 DVC records, so
+    when and in which run the model was made are kept apart (`edge.pipeline.train_stage`)."""
     return {
         "name": "fashion-mnist-cnn",
         "version": weights_digest(result.model),
-        "created": datetime.now(UTC).isoformat(timespec="seconds"),
         "class_names": list(CLASS_NAMES),
         "input": {"shape": list(IMAGE_SHAPE), "dtype": "float32", "range": [0, 255]},
         "validation": {k: result.final[k] for k in ("val_accuracy", "val_loss") if k in result.final},

@@ -292,9 +292,9 @@ def test_the_recorded_run_and_the_model_carry_the_baked_in_commit(
         "python",
         "trainer",
         "-c",
-        "print(open('store/models/metadata.json').read())",
+        "print(open('store/models/run.json').read())",
     )
-    assert commit in json.dumps(json.loads(metadata.stdout)["lineage"])
+    assert json.loads(metadata.stdout)["git"]["commit"] == commit
 
 
 def test_the_model_server_honours_vertex_variables_inside_the_container(

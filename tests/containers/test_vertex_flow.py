@@ -176,8 +176,8 @@ def test_config_setup_push_train_on_vertex(
     assert PASSWORD not in job.logs
     assert "journal only" in job.logs or "unreachable" in job.logs  # MongoDB away: the journal kept the run
     # The model, reports and run are where DVC and `edge experiments` expect them.
-    metadata = json.loads((workspace / "models" / "metadata.json").read_text())
-    assert metadata["lineage"]["git"]["commit"] == commit  # baked into the image by `edge image build`
+    made = json.loads((workspace / "models" / "run.json").read_text())
+    assert made["git"]["commit"] == commit  # baked into the image by `edge image build`
     assert (workspace / "reports" / "train" / "metrics.json").is_file()
     run = json.loads((workspace / "runs" / "1" / "run.json").read_text())
     info = json.loads((workspace / "runs" / "1" / "info.json").read_text())

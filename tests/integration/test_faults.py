@@ -23,7 +23,7 @@ import pytest
 import yaml
 
 from edge import data, storage
-from edge.model import verify_model_uri
+from edge.model import read_run, verify_model_uri
 from edge.serving.predictor import load_from_uri
 from tests.datagen import write_fashion_files
 from tests.gcs_emulator import GcsEmulator
@@ -85,17 +85,19 @@ def _train(root: Path, model_dir: str, env: dict[str, str]) -> subprocess.Popen[
     )
 
 
-def _check_model(model_dir: str) -> tuple[str, str]:
+def _check_model(model_dir: str) -> tuple[str, str | None]:
     """The model there verifies and the server loads it; return its (version, created) stamp.
 
-    The version is a hash of the weights, and training is seeded: on a quiet machine a rerun gives the
-    same weights and so the same version. What tells one save from another is `created`.
+    The version is a hash of the weights, and training is seeded: a rerun gives the same weights, the
+    same version and the same bytes. What tells one save from another is `created` in the run record
+    beside the model (None when a save was killed between publishing the model and writing it).
     """
     metadata = verify_model_uri(model_dir)
     # Training alone publishes a model its suite has not judged yet: loading is what this checks.
     predictor = load_from_uri(model_dir, allow_failed=True)
     assert predictor.version == metadata["version"]
-    return str(metadata["version"]), str(metadata["created"])
+    run = read_run(model_dir, metadata)
+    return str(metadata["version"]), (str(run["created"]) if run else None)
 
 
 @pytest.mark.parametrize("where", ["local", "gcs"])

@@ -14,12 +14,15 @@ from edge import storage
 from edge.cli import app
 from edge.model import (
     METADATA_FILE,
+    RUN_FILE,
     ModelIntegrityError,
     ModelParams,
     build_model,
+    read_run,
     save_model,
     verify_model_dir,
     verify_model_uri,
+    write_run,
 )
 from edge.serving.predictor import ModelLoadError, Predictor, load_from_uri
 from tests.conftest import TINY_MODEL_METADATA
@@ -131,3 +134,25 @@ def test_a_model_published_to_gcs_loads_and_verifies(tiny_model: keras.Model, gc
     storage.write_bytes(storage.join(storage.resolve_dir(uri), "model.keras"), b"not the model")
     with pytest.raises(ModelLoadError, match=r"partial or mixed from several saves: model\.keras"):
         load_from_uri(uri, allow_failed=True)
+
+
+@pytest.mark.parametrize("where", ["local", "gcs"])
+def test_the_run_record_sits_beside_the_model_outside_its_hash(
+    tiny_model: keras.Model, tmp_path: Path, where: str, request: pytest.FixtureRequest
+) -> None:
+    folder = str(tmp_path / "models") if where == "local" else f"{request.getfixturevalue('gcs_bucket')}/m"
+    first = _save(tiny_model, folder, "1")
+    made = {"created": "2026-12-06T18:00:00+00:00", "tracking_run_id": "abc", "git": {"commit": "c0ffee"}}
+    write_run(folder, first, made)
+    # Recording the run leaves the model as saved: it still verifies, and the record reads back.
+    assert verify_model_uri(folder)["version"] == "1"
+    assert read_run(folder, first) == {"model_version": "1", "vertex_job": None, **made}
+    record = storage.read_text(storage.join(storage.resolve_dir(folder), RUN_FILE))
+    second = _save(tiny_model, folder, "2")
+    assert read_run(folder, second) is None  # a new save starts without one
+    # A record of another version (`dvc checkout` leaves it, DVC does not track it) is none for this one,
+    # and so is an unreadable one.
+    storage.write_text(storage.join(storage.resolve_dir(folder), RUN_FILE), record)
+    assert read_run(folder, second) is None
+    storage.write_text(storage.join(storage.resolve_dir(folder), RUN_FILE), "{not json")
+    assert read_run(folder, second) is None

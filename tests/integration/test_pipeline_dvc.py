@@ -18,6 +18,7 @@ from pathlib import Path
 import pytest
 import yaml
 
+from edge.model import RUN_FILE
 from edge.verdict import VERDICT_FILE
 from tests.conftest import REPO_ROOT
 from tests.datagen import NO_AUGMENTATION, write_fashion_files
@@ -130,11 +131,13 @@ def test_repro_builds_every_output(reproduced: tuple[Path, str]) -> None:
         "models/model-card.html",
     ):
         assert (project / path).is_file(), path
-    # The card saved with the model names its tracked run and has the robustness table.
+    # The card saved with the model has the robustness table, and no facts of the run that made it
+    # (they would change its bytes); the evaluate stage's card names the tracked run.
     card = (project / "models/model-card.md").read_text()
-    run_id = json.loads((project / "models/metadata.json").read_text())["lineage"]["tracking_run_id"]
-    assert f"| tracked run | {run_id} |" in card and "| shifted 1 px |" in card
-    assert "Quality gate" in (project / "reports/evaluate/model-card.md").read_text()
+    assert "| shifted 1 px |" in card and "tracked run" not in card
+    run_id = json.loads((project / "models/run.json").read_text())["tracking_run_id"]
+    evaluated_card = (project / "reports/evaluate/model-card.md").read_text()
+    assert "Quality gate" in evaluated_card and f"| tracked run | {run_id} |" in evaluated_card
 
     # The gate ran every check and the tiny model passed them all, its accuracy well above chance (0.1).
     metrics = json.loads((project / "reports/evaluate/metrics.json").read_text())
@@ -165,11 +168,13 @@ def test_lock_records_every_stage_and_its_outputs(reproduced: tuple[Path, str]) 
     lock = yaml.safe_load((project / "dvc.lock").read_text())["stages"]
     assert set(lock) == set(STAGES)
     outs = {out["path"]: out for stage in lock.values() for out in stage["outs"]}
-    # The verdict is written into models/ by the evaluate stage, after the train stage recorded its
-    # output, so .dvcignore keeps it out of the train stage's hash.
-    assert (project / "models" / VERDICT_FILE).is_file()
+    # The verdict (written by the evaluate stage) and the run record (when and by which run) are in
+    # models/ but about the model, not part of it: .dvcignore keeps them out of the train stage's hash.
+    assert (project / "models" / VERDICT_FILE).is_file() and (project / "models" / RUN_FILE).is_file()
     for folder in ("data/prepared", "models"):
-        files = [f for f in (project / folder).rglob("*") if f.is_file() and f.name != VERDICT_FILE]
+        files = [
+            f for f in (project / folder).rglob("*") if f.is_file() and f.name not in (VERDICT_FILE, RUN_FILE)
+        ]
         assert outs[folder]["md5"].endswith(".dir") and outs[folder]["nfiles"] == len(files), folder
     for path in (
         "reports/evaluate/metrics.json",
@@ -196,6 +201,31 @@ def test_second_repro_is_a_no_op(reproduced: tuple[Path, str], tmp_path: Path) -
     assert (project / "models/model.keras").stat().st_mtime_ns == model_mtime
     assert sorted(p.name for p in (project / "runs").iterdir()) == runs_before, "a training run was recorded"
     assert git(project, "status", "--porcelain") == ""
+
+
+def test_same_inputs_reproduce_the_same_model_md5(reproduced: tuple[Path, str], tmp_path: Path) -> None:
+    """From a clean cache, as on a new clone, `dvc repro` trains again and records the same md5 for
+    `models`: one model is one set of bytes, so dvc.lock names the model and not the run."""
+    project = own_copy(reproduced, tmp_path)
+
+    def outs() -> dict[str, str]:
+        lock = yaml.safe_load((project / "dvc.lock").read_text())["stages"]
+        return {out["path"]: out["md5"] for stage in lock.values() for out in stage["outs"]}
+
+    before = outs()
+    first_run = json.loads((project / "models" / RUN_FILE).read_text())
+    shutil.rmtree(project / "models")
+    shutil.rmtree(project / ".dvc" / "cache")
+    done = run(["dvc", "repro", "--force"], project)
+    assert "Running stage 'train'" in done.stdout
+    after = outs()
+    assert after["models"] == before["models"]
+    assert after["data/prepared"] == before["data/prepared"]
+    # A new run made it: only the run record beside the model says so.
+    second_run = json.loads((project / "models" / RUN_FILE).read_text())
+    assert second_run["model_version"] == first_run["model_version"]
+    assert second_run["tracking_run_id"] != first_run["tracking_run_id"]
+    assert "Data and pipelines are up to date." in run(["dvc", "status"], project).stdout
 
 
 def test_plots_render(reproduced: tuple[Path, str], tmp_path: Path) -> None:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import re
+from typing import Any
 
 from edge import behaviour, modelcard
 from tests.unit.test_behaviour import blob_split, brightest_square, params
@@ -10,36 +11,39 @@ from tests.unit.test_behaviour import blob_split, brightest_square, params
 METADATA = {
     "name": "fashion-mnist-cnn",
     "version": "abc123def456",
-    "created": "2026-11-27T17:00:00+00:00",
     "validation": {"val_accuracy": 0.9412, "val_loss": 0.2},
     "precision": {"setting": "auto", "policy": "float32", "reason": "auto: the CPU reports none of ..."},
     "calibration": {"temperature": 0.71, "val_ece_uncalibrated": 0.061, "val_ece": 0.012},
     "lineage": {
-        "git": {"commit": "c0ffee" * 6 + "abcd", "branch": "main", "dirty": False},
         "data_version": {"data/raw/fashion-mnist": "5f974fc07a228533b94e96f0786e9bcc.dir"},
         "params": {"train": {"epochs": 17, "model": {"filters": [32, 64, 128]}}},
-        "tracking_run_id": "0123456789abcdef",
-        "vertex_job": None,
     },
 }
 
 
-def card(with_checks: bool = False) -> modelcard.Card:
+RUN = {
+    "model_version": "abc123def456",
+    "created": "2026-11-27T17:00:00+00:00",
+    "tracking_run_id": "0123456789abcdef",
+    "git": {"commit": "c0ffee" * 6 + "abcd", "branch": "main", "dirty": True},
+    "vertex_job": None,
+}
+
+
+def card(with_checks: bool = False, run: dict[str, Any] | None = None) -> modelcard.Card:
     result = behaviour.run_suite(brightest_square, blob_split(), params())
     history = [
         {"epoch": 1, "accuracy": 0.5, "val_accuracy": 0.6},
         {"epoch": 2, "accuracy": 0.8, "val_accuracy": 0.85},
     ]
-    return modelcard.Card(METADATA, result, history, with_checks=with_checks)
+    return modelcard.Card(METADATA, result, history, with_checks=with_checks, run=run)
 
 
 def test_markdown_card_holds_lineage_metrics_robustness_and_failures() -> None:
     text = modelcard.markdown(card())
     for expected in (
         "# Model card: fashion-mnist-cnn abc123def456",
-        "c0ffeec0ffee",
         "5f974fc07a228533b94e96f0786e9bcc.dir",
-        "0123456789abcdef",
         "| test accuracy | 100.00% |",
         "0.0610 / 0.0120",
         "| shifted 2 px |",
@@ -51,6 +55,19 @@ def test_markdown_card_holds_lineage_metrics_robustness_and_failures() -> None:
     assert "Known failure modes" in text
     assert "Quality gate" not in text
     assert "Quality gate" in modelcard.markdown(card(with_checks=True))
+
+
+def test_only_a_card_given_the_run_record_says_when_from_which_commit_and_by_which_run() -> None:
+    # The card saved in the model folder is made from what the inputs decide: no run, date or commit.
+    saved = modelcard.markdown(card())
+    assert "tracked run" not in saved and "2026-11-27" not in saved and "c0ffee" not in saved
+    evaluated = modelcard.markdown(card(with_checks=True, run=RUN))
+    for row in (
+        "| tracked run | 0123456789abcdef |",
+        "| created | 2026-11-27T17:00:00+00:00 |",
+        f"| git commit | {'c0ffee' * 6}abcd (uncommitted changes) on main |",
+    ):
+        assert row in evaluated, row
 
 
 def test_html_card_is_self_contained() -> None:

@@ -72,11 +72,13 @@ def run_gate(
 
 
 def _identity(model_dir: str, metadata: dict[str, Any]) -> dict[str, Any]:
-    lineage = metadata.get("lineage") or {}
+    from edge.model import read_run
+
+    run = read_run(model_dir, metadata) or {}
     return {
         "dir": model_dir,
         "version": metadata.get("version"),
-        "tracking_run_id": lineage.get("tracking_run_id"),
+        "tracking_run_id": run.get("tracking_run_id"),
     }
 
 

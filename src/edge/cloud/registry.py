@@ -62,9 +62,14 @@ class ModelVersion:
 
 
 def lineage_labels(metadata: Mapping[str, Any], image_uri: str) -> dict[str, str]:
-    """The lineage of a model as registry labels (lowercase, digits, `-` and `_`, 63 characters)."""
+    """The lineage of a model as registry labels (lowercase, digits, `-` and `_`, 63 characters).
+
+    `metadata` is the model's metadata.json with its run record (`edge.model.read_run`) under "run".
+    """
     lineage = metadata.get("lineage") or {}
-    git = lineage.get("git") or {}
+    # Models saved before the run record existed kept these facts in their lineage.
+    run = metadata.get("run") or {k: lineage.get(k) for k in ("git", "tracking_run_id", "vertex_job")}
+    git = run.get("git") or {}
     data = lineage.get("data_version") or {}
     raw = next((v for k, v in sorted(data.items()) if "raw" in k), None) or next(iter(data.values()), None)
     params = lineage.get("params")
@@ -74,10 +79,10 @@ def lineage_labels(metadata: Mapping[str, Any], image_uri: str) -> dict[str, str
         "git_dirty": "true" if git.get("dirty") else None,
         "data_version": raw,
         "params_hash": params_hash(params) if params else None,
-        "run_id": lineage.get("tracking_run_id"),
+        "run_id": run.get("tracking_run_id"),
         # The full digest is in the image URI; a label value holds 63 characters.
         "image_digest": image_uri.split("@sha256:", 1)[1][:32] if "@sha256:" in image_uri else None,
-        "vertex_job": lineage.get("vertex_job"),
+        "vertex_job": run.get("vertex_job"),
         "managed_by": "edge",
     }
     return {k: _label_value(str(v)) for k, v in labels.items() if v}
@@ -170,10 +175,11 @@ class Registry:
         self, model_dir: str, image_uri: str, aliases: tuple[str, ...] = (CANDIDATE,)
     ) -> ModelVersion:
         """Upload `model_dir` (local or gs://) and register it as a new version; idempotent."""
-        from edge.model import read_metadata
+        from edge.model import read_metadata, read_run
 
         check_image(image_uri)
         metadata = read_metadata(model_dir)
+        metadata["run"] = read_run(model_dir, metadata)  # commit, run and job that made it: labels
         version = str(metadata.get("version") or "")
         if not version:
             raise CloudError(

@@ -60,7 +60,7 @@ _SCHEMAS: dict[str, Any] = {
     "ModelMetadata": {
         "type": "object",
         "description": "The model's metadata.json as written at training time: name, version, "
-        "class names, creation time and lineage.",
+        "class names and lineage (data version, parameters, machine): what its inputs decide.",
         "required": ["name", "version", "class_names"],
         "properties": {
             "name": {"type": "string"},

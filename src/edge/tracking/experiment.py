@@ -215,16 +215,17 @@ def run_training(
                 on_epoch_end(epoch, row)
 
         # The model names its run (and the registry entry names both): model, run and registry
-        # point at each other. The uuid is the run's key in the journal and in MongoDB alike.
-        run_lineage = {**lineage, "tracking_run_id": recorder.info["run_uuid"]}
+        # point at each other. The uuid is the run's key in the journal and in MongoDB alike; it goes
+        # into the run record beside the model, not into the model, whose bytes the inputs decide.
         result, metadata, measured = pipeline.train_stage(
             prepared_dir,
             model_dir,
             reports_dir,
             settings.train,
-            run_lineage,
+            lineage,
             suite=settings.evaluate,
             on_epoch_end=epoch_end,
+            tracking_run_id=recorder.info["run_uuid"],
         )
         _test, scores = pipeline.score_on_test(prepared_dir, model_dir)
         summary = {
