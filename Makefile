@@ -53,8 +53,9 @@ lint: setup ## Check style and types: ruff and mypy
 emulate: setup ## Rehearse the cloud path locally: GCS emulator, registry, Google API stand-ins
 	$(BIN)/python -m tests.standin
 
-bench: setup ## Measure accuracy, pipeline time, serving speed and the prediction log's cost on the real data
+bench: setup ## Measure accuracy, pipeline and training-step time, serving speed and the prediction log's cost
 	$(BIN)/python benchmarks/bench_pipeline.py
+	$(BIN)/python benchmarks/bench_steps.py
 	$(BIN)/python benchmarks/bench_serving.py
 	$(BIN)/python benchmarks/bench_monitoring.py
 
