@@ -4,7 +4,7 @@ A whole pipeline takes minutes; a training step takes milliseconds, so its cost 
 on one machine for several settings and turned into the pipeline time of another CPU. Each
 setting runs in its own process (TensorFlow reads its settings once, at start): the default
 params.yaml network and optimizer, one batch of `train.batch_size` synthetic images, timed over
-three runs of --steps/3 steps after a warm-up (the median). The settings:
+--steps steps after a warm-up (the median step). The settings:
 
 - bfloat16 and float32, with TensorFlow's deterministic kernels (as `edge.train.train` runs them),
   and bfloat16 without them: what determinism costs;
@@ -70,13 +70,16 @@ def measure(params_file: Path, bfloat16: bool, deterministic: bool, steps: int) 
     images = rng.integers(0, 256, (params.batch_size, 28, 28), dtype=np.uint8).astype(np.float32)
     labels = np.eye(10, dtype=np.float32)[rng.integers(0, 10, params.batch_size)]
     batches = tf.data.Dataset.from_tensors((images, labels)).repeat()
-    # model.fit, as training runs it (one compiled step, Keras's loop); the first call compiles.
-    model.fit(batches, steps_per_epoch=WARMUP_STEPS, epochs=1, verbose=0)
-    times = []
-    for _ in range(3):
-        start = time.perf_counter()
-        model.fit(batches, steps_per_epoch=steps // 3, epochs=1, verbose=0)
-        times.append((time.perf_counter() - start) / (steps // 3))
+    ends: list[float] = []
+
+    class StepClock(keras.callbacks.Callback):  # type: ignore[misc]
+        def on_train_batch_end(self, batch: int, logs: dict[str, Any] | None = None) -> None:
+            ends.append(time.perf_counter())
+
+    # One model.fit, as training runs it (one compiled step, Keras's loop): the first steps compile
+    # and warm up; a step's cost is the time between two step ends after that.
+    model.fit(batches, steps_per_epoch=WARMUP_STEPS + steps, epochs=1, verbose=0, callbacks=[StepClock()])
+    times = list(np.diff(ends[WARMUP_STEPS:]))
     return {
         "ms_per_step": 1000 * statistics.median(times),
         "epochs": params.epochs,
