@@ -19,16 +19,15 @@ object.").
 from __future__ import annotations
 
 import json
-import threading
 from dataclasses import dataclass, field
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from http.server import BaseHTTPRequestHandler
 from typing import Any
 from urllib.parse import parse_qsl, unquote
 
 import requests
 
 from tests.standin.gcs_front import GcsFront, permission_for
-from tests.standin.server import ApiError, Request
+from tests.standin.server import ApiError, LocalHttpServer, Request
 
 READS = ("storage.objects.get", "storage.objects.list")
 # Not forwarded either way: they belong to one connection.
@@ -47,7 +46,7 @@ class Judged:
 
 
 @dataclass
-class IdentityProxy:
+class IdentityProxy(LocalHttpServer):
     """Forwards to `emulator` the requests `principal` may make; `service_account` None = Vertex's own."""
 
     front: GcsFront
@@ -56,7 +55,6 @@ class IdentityProxy:
     artifact_uri: str
     managed_account: str
     judged: list[Judged] = field(default_factory=list)
-    _server: ThreadingHTTPServer | None = None
 
     @property
     def principal(self) -> str:
@@ -64,9 +62,7 @@ class IdentityProxy:
 
     @property
     def url(self) -> str:
-        assert self._server is not None, "start() the proxy first"
-        host, port = self._server.server_address[:2]
-        return f"http://{host}:{port}"
+        return f"http://{self.address}"
 
     def judge(self, method: str, path: str, query: dict[str, str]) -> tuple[str, ApiError | None]:
         """The permission the request needs, and the refusal when the identity lacks it."""
@@ -138,16 +134,8 @@ class IdentityProxy:
 
             do_GET = do_POST = do_PUT = do_PATCH = do_DELETE = do_HEAD = _handle  # noqa: N815
 
-        self._server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self._server.daemon_threads = True
-        threading.Thread(target=self._server.serve_forever, args=(0.05,), daemon=True).start()
+        self.serve(Handler, "standin-gcs-identity")
         return self
-
-    def stop(self) -> None:
-        if self._server is not None:
-            self._server.shutdown()
-            self._server.server_close()
-            self._server = None
 
 
 def _storage_refusal(email: str, permission: str) -> ApiError:

@@ -13,21 +13,21 @@ from __future__ import annotations
 
 import hashlib
 import json
-import threading
 from dataclasses import dataclass, field
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from http.server import BaseHTTPRequestHandler
 from typing import Any
+
+from tests.standin.server import LocalHttpServer
 
 OCI_MANIFEST = "application/vnd.oci.image.manifest.v1+json"
 
 
 @dataclass
-class RegistryStandIn:
+class RegistryStandIn(LocalHttpServer):
     """Repositories of tagged manifests; `requests` lists `(method, path)` as received."""
 
     manifests: dict[tuple[str, str], tuple[str, bytes]] = field(default_factory=dict)
     requests: list[tuple[str, str]] = field(default_factory=list)
-    _server: ThreadingHTTPServer | None = None
 
     def put(self, repository: str, tag: str, media_type: str = OCI_MANIFEST) -> str:
         """Store a manifest under `repository:tag`, as a push leaves it; return its digest."""
@@ -39,9 +39,7 @@ class RegistryStandIn:
 
     @property
     def host(self) -> str:
-        assert self._server is not None, "start() the registry first"
-        host, port = self._server.server_address[:2]
-        return f"{host}:{port}"
+        return self.address
 
     def start(self) -> RegistryStandIn:
         registry = self
@@ -80,19 +78,5 @@ class RegistryStandIn:
 
             do_HEAD = do_GET  # noqa: N815
 
-        self._server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self._server.daemon_threads = True
-        threading.Thread(target=self._server.serve_forever, args=(0.05,), daemon=True).start()
+        self.serve(Handler, "standin-registry")
         return self
-
-    def stop(self) -> None:
-        if self._server is not None:
-            self._server.shutdown()
-            self._server.server_close()
-            self._server = None
-
-    def __enter__(self) -> RegistryStandIn:
-        return self.start()
-
-    def __exit__(self, *exc: object) -> None:
-        self.stop()

@@ -18,7 +18,7 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from http import HTTPStatus
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Self
 from urllib.parse import parse_qsl, unquote, urlsplit
 
 if TYPE_CHECKING:
@@ -250,7 +250,41 @@ class Operations:
             return dict(entry["done"])
 
 
-class StandIn:
+class LocalHttpServer:
+    """An HTTP server on a free port of 127.0.0.1, answered from daemon threads until `stop()`."""
+
+    _server: ThreadingHTTPServer | None = None
+
+    def start(self) -> Self:
+        raise NotImplementedError
+
+    def serve(self, handler: type[BaseHTTPRequestHandler], name: str) -> None:
+        """Start answering with `handler` (one thread a connection) in a thread called `name`."""
+        self._server = ThreadingHTTPServer(("127.0.0.1", 0), handler)
+        self._server.daemon_threads = True
+        threading.Thread(target=self._server.serve_forever, args=(0.05,), name=name, daemon=True).start()
+
+    @property
+    def address(self) -> str:
+        """`host:port`, once started."""
+        assert self._server is not None, f"start() the {type(self).__name__} first"
+        host, port = self._server.server_address[:2]
+        return f"{host}:{port}"
+
+    def stop(self) -> None:
+        if self._server is not None:
+            self._server.shutdown()
+            self._server.server_close()
+            self._server = None
+
+    def __enter__(self) -> Self:
+        return self.start()
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
+
+
+class StandIn(LocalHttpServer):
     """One fake Google API host on 127.0.0.1:<free port>.
 
     Register routes with `route(method, template)(handler)`; a handler receives the Request (path
@@ -277,8 +311,6 @@ class StandIn:
         self.names_by_number = names_by_number
         self._routes: list[Route] = []
         self._faults: list[tuple[str, re.Pattern[str], ApiError]] = []
-        self._server: ThreadingHTTPServer | None = None
-        self._thread: threading.Thread | None = None
         # Vertex AI polls operations under /ui/, the other APIs under their version prefix.
         self.route("GET", f"{operations_prefix}/{{name:ops}}")(
             lambda r: self.operations.poll(r.params["name"])
@@ -310,32 +342,12 @@ class StandIn:
 
     @property
     def url(self) -> str:
-        assert self._server is not None, "start() the stand-in first"
-        host, port = self._server.server_address[:2]
-        return f"http://{host}:{port}"
+        return f"http://{self.address}"
 
     def start(self) -> StandIn:
         handler = type("BoundHandler", (_HttpHandler,), {"standin": self})
-        self._server = ThreadingHTTPServer(("127.0.0.1", 0), handler)
-        self._server.daemon_threads = True
-        self._thread = threading.Thread(
-            target=self._server.serve_forever, args=(0.05,), name=f"standin-{self.service}"
-        )
-        self._thread.daemon = True
-        self._thread.start()
+        self.serve(handler, f"standin-{self.service}")
         return self
-
-    def stop(self) -> None:
-        if self._server is not None:
-            self._server.shutdown()
-            self._server.server_close()
-            self._server = None
-
-    def __enter__(self) -> StandIn:
-        return self.start()
-
-    def __exit__(self, *exc: object) -> None:
-        self.stop()
 
     def dispatch(self, request: Request) -> tuple[int, Any]:
         """Route a request; the status and JSON body to send back."""
