@@ -116,6 +116,24 @@ def server_env() -> dict[str, str]:
     return {}  # a local process inherits the test's environment, the emulator's address included
 
 
+def enter_project(
+    monkeypatch: pytest.MonkeyPatch,
+    tmp_path: Path,
+    cloud: LocalCloud,
+    gcs_bucket: str,
+    models: Models,
+    params: str,
+) -> None:
+    """Work in `tmp_path` as a project on `cloud`: its endpoints, an edge.yaml, the data and `params`."""
+    for name, value in endpoint_env(cloud).items():
+        monkeypatch.setenv(name, value)
+    bucket = gcs_bucket.removeprefix("gs://")
+    monkeypatch.setenv("EDGE_CONFIG", str(write_settings(tmp_path, bucket=bucket)))
+    monkeypatch.chdir(tmp_path)
+    shutil.copytree(models.prepared, tmp_path / "data" / "prepared")
+    (tmp_path / "params.yaml").write_text(params)
+
+
 @pytest.fixture
 def vertex(
     tmp_path: Path,
@@ -129,14 +147,13 @@ def vertex(
     cloud = ready_cloud()
     registry = VertexModels(cloud.vertex)
     endpoints = VertexEndpoints(cloud.vertex, registry, servers, server_env, health_timeout=180)
-    for name, value in endpoint_env(cloud).items():
-        monkeypatch.setenv(name, value)
-    bucket = gcs_bucket.removeprefix("gs://")
-    monkeypatch.setenv("EDGE_CONFIG", str(write_settings(tmp_path, bucket=bucket)))
-    monkeypatch.chdir(tmp_path)
-    shutil.copytree(models.prepared, tmp_path / "data" / "prepared")
-    (tmp_path / "params.yaml").write_text(
-        "evaluate:\n  min_accuracy: 0.5\n  min_class_recall: 0.0\ngate:\n  max_regression: 0.05\n"
+    enter_project(
+        monkeypatch,
+        tmp_path,
+        cloud,
+        gcs_bucket,
+        models,
+        "evaluate:\n  min_accuracy: 0.5\n  min_class_recall: 0.0\ngate:\n  max_regression: 0.05\n",
     )
     try:
         yield Vertex(cloud, registry, endpoints, tmp_path, image)
@@ -405,13 +422,14 @@ def test_the_deployed_server_runs_as_the_jobs_account_and_writes_its_prediction_
     jobs = f"edge-jobs@{cloud.project.project_id}.iam.gserviceaccount.com"
     cloud.grant("roles/storage.objectAdmin", f"serviceAccount:{jobs}")  # what `edge setup` grants
     try:
-        for name, value in endpoint_env(cloud).items():
-            monkeypatch.setenv(name, value)
-        bucket = gcs_bucket.removeprefix("gs://")
-        monkeypatch.setenv("EDGE_CONFIG", str(write_settings(tmp_path, bucket=bucket)))
-        monkeypatch.chdir(tmp_path)
-        shutil.copytree(models.prepared, tmp_path / "data" / "prepared")
-        (tmp_path / "params.yaml").write_text("evaluate:\n  min_accuracy: 0.5\n  min_class_recall: 0.0\n")
+        enter_project(
+            monkeypatch,
+            tmp_path,
+            cloud,
+            gcs_bucket,
+            models,
+            "evaluate:\n  min_accuracy: 0.5\n  min_class_recall: 0.0\n",
+        )
         release_v1(models)
         (proxy,) = endpoints.identities.values()
         deadline = time.monotonic() + 30
