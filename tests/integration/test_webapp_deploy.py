@@ -45,7 +45,7 @@ def test_webapp_goes_to_cloud_run_private_unless_asked(cloud: tuple[LocalCloud, 
 
     from edge.cloud import settings
     from edge.cloud.clients import Clients
-    from edge.cloud.endpoints import Release
+    from edge.cloud.release import Release
 
     endpoint = Release(Clients(settings.load())).endpoint()
 

@@ -19,7 +19,7 @@ app = typer.Typer(help="The Vertex AI endpoint: status, a prediction, a rollback
 def _release(machine_type: str | None = None) -> Any:
     from edge.cloud import settings as cfg
     from edge.cloud.clients import Clients
-    from edge.cloud.endpoints import DEFAULT_MACHINE_TYPE, Release
+    from edge.cloud.release import DEFAULT_MACHINE_TYPE, Release
 
     return Release(
         Clients(cfg.load()),
@@ -77,8 +77,8 @@ def deploy(
     ] = None,
 ) -> None:
     """Deploy a registered version with a canary, smoke-test it, then promote it or roll back."""
-    from edge.cloud.endpoints import SmokePolicy
-    from edge.cloud.endpoints import smoke_images as pick_images
+    from edge.cloud.release import SmokePolicy
+    from edge.cloud.release import smoke_images as pick_images
 
     with cloud_errors():
         release = _release(machine_type)

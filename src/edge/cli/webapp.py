@@ -31,8 +31,8 @@ def deploy(
     """Deploy (or update) the webapp on Cloud Run, pointed at the endpoint `edge deploy` serves."""
     from edge.cloud import settings as cfg
     from edge.cloud.clients import Clients
-    from edge.cloud.endpoints import Release
     from edge.cloud.registry import check_image
+    from edge.cloud.release import Release
     from edge.cloud.webapp import deploy_webapp
 
     with cloud_errors():

@@ -1,4 +1,5 @@
-"""The Vertex AI endpoint: deploy a candidate with a canary, smoke-test it, promote or roll back.
+"""Release a model to its Vertex AI endpoint: deploy a candidate with a canary, smoke-test it, promote
+or roll back (`edge endpoint deploy`, `edge endpoint rollback`).
 
 `Release.deploy` is a small state machine over what the endpoint holds right now, so running it
 again after a crash at any point continues from there instead of starting over:
