@@ -75,7 +75,7 @@ def confident_test_image(
     image that, after the webapp's conversion, the served model classifies correctly with
     confidence of at least 0.9.
     """
-    from edge.serving.predictor import load_from_uri
+    from edge.serving.loaded_model import load_from_uri
     from edge_webapp.imaging import to_fashion_mnist
 
     predictor = load_from_uri(str(trained_model_dir))

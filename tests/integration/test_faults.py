@@ -24,7 +24,7 @@ import yaml
 
 from edge import data, storage
 from edge.model import read_run, verify_model_uri
-from edge.serving.predictor import load_from_uri
+from edge.serving.loaded_model import load_from_uri
 from tests.datagen import write_fashion_files
 from tests.gcs_emulator import GcsEmulator
 from tests.integration.test_pipeline_dvc import TINY_PARAMS

@@ -24,7 +24,7 @@ from edge.model import (
     verify_model_uri,
     write_run,
 )
-from edge.serving.predictor import ModelLoadError, Predictor, load_from_uri
+from edge.serving.loaded_model import ModelLoadError, Predictor, load_from_uri
 from tests.conftest import TINY_MODEL_METADATA
 from tests.verdicts import judge
 

@@ -14,7 +14,7 @@ import yaml
 
 from edge import storage
 from edge.model import verify_model_uri
-from edge.serving.predictor import load_from_uri
+from edge.serving.loaded_model import load_from_uri
 from edge.train import load_prepared
 from tests.datagen import NO_AUGMENTATION
 from tests.gcs_emulator import GcsEmulator

@@ -22,7 +22,8 @@ from edge.cli.serve import resolve_bind, resolve_model_uri
 from edge.data import CLASS_NAMES as FASHION_CLASSES
 from edge.model import content_manifest
 from edge.serving.app import HOLDER, create_app
-from edge.serving.predictor import InstanceError, ModelLoadError, Predictor, decode_instances, load_from_uri
+from edge.serving.instances import InstanceError, decode_instances
+from edge.serving.loaded_model import ModelLoadError, Predictor, load_from_uri
 from edge.serving.settings import ServerSettings
 from tests.serving_helpers import Client, serving, wait_until
 from tests.verdicts import judge

@@ -16,7 +16,7 @@ import pytest
 import requests
 
 from edge.serving.app import BATCHER, create_app
-from edge.serving.predictor import Predictor, load_from_uri
+from edge.serving.loaded_model import Predictor, load_from_uri
 from edge.serving.settings import ServerSettings
 from tests.serving_helpers import Client, serving, wait_until
 

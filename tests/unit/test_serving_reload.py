@@ -21,7 +21,7 @@ from typer.testing import CliRunner
 
 from edge.cli import app as cli_app
 from edge.serving.app import WATCHER, create_app
-from edge.serving.predictor import ModelLoadError, Predictor, load_from_uri
+from edge.serving.loaded_model import ModelLoadError, Predictor, load_from_uri
 from edge.serving.settings import ServerSettings
 from edge.verdict import VERDICT_FILE
 from tests.conftest import TINY_MODEL_METADATA

@@ -34,7 +34,7 @@ def _serve_in_thread(app: Flask) -> Iterator[str]:
 def model_url(tiny_model_dir: Path) -> Iterator[str]:
     """The real model server (tiny untrained model) on a free port of 127.0.0.1."""
     from edge.serving.app import create_app as create_server
-    from edge.serving.predictor import load_from_uri
+    from edge.serving.loaded_model import load_from_uri
     from edge.serving.settings import ServerSettings
     from tests.serving_helpers import serving
 
@@ -275,7 +275,7 @@ def test_slow_model_server_times_out_with_504() -> None:
 def test_result_links_to_the_model_card_which_the_webapp_shows(tmp_path: Path) -> None:
     from edge.model import ModelParams, build_model, save_model
     from edge.serving.app import create_app as create_server
-    from edge.serving.predictor import load_from_uri
+    from edge.serving.loaded_model import load_from_uri
     from edge.serving.settings import ServerSettings
     from tests.conftest import TINY_MODEL_METADATA
     from tests.serving_helpers import serving
@@ -300,7 +300,7 @@ def test_result_links_to_the_model_card_which_the_webapp_shows(tmp_path: Path) -
 def test_a_model_without_a_card_gets_a_friendly_page(tmp_path: Path) -> None:
     from edge.model import ModelParams, build_model, save_model
     from edge.serving.app import create_app as create_server
-    from edge.serving.predictor import load_from_uri
+    from edge.serving.loaded_model import load_from_uri
     from edge.serving.settings import ServerSettings
     from tests.conftest import TINY_MODEL_METADATA
     from tests.serving_helpers import serving

@@ -95,7 +95,7 @@ def serve(
 
     from edge.monitoring.settings import load_settings
     from edge.serving import server
-    from edge.serving.predictor import ModelLoadError, compute_each_call_on_one_thread, load_from_uri
+    from edge.serving.loaded_model import ModelLoadError, compute_each_call_on_one_thread, load_from_uri
     from edge.serving.settings import ServerSettings
 
     uri = resolve_model_uri(model_dir)

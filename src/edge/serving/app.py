@@ -29,18 +29,11 @@ import orjson
 from aiohttp import web
 
 from edge.serving.batching import Batcher, BatchResult, QueueFullError
+from edge.serving.instances import InstanceError, TooManyInstancesError, decode_instances
+from edge.serving.loaded_model import ModelLoadError, Prediction, Predictor, load_from_uri
 from edge.serving.metrics import ServingMetrics
+from edge.serving.model_holder import ModelHolder
 from edge.serving.openapi import build_document
-from edge.serving.predictor import (
-    InstanceError,
-    ModelHolder,
-    ModelLoadError,
-    Prediction,
-    Predictor,
-    TooManyInstancesError,
-    decode_instances,
-    load_from_uri,
-)
 from edge.serving.reload import ModelWatcher
 from edge.serving.settings import ServerSettings
 

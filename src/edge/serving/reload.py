@@ -18,7 +18,7 @@ import time
 from collections.abc import Callable
 from typing import Any, Protocol
 
-from edge.serving.predictor import ModelLoadError, Predictor, metadata_fingerprint
+from edge.serving.loaded_model import ModelLoadError, Predictor, metadata_fingerprint
 
 log = logging.getLogger(__name__)
 

@@ -10,7 +10,7 @@ from aiohttp import web
 
 from edge.monitoring.settings import MonitoringSettings
 from edge.serving.app import WATCHER, create_app
-from edge.serving.predictor import Predictor
+from edge.serving.loaded_model import Predictor
 from edge.serving.settings import ServerSettings
 
 log = logging.getLogger(__name__)
