@@ -12,16 +12,16 @@ from typer.testing import CliRunner
 from edge import storage
 from edge.cli import app
 from edge.data import CLASS_NAMES
-from edge.monitoring.log import Predicted, PredictionLog, list_log_files, pending_writes, read_records
+from edge.monitoring.log import AnsweredRequest, PredictionLog, list_log_files, pending_writes, read_records
 from edge.monitoring.profile import PROFILE_FILE, build_profile
 from tests.gcs_emulator import GcsEmulator
 
 
-def request(seed: int, count: int = 5) -> Predicted:
+def request(seed: int, count: int = 5) -> AnsweredRequest:
     rng = np.random.default_rng(seed)
     images = rng.uniform(0, 255, size=(count, 28, 28)).astype(np.float32)
     class_ids = rng.integers(0, 10, size=count).tolist()
-    return Predicted(
+    return AnsweredRequest(
         f"req-{seed}", "fashion-mnist-cnn", "v1", 2.0, images, class_ids,
         [CLASS_NAMES[i] for i in class_ids], rng.uniform(0.5, 1, size=count).tolist(),
     )  # fmt: skip

@@ -11,7 +11,7 @@ import pytest
 
 from edge.data import CLASS_NAMES
 from edge.monitoring import drift
-from edge.monitoring.log import Predicted, Record, build_records
+from edge.monitoring.log import AnsweredRequest, Record, build_records
 from edge.monitoring.profile import load_profile
 from edge.monitoring.settings import load_settings
 from edge.monitoring.shifts import SHIFTS
@@ -33,7 +33,7 @@ def served_records(model_dir: Path, images: np.ndarray) -> list[Record]:
         [loaded.serve(images[i : i + 256]).numpy() for i in range(0, len(images), 256)]
     )
     class_ids = probabilities.argmax(axis=1)
-    predicted = Predicted(
+    predicted = AnsweredRequest(
         request_id="test",
         model="fashion-mnist-cnn",
         version="small-real",

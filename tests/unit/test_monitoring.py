@@ -20,7 +20,7 @@ from prometheus_client import CollectorRegistry
 from edge.data import CLASS_NAMES
 from edge.monitoring import drift
 from edge.monitoring.log import (
-    Predicted,
+    AnsweredRequest,
     PredictionLog,
     build_batch_records,
     build_records,
@@ -46,10 +46,10 @@ def garments(count: int, seed: int = 0) -> np.ndarray:
     return images
 
 
-def predicted(images: np.ndarray, seed: int = 0, request_id: str = "r") -> Predicted:
+def predicted(images: np.ndarray, seed: int = 0, request_id: str = "r") -> AnsweredRequest:
     rng = np.random.default_rng(seed)
     class_ids = rng.integers(0, len(CLASS_NAMES), size=len(images)).tolist()
-    return Predicted(
+    return AnsweredRequest(
         request_id=request_id,
         model="fashion-mnist-cnn",
         version="abc",
@@ -146,7 +146,7 @@ def test_log_writes_whole_files_rotated_by_count(tmp_path: Path) -> None:
 def test_log_embeds_only_a_sample_but_summarises_every_record(tmp_path: Path) -> None:
     embedded_images: list[int] = []
 
-    def embed(p: Predicted) -> np.ndarray:
+    def embed(p: AnsweredRequest) -> np.ndarray:
         embedded_images.append(len(p.images))
         return fake_embed(p.images)
 
@@ -239,13 +239,13 @@ def test_records_built_together_match_records_built_one_request_at_a_time() -> N
     items = [predicted(garments(n, seed=n), seed=n, request_id=f"req-{n}") for n in (1, 3, 2, 4)]
     # A hot reload between the second and third request: each version is embedded on its own.
     items = [
-        Predicted(**{**item.__dict__, "time": 1_800_000_000.0, "version": "abc" if k < 2 else "new"})
+        AnsweredRequest(**{**item.__dict__, "time": 1_800_000_000.0, "version": "abc" if k < 2 else "new"})
         for k, item in enumerate(items)
     ]
     rows: list[list[int] | None] = [[0], None, [], [1, 3]]
     calls: list[tuple[str, int]] = []
 
-    def embed(request: Predicted) -> np.ndarray:
+    def embed(request: AnsweredRequest) -> np.ndarray:
         calls.append((request.version, len(request.images)))
         return fake_embed(request.images)
 
@@ -307,14 +307,14 @@ def test_a_failing_sink_drops_and_counts(tmp_path: Path) -> None:
 
 KILL_SCRIPT = """
 import sys, numpy as np
-from edge.monitoring.log import PredictionLog, Predicted
+from edge.monitoring.log import PredictionLog, AnsweredRequest
 log = PredictionLog(sys.argv[1], file_records=50, log_inputs=True).start()
 images = np.random.default_rng(0).uniform(0, 255, size=(5, 28, 28))
 print("ready", flush=True)
 i = 0
 while True:
     i += 1
-    log.submit(Predicted(str(i), "m", "v", 1.0, images, [1] * 5, ["Trouser"] * 5, [0.9] * 5))
+    log.submit(AnsweredRequest(str(i), "m", "v", 1.0, images, [1] * 5, ["Trouser"] * 5, [0.9] * 5))
 """
 
 
@@ -343,7 +343,7 @@ def test_files_are_whole_after_kill_9(tmp_path: Path) -> None:
 def test_read_records_since(tmp_path: Path) -> None:
     log = PredictionLog(str(tmp_path), file_records=1).start()
     old = predicted(garments(1), request_id="old")
-    log.submit(Predicted(**{**old.__dict__, "time": time.time() - 7200}))
+    log.submit(AnsweredRequest(**{**old.__dict__, "time": time.time() - 7200}))
     log.submit(predicted(garments(1), request_id="new"))
     log.close()
     since = datetime.now(UTC) - timedelta(hours=1)
@@ -382,7 +382,7 @@ def records_of(
     # Predictions drawn like the profile's, so only the inputs and embeddings can differ.
     rng = np.random.default_rng(seed)
     base = predicted(images, seed=seed)
-    item = Predicted(
+    item = AnsweredRequest(
         **{
             **base.__dict__,
             "confidences": rng.choice(profile.confidence, size=len(images)).tolist(),

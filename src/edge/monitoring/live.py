@@ -28,7 +28,7 @@ import numpy as np
 from prometheus_client import CollectorRegistry, Gauge
 
 from edge.monitoring import drift
-from edge.monitoring.log import Predicted, PredictionLog, Record, recent_records, window_label
+from edge.monitoring.log import AnsweredRequest, PredictionLog, Record, recent_records, window_label
 from edge.monitoring.profile import ReferenceProfile
 from edge.monitoring.settings import MonitoringSettings
 
@@ -153,9 +153,9 @@ class ServingMonitor:
             self.refresh()
         return len(records)
 
-    def observe(self, predicted: Predicted) -> None:
+    def observe(self, answered: AnsweredRequest) -> None:
         """Hand one request's predictions to the log: sampled and queued, never blocking."""
-        self.log.submit(predicted)
+        self.log.submit(answered)
 
     def flush(self, timeout: float = 10.0) -> bool:
         """Write every prediction observed so far to the log and rescore the window; False if late."""
@@ -173,13 +173,13 @@ class ServingMonitor:
         with self._lock:
             return dict(self._summary)
 
-    def _embed(self, predicted: Predicted) -> np.ndarray | None:
+    def _embed(self, answered: AnsweredRequest) -> np.ndarray | None:
         # Runs on the writer thread, before the records are built: switch models here.
-        if predicted.version != self.version:
-            self._switch(predicted.version)
-        if self.profile is None or self._features is None or not len(predicted.images):
+        if answered.version != self.version:
+            self._switch(answered.version)
+        if self.profile is None or self._features is None or not len(answered.images):
             return None
-        return self.profile.project(self._features(predicted.images))
+        return self.profile.project(self._features(answered.images))
 
     def _switch(self, version: str) -> None:
         try:

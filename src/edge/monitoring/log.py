@@ -45,7 +45,7 @@ log = logging.getLogger(__name__)
 Record = dict[str, Any]
 FileWriter = Callable[[str, str], None]
 # Returns the (projected) embeddings of a request's images, or None when there are none to give.
-Embedder = Callable[["Predicted"], np.ndarray | None]
+Embedder = Callable[["AnsweredRequest"], np.ndarray | None]
 FILE_PREFIX = "predictions-"
 FILE_SUFFIX = ".jsonl"
 # The writer takes every request queued since its last turn, up to this many, and builds their records
@@ -90,18 +90,27 @@ class PendingWrite:
 
 
 @dataclass(frozen=True)
-class Predicted:
-    """What one request predicted: what the log needs from the server, and nothing else."""
+class AnsweredRequest:
+    """One answered prediction request: what the server hands its observers and the log records.
+
+    The server builds it after answering, only when something observes; the log stamps `time` (Unix
+    seconds) when it takes the request, unless it is set already.
+    """
 
     request_id: str
     model: str
     version: str
+    # From the request's arrival to its answer being ready.
     latency_ms: float
+    # float32 (N, 28, 28), 0-255: the pixels the model saw.
     images: np.ndarray
     class_ids: Sequence[int]
     labels: Sequence[str]
     confidences: Sequence[float]
     time: float = 0.0
+    # How many instances the serving function ran in the same call (this request's and others'); 0 if
+    # not known.
+    batch_size: int = 0
 
 
 class LogMetrics:
@@ -162,7 +171,7 @@ class PredictionLog:
         self.on_records = on_records
         self.metrics = LogMetrics(registry if registry is not None else CollectorRegistry())
         self._writer = writer
-        self._queue: queue.Queue[Predicted | _Flush | None] = queue.Queue(maxsize=queue_size)
+        self._queue: queue.Queue[AnsweredRequest | _Flush | None] = queue.Queue(maxsize=queue_size)
         self._random = random.Random(seed)
         # The writer's own generator: random.Random is not shared between threads here.
         self._embed_random = random.Random(None if seed is None else seed + 1)
@@ -181,37 +190,33 @@ class PredictionLog:
             self._thread.start()
         return self
 
-    def submit(self, predicted: Predicted) -> None:
+    def submit(self, answered: AnsweredRequest) -> None:
         """Sample and enqueue one request's predictions; never blocks and never raises."""
         try:
-            self._submit(predicted)
+            self._submit(answered)
         except Exception:  # a bug in monitoring must not become a failed prediction
             log.exception("prediction log: could not enqueue a request")
 
-    def _submit(self, predicted: Predicted) -> None:
-        count = len(predicted.class_ids)
+    def _submit(self, answered: AnsweredRequest) -> None:
+        count = len(answered.class_ids)
         if self.sample_rate < 1.0:
             keep = [i for i in range(count) if self._random.random() < self.sample_rate]
             if not keep:
                 return
             if len(keep) < count:
-                predicted = Predicted(
-                    predicted.request_id,
-                    predicted.model,
-                    predicted.version,
-                    predicted.latency_ms,
-                    predicted.images[keep],
-                    [predicted.class_ids[i] for i in keep],
-                    [predicted.labels[i] for i in keep],
-                    [predicted.confidences[i] for i in keep],
-                    predicted.time,
+                answered = replace(
+                    answered,
+                    images=answered.images[keep],
+                    class_ids=[answered.class_ids[i] for i in keep],
+                    labels=[answered.labels[i] for i in keep],
+                    confidences=[answered.confidences[i] for i in keep],
                 )
-        if not predicted.time:
-            predicted = _with_time(predicted)
+        if not answered.time:
+            answered = _with_time(answered)
         try:
-            self._queue.put_nowait(predicted)
+            self._queue.put_nowait(answered)
         except queue.Full:
-            self.metrics.dropped.labels("queue_full").inc(len(predicted.class_ids))
+            self.metrics.dropped.labels("queue_full").inc(len(answered.class_ids))
             return
         self.metrics.queue_depth.set(self._queue.qsize())
 
@@ -272,17 +277,17 @@ class PredictionLog:
             for request in flushes:
                 request.done.set()
 
-    def _take(self, wait: float | None) -> tuple[list[Predicted], list[_Flush], bool]:
+    def _take(self, wait: float | None) -> tuple[list[AnsweredRequest], list[_Flush], bool]:
         """Wait up to `wait` s for a request, then take the others queued (up to DRAIN_REQUESTS);
         also the flush requests among them, and a flag that is true once `close` asked to stop."""
         try:
             item = self._queue.get(timeout=wait)
         except queue.Empty:
             return [], [], False
-        if isinstance(item, Predicted):
+        if isinstance(item, AnsweredRequest):
             # Let the turn fill up: one call for a hundred requests costs about what one request's does.
             time.sleep(GATHER_SECONDS)
-        items: list[Predicted] = []
+        items: list[AnsweredRequest] = []
         flushes: list[_Flush] = []
         while item is not None:
             if isinstance(item, _Flush):
@@ -343,10 +348,10 @@ class PredictionLog:
             self._may_delete = False
             log.info("prediction log: leaving delivered notices in place (%s: %s)", notice, exc)
 
-    def _lines(self, items: list[Predicted]) -> list[str]:
+    def _lines(self, items: list[AnsweredRequest]) -> list[str]:
         try:
             records = build_batch_records(
-                items, self.embed, self.log_inputs, [self._embed_rows(predicted) for predicted in items]
+                items, self.embed, self.log_inputs, [self._embed_rows(answered) for answered in items]
             )
         except Exception:
             log.exception("prediction log: could not summarise %d request(s)", len(items))
@@ -359,14 +364,14 @@ class PredictionLog:
                 log.exception("prediction log: the records callback failed")
         return [orjson.dumps(record).decode() for record in records]
 
-    def _embed_rows(self, predicted: Predicted) -> list[int] | None:
+    def _embed_rows(self, answered: AnsweredRequest) -> list[int] | None:
         # The embedding is a second pass through most of the network, on the cores that serve: at a
         # sample rate of 1 it cost about 40% of the server's throughput on two cores, summaries and
         # JSON a few percent. The MMD test only needs a sample of embeddings, so only a share of the
         # records gets one (None: all of them).
         if self.embed_rate >= 1.0:
             return None
-        return [i for i in range(len(predicted.class_ids)) if self._embed_random.random() < self.embed_rate]
+        return [i for i in range(len(answered.class_ids)) if self._embed_random.random() < self.embed_rate]
 
     @property
     def writer_name(self) -> str:
@@ -389,32 +394,22 @@ class PredictionLog:
         self.metrics.files.inc()
 
 
-def _with_time(predicted: Predicted) -> Predicted:
-    return Predicted(
-        predicted.request_id,
-        predicted.model,
-        predicted.version,
-        predicted.latency_ms,
-        predicted.images,
-        predicted.class_ids,
-        predicted.labels,
-        predicted.confidences,
-        time.time(),
-    )
+def _with_time(answered: AnsweredRequest) -> AnsweredRequest:
+    return replace(answered, time=time.time())
 
 
 def build_records(
-    predicted: Predicted,
+    answered: AnsweredRequest,
     embed: Embedder | None = None,
     log_inputs: bool = False,
     embed_rows: Sequence[int] | None = None,
 ) -> list[Record]:
     """Turn one request's predictions into log records, one per instance (see build_batch_records)."""
-    return build_batch_records([predicted], embed, log_inputs, [embed_rows])
+    return build_batch_records([answered], embed, log_inputs, [embed_rows])
 
 
 def build_batch_records(
-    items: Sequence[Predicted],
+    items: Sequence[AnsweredRequest],
     embed: Embedder | None = None,
     log_inputs: bool = False,
     embed_rows: Sequence[Sequence[int] | None] | None = None,
@@ -430,35 +425,35 @@ def build_batch_records(
     if not items:
         return []
     rows = list(embed_rows) if embed_rows is not None else [None] * len(items)
-    summaries = summary_records(np.concatenate([predicted.images for predicted in items]))
+    summaries = summary_records(np.concatenate([answered.images for answered in items]))
     embeddings = _embeddings(items, rows, embed) if embed is not None else {}
     records: list[Record] = []
-    for index, predicted in enumerate(items):
-        stamp = datetime.fromtimestamp(predicted.time or time.time(), UTC).isoformat(timespec="milliseconds")
-        latency = round(float(predicted.latency_ms), 3)
-        for i in range(len(predicted.class_ids)):
+    for index, answered in enumerate(items):
+        stamp = datetime.fromtimestamp(answered.time or time.time(), UTC).isoformat(timespec="milliseconds")
+        latency = round(float(answered.latency_ms), 3)
+        for i in range(len(answered.class_ids)):
             record: Record = {
                 "time": stamp,
-                "model": predicted.model,
-                "version": predicted.version,
-                "request_id": predicted.request_id,
+                "model": answered.model,
+                "version": answered.version,
+                "request_id": answered.request_id,
                 "latency_ms": latency,
-                "class_id": int(predicted.class_ids[i]),
-                "label": predicted.labels[i],
-                "confidence": round(float(predicted.confidences[i]), 5),
+                "class_id": int(answered.class_ids[i]),
+                "label": answered.labels[i],
+                "confidence": round(float(answered.confidences[i]), 5),
                 "input": summaries[len(records)],
             }
             embedding = embeddings.get((index, i))
             if embedding is not None:
                 record["embedding"] = embedding
             if log_inputs:
-                record["pixels"] = np.rint(predicted.images[i]).astype(np.uint8).ravel().tolist()
+                record["pixels"] = np.rint(answered.images[i]).astype(np.uint8).ravel().tolist()
             records.append(record)
     return records
 
 
 def _embeddings(
-    items: Sequence[Predicted], rows: Sequence[Sequence[int] | None], embed: Embedder
+    items: Sequence[AnsweredRequest], rows: Sequence[Sequence[int] | None], embed: Embedder
 ) -> dict[tuple[int, int], list[float]]:
     """Embed the picked rows, one call per run of one model version: {(request, row): vector}."""
     vectors: dict[tuple[int, int], list[float]] = {}
@@ -477,8 +472,8 @@ def _embeddings(
     return vectors
 
 
-def _picked_rows(predicted: Predicted, rows: Sequence[int] | None) -> Sequence[int]:
-    return range(len(predicted.class_ids)) if rows is None else rows
+def _picked_rows(answered: AnsweredRequest, rows: Sequence[int] | None) -> Sequence[int]:
+    return range(len(answered.class_ids)) if rows is None else rows
 
 
 def list_log_files(source: str) -> list[str]:

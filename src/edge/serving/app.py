@@ -5,8 +5,9 @@ of concurrent requests into one call of the exported serving function, which run
 thread. Connections cost no thread, so slow or idle clients cannot hold up anyone else, and they
 are cut by the header and body timeouts.
 
-Hooks for other components: `add_prediction_observer(app, callback)` is called after each
-answered prediction request, and `app[METRICS].registry` is the Prometheus registry `/metrics`
+Hooks for other components: `add_prediction_observer(app, callback)` is called with an
+`AnsweredRequest` after each answered prediction request (how monitoring is wired in, see
+`create_app(monitoring=...)`), and `app[METRICS].registry` is the Prometheus registry `/metrics`
 renders.
 """
 
@@ -19,15 +20,17 @@ import gc
 import json
 import logging
 import time
+import uuid
 from collections.abc import Awaitable, Callable
-from dataclasses import dataclass
 from html import escape
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import orjson
 from aiohttp import web
 
+from edge.monitoring.log import AnsweredRequest
+from edge.monitoring.settings import MonitoringSettings
 from edge.serving.batching import Batcher, BatchResult, QueueFullError
 from edge.serving.instances import InstanceError, TooManyInstancesError, decode_instances
 from edge.serving.loaded_model import ModelLoadError, Prediction, Predictor, load_from_uri
@@ -36,6 +39,9 @@ from edge.serving.model_holder import ModelHolder
 from edge.serving.openapi import build_document
 from edge.serving.reload import ModelWatcher
 from edge.serving.settings import ServerSettings
+
+if TYPE_CHECKING:
+    from edge.monitoring.live import ServingMonitor
 
 log = logging.getLogger(__name__)
 
@@ -49,21 +55,7 @@ RETRY_AFTER_SECONDS = 1
 Loader = Callable[[str], Predictor]
 
 
-@dataclass(frozen=True)
-class PredictionEvent:
-    """One answered prediction request, as observers see it."""
-
-    model_name: str
-    model_version: str
-    # float32 (N, 28, 28), 0-255: the pixels the model saw.
-    instances: np.ndarray
-    predictions: list[Prediction]
-    # From the request's arrival to its answer being ready, and the size of its batch.
-    latency_seconds: float
-    batch_size: int
-
-
-PredictionObserver = Callable[[PredictionEvent], None]
+PredictionObserver = Callable[[AnsweredRequest], None]
 
 SETTINGS = web.AppKey("edge_settings", ServerSettings)
 HOLDER = web.AppKey("edge_model", ModelHolder)
@@ -104,8 +96,12 @@ def create_app(
     *,
     predictor: Predictor | None = None,
     loader: Loader | None = None,
+    monitoring: MonitoringSettings | None = None,
 ) -> web.Application:
-    """Create the server; without `predictor`, the model loads in the background while health says 503."""
+    """Create the server; without `predictor`, the model loads in the background while health says 503.
+
+    With `monitoring`, every answered prediction goes to a `ServingMonitor` (edge.monitoring.live).
+    """
     settings = settings or ServerSettings.from_environ({})
     if loader is None:
         loader = functools.partial(load_from_uri, allow_failed=settings.allow_failed_model)
@@ -148,6 +144,8 @@ def create_app(
     app.on_startup.append(_start)
     app.cleanup_ctx.append(_watch_model_dir)
     app.on_cleanup.append(_stop)
+    if monitoring is not None:
+        _monitor(app, monitoring)
     return app
 
 
@@ -222,6 +220,65 @@ async def _watch_model_dir(app: web.Application) -> Any:
 
 
 WATCHER = web.AppKey("edge_watcher", ModelWatcher)
+
+
+# --- Monitoring -----------------------------------------------------------------------------------
+
+MONITOR: web.AppKey[ServingMonitor] = web.AppKey("edge_monitor")
+MONITORING_ROUTE = "/monitoring"
+MONITORING_FLUSH_ROUTE = "/monitoring/flush"
+
+
+def _monitor(app: web.Application, settings: MonitoringSettings) -> None:
+    """Hand every answered prediction to a ServingMonitor, which logs it and scores drift.
+
+    The observer only samples and enqueues, on the event loop; the monitor's gauges join /metrics.
+    `GET /monitoring` is the JSON summary the webapp's status page reads, and `POST /monitoring/flush`
+    writes every prediction answered so far to the log and rescores the window (`edge monitor
+    simulate` calls it when done).
+    """
+    from edge.monitoring.live import FeatureExtractor, ServingMonitor
+    from edge.monitoring.profile import ReferenceProfile, load_profile
+
+    model_uri = app[SETTINGS].model_uri
+
+    def resolve(version: str) -> tuple[ReferenceProfile | None, FeatureExtractor | None]:
+        # Called on the log's writer thread when a new model version shows up (start, hot reload).
+        predictor = app[HOLDER].predictor
+        current = predictor is not None and predictor.version == version
+        features = predictor.embed if current and predictor is not None else None
+        return load_profile(model_uri), features
+
+    def current() -> str | None:
+        # The served version once the model is loaded: its window is filled from the log then.
+        predictor = app[HOLDER].predictor
+        return predictor.version if predictor is not None else None
+
+    monitor = ServingMonitor(settings, app[METRICS].registry, resolve, current)
+    app[MONITOR] = monitor
+
+    async def start(app: web.Application) -> None:
+        monitor.start()
+
+    async def stop(app: web.Application) -> None:
+        # Pending records are written before the process exits (SIGTERM included).
+        await asyncio.to_thread(monitor.close)
+
+    add_prediction_observer(app, monitor.observe)
+    app.router.add_get(MONITORING_ROUTE, _monitoring_summary, name="monitoring")
+    app.router.add_post(MONITORING_FLUSH_ROUTE, _monitoring_flush, name="monitoring-flush")
+    app.on_startup.append(start)
+    app.on_cleanup.append(stop)
+
+
+async def _monitoring_summary(request: web.Request) -> web.Response:
+    return web.json_response(request.app[MONITOR].summary())
+
+
+async def _monitoring_flush(request: web.Request) -> web.Response:
+    # Everything answered so far is written to the log and scored, for a report run right after.
+    flushed = await asyncio.to_thread(request.app[MONITOR].flush)
+    return web.json_response({"flushed": flushed}, status=200 if flushed else 503)
 
 
 # --- Routes ---------------------------------------------------------------------------------------
@@ -372,10 +429,20 @@ def _notify(
     observers: list[PredictionObserver] = app[OBSERVERS]
     if not observers:
         return
-    event = PredictionEvent(predictor.name, predictor.version, batch, predictions, latency, batch_size)
+    answered = AnsweredRequest(
+        request_id=uuid.uuid4().hex[:16],
+        model=predictor.name,
+        version=predictor.version,
+        latency_ms=latency * 1000,
+        images=batch,
+        class_ids=[p.class_id for p in predictions],
+        labels=[p.label for p in predictions],
+        confidences=[p.confidence for p in predictions],
+        batch_size=batch_size,
+    )
     for observer in observers:
         try:
-            observer(event)
+            observer(answered)
         except Exception:
             log.exception("prediction observer %r failed", observer)
 

@@ -50,11 +50,7 @@ def run(
     monitoring: MonitoringSettings | None = None,
 ) -> None:
     """Serve `predictor` on host:port until a stop signal; with `monitoring`, log and watch for drift."""
-    app = create_app(settings, predictor=predictor)
-    if monitoring is not None:
-        from edge.serving import monitoring as serving_monitoring
-
-        serving_monitoring.install(app, monitoring)
+    app = create_app(settings, predictor=predictor, monitoring=monitoring)
     asyncio.run(_serve(app, host, port, access_log))
 
 
