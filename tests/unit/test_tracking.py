@@ -143,6 +143,21 @@ def test_a_failing_or_interrupted_body_is_recorded(tmp_path: Path) -> None:
     assert "INTERRUPTED" in shown
 
 
+def test_a_run_keeps_a_copy_of_the_sources_it_is_given(tmp_path: Path) -> None:
+    from edge import calibration, tracked_training
+
+    runs = tmp_path / "runs"
+    tracked = tracked_run(
+        known_body([0.5]), config=PARAMS, info={}, runs_dir=runs, sources=(calibration, tracked_training)
+    )
+    run = json.loads((tracked.journal_dir / "run.json").read_text())
+    sources = {name for name, _digest in run["experiment"]["sources"]}
+    # Named relative to the package: the tracking module that made the run, and the two given.
+    assert {"tracking/experiment.py", "calibration.py", "tracked_training.py"} <= sources
+    copies = [p.read_text() for p in (runs / "_sources").iterdir()]
+    assert any("def tracked_train_stage(" in copy for copy in copies)
+
+
 def test_mongo_failing_mid_run_completes_in_files_then_sync_repairs_it(
     tmp_path: Path, mock_mongo: Any, monkeypatch: pytest.MonkeyPatch
 ) -> None:

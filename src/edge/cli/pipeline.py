@@ -11,11 +11,13 @@ import typer
 from rich.markup import escape
 from rich.table import Table
 
-from edge import lineage, storage, tracking, verdict
+from edge import lineage, storage, verdict
 from edge.cli.common import console, fail, friendly_errors, out
 from edge.data import DEFAULT_RAW_DIR
 from edge.model import ModelIntegrityError, verify_model_uri
 from edge.pipeline import evaluate_stage, load_params, prepare_stage
+from edge.tracked_training import tracked_train_stage
+from edge.tracking import observers
 
 app = typer.Typer(help="Run the training pipeline's stages: prepare, train, evaluate.", no_args_is_help=True)
 
@@ -115,11 +117,11 @@ def train(
     with friendly_errors():
         settings = load_params(params)
         _tracking_url_from_secret()
-        journal = tracking.observers.runs_dir()
+        journal = observers.runs_dir()
         before = _run_folders(journal)
         try:
             # A tracked run: recorded with its lineage, metrics, test scores and artifacts (edge.tracking).
-            result, metadata = tracking.run_training(
+            result, metadata = tracked_train_stage(
                 prepared_dir,
                 model_dir.rstrip("/") or model_dir,
                 reports_dir,
@@ -150,12 +152,12 @@ def _tracking_url_from_secret() -> None:
     warning says why it could not be read and what to check.
     """
     version = os.environ.get("EDGE_TRACKING_SECRET")
-    if not version or os.environ.get(tracking.observers.TRACKING_URL_ENV):
+    if not version or os.environ.get(observers.TRACKING_URL_ENV):
         return
     try:
         from edge.cloud.clients import read_secret
 
-        os.environ[tracking.observers.TRACKING_URL_ENV] = read_secret(version)
+        os.environ[observers.TRACKING_URL_ENV] = read_secret(version)
     except Exception as exc:  # the journal records the run whatever went wrong: never fail training
         console.print(
             f"[yellow]warning:[/] the tracking URL could not be read from {version}: "

@@ -1,47 +1,35 @@
-"""Run the train stage as a Sacred experiment, so that every trained model has a recorded run.
+"""Run a body of work as a Sacred run, recorded in the local journal and, when reachable, in MongoDB.
 
-A run holds: start and stop time, user, host, the git commit, branch, remote and dirty flag, the DVC
-data version, every hyperparameter (the whole of params.yaml is the Sacred config), per-epoch
-metrics, the test metrics and three artifacts: the exported model, a confusion matrix and the
-metrics. Failures and Ctrl-C end the run as FAILED or INTERRUPTED with the traceback, and propagate.
-
-The test metrics come from the train run itself: once the model is exported it is scored on the
-test split by the same code as the evaluate stage (it takes about a second), so each trained model
-is one complete run. The evaluate stage still applies the quality gate, on its own.
+A run holds: start and stop time, user, host, the git commit, remote and dirty flag, the config,
+the source files the caller names, and whatever the body records through its `Recorder`: per-step
+metrics, artifacts and information. Failures and Ctrl-C end the run as FAILED or INTERRUPTED with
+the traceback, and propagate. The train stage (`edge.pipeline.tracked_train_stage`) is the body
+that every trained model gets its run from; tracking knows nothing of the pipeline.
 """
 
 from __future__ import annotations
 
 import getpass
-import io
 import json
 import logging
 import os
-import tarfile
 import tempfile
 import uuid
 import warnings
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from types import ModuleType
 from typing import Any, Generic, TypeVar
 
 from rich.console import Console
 
 import edge
-
-# Sacred records the source of every module imported here: data and model are listed for that alone.
-from edge import behaviour, calibration, data, evaluate, model, pipeline, storage, train  # noqa: F401
 from edge.tracking import observers
 
 T = TypeVar("T")
 
 EXPERIMENT_NAME = "edge-train"
-EPOCH_METRICS = ("loss", "accuracy", "val_loss", "val_accuracy", "learning_rate")
-MODEL_ARCHIVE = "model.tar.gz"
-CONFUSION_PNG = "confusion_matrix.png"
-# Not `metrics.json`: Sacred's file journal keeps the per-epoch metrics under that name.
-METRICS_JSON = "final_metrics.json"
 USER_ENV = "EDGE_USER"
 
 
@@ -105,16 +93,21 @@ def tracked_run(
     runs_dir: Path | None = None,
     url: str | None = None,
     name: str = EXPERIMENT_NAME,
+    sources: Sequence[ModuleType] = (),
     warn: observers.Warn = warn,
 ) -> TrackedRun[T]:
     """Run `body` as a Sacred run with `config`, recorded in the journal and, when `url`, in MongoDB.
 
-    `url` defaults to $EDGE_TRACKING_URL and `runs_dir` to $EDGE_RUNS_DIR (or `runs`).
+    `url` defaults to $EDGE_TRACKING_URL and `runs_dir` to $EDGE_RUNS_DIR (or `runs`). The run keeps
+    a copy of each module in `sources`: the code that decided what the body did.
     """
     journal = runs_dir if runs_dir is not None else observers.runs_dir()
     url = url if url is not None else observers.tracking_url()
     run_uuid = uuid.uuid4().hex
     ex = _experiment(name, info.get("git"))
+    for module in sources:
+        if module.__file__:
+            ex.add_source_file(module.__file__)
     ex.add_config(json.loads(json.dumps(config)))
     holder: dict[str, Any] = {}
 
@@ -197,73 +190,6 @@ def _experiment(name: str, git: dict[str, Any] | None) -> Any:
     return ex
 
 
-def run_training(
-    prepared_dir: str,
-    model_dir: str,
-    reports_dir: str,
-    settings: pipeline.Params,
-    lineage: dict[str, Any],
-    *,
-    on_epoch_end: train.EpochCallback | None = None,
-) -> tuple[train.TrainResult, dict[str, Any]]:
-    """Run the train stage as a tracked run; return what `train_stage` returns."""
-
-    def body(recorder: Recorder) -> tuple[train.TrainResult, dict[str, Any]]:
-        def epoch_end(epoch: int, row: dict[str, float]) -> None:
-            recorder.log_metrics(epoch, {k: row[k] for k in EPOCH_METRICS if k in row})
-            if on_epoch_end:
-                on_epoch_end(epoch, row)
-
-        # The model names its run (and the registry entry names both): model, run and registry
-        # point at each other. The uuid is the run's key in the journal and in MongoDB alike; it goes
-        # into the run record beside the model, not into the model, whose bytes the inputs decide.
-        result, metadata, measured = pipeline.train_stage(
-            prepared_dir,
-            model_dir,
-            reports_dir,
-            settings.train,
-            lineage,
-            suite=settings.evaluate,
-            on_epoch_end=epoch_end,
-            tracking_run_id=recorder.info["run_uuid"],
-        )
-        _test, scores = pipeline.score_on_test(prepared_dir, model_dir)
-        summary = {
-            "model_version": metadata["version"],
-            "epochs": len(result.history),
-            "train_seconds": round(result.seconds, 1),
-            "val_accuracy": result.final["val_accuracy"],
-            "val_loss": result.final["val_loss"],
-            "test_accuracy": scores.accuracy,
-            "test_loss": scores.loss,
-        }
-        recorder.info["result"] = summary
-        recorder.info["test"] = scores.metrics()
-        recorder.info["model"] = {"version": metadata["version"], "dir": model_dir}
-        recorder.add_artifact(MODEL_ARCHIVE, _archive(model_dir), "application/gzip")
-        recorder.add_artifact(CONFUSION_PNG, evaluate.confusion_png(scores), "image/png")
-        final = {"summary": summary, **scores.metrics()}
-        recorder.add_artifact(METRICS_JSON, (json.dumps(final, indent=2) + "\n").encode(), "application/json")
-        if measured is not None:
-            judged = behaviour.verdict_of(measured, metadata)
-            recorder.info["verdict"] = {
-                "status": judged.status,
-                "failed_checks": [check.describe() for check in judged.failed],
-            }
-            if not judged.passed:
-                # Recorded as FAILED, with the checks as its reason; the stage itself goes on, so
-                # that the evaluate stage judges the exported model and leaves its evidence.
-                recorder.fail_after_recording(judged.describe())
-        return result, metadata
-
-    tracked = tracked_run(
-        body,
-        config={**settings.as_dict(), "seed": settings.train.seed},
-        info=run_info(lineage),
-    )
-    return tracked.value
-
-
 def run_info(lineage: dict[str, Any]) -> dict[str, Any]:
     """The lineage part of a run's info, in a shape every backend stores as is."""
     git = lineage.get("git")
@@ -275,11 +201,3 @@ def run_info(lineage: dict[str, Any]) -> dict[str, Any]:
         ],
         "vertex_job": lineage.get("vertex_job"),
     }
-
-
-def _archive(model_dir: str) -> bytes:
-    """The exported model directory (the .keras file, the serving export, metadata) as a .tar.gz."""
-    buffer = io.BytesIO()
-    with storage.local_dir_for_reading(model_dir) as local, tarfile.open(fileobj=buffer, mode="w:gz") as tar:
-        tar.add(local, arcname="model")
-    return buffer.getvalue()
