@@ -33,8 +33,8 @@ import docker
 import docker.errors
 import pytest
 
-from edge.cloud import images
-from edge.cloud.images import BuiltImage, PushedImage
+from edge import containers
+from edge.containers import BuiltImage, PushedImage
 from tests.live_servers import free_port, stop, wait_until_ok
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
@@ -188,7 +188,7 @@ def built_image(
     client: docker.DockerClient, service: str, tag: str | None = None, root: Path = REPO_ROOT
 ) -> Iterator[BuiltImage]:
     """Build `edge-<service>:<tag>` from `root` (default tag: unique), remove it at the end."""
-    image = images.build(service, root=root, tag=tag or unique_tag(), client=client, quiet=True)
+    image = containers.build(service, root=root, tag=tag or unique_tag(), client=client, quiet=True)
     try:
         yield image
     finally:
@@ -201,7 +201,7 @@ def pushed_image(
 ) -> Iterator[PushedImage]:
     """Push a built image to `<registry.host>/<path>`; remove the local registry tag at the end."""
     tag = image.ref.rsplit(":", 1)[1]
-    pushed = images.push(image.service, f"{registry.host}/{path}", tag=tag, client=client)
+    pushed = containers.push(image.service, f"{registry.host}/{path}", tag=tag, client=client)
     try:
         yield pushed
     finally:

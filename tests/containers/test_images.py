@@ -10,7 +10,7 @@ from pathlib import Path
 import docker
 import pytest
 
-from edge.cloud.images import BuiltImage
+from edge.containers import BuiltImage
 from tests.docker_env import REPO_ROOT, Registry, remove_image, unique_tag
 
 # Above the global 600 s: the first test to ask for an image builds it (the trainer is 2.5 GB).

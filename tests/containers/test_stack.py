@@ -28,7 +28,7 @@ import requests
 import yaml
 from PIL import Image
 
-from edge.cloud.images import BuiltImage
+from edge.containers import BuiltImage
 from edge.data import CLASS_NAMES
 from tests.datagen import NO_AUGMENTATION
 from tests.docker_env import IN_CI, REPO_ROOT, unique_tag

@@ -47,7 +47,7 @@ def test_every_client_goes_to_its_configured_endpoint(cloud_env: LocalCloud) -> 
 
 
 def test_the_registry_token_is_the_credentials_every_client_uses(cloud_env: LocalCloud) -> None:
-    from edge.cloud import images
+    from edge import containers as images
 
     # The application-default credentials hold a token the stand-ins issued, valid for hours: it
     # goes as it is, with no refresh at Google's token endpoint (unreachable here).
@@ -59,7 +59,7 @@ def test_the_registry_token_is_the_credentials_every_client_uses(cloud_env: Loca
 def test_no_registry_token_from_anonymous_credentials(
     cloud_env: LocalCloud, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    from edge.cloud import images
+    from edge import containers as images
 
     monkeypatch.setenv("EDGE_CREDENTIALS", "anonymous")
     with pytest.raises(images.ImageError, match="EDGE_CREDENTIALS=anonymous sends no credentials"):

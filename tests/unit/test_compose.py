@@ -358,7 +358,7 @@ def locked_versions(package: str) -> set[str]:
 
 
 def test_gpu_trainer_installs_tensorflow_with_cuda_at_the_locked_version() -> None:
-    from edge.cloud import images
+    from edge import containers as images
 
     dockerfile = (ROOT / TRAINER_DOCKERFILE).read_text()
     assert "ARG TRAINER_VARIANT=cpu" in dockerfile

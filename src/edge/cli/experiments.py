@@ -336,8 +336,9 @@ def dashboard(
     """
     import webbrowser
 
-    from edge.cloud import dashboard as board
     from edge.cloud import settings as cfg
+    from edge.cloud.clients import tracking_url_from_secret
+    from edge.tracking import dashboard as board
 
     with friendly_errors():
         url = observers.tracking_url()
@@ -345,17 +346,20 @@ def dashboard(
             settings = cfg.load()
             secret = f"projects/{settings.project}/secrets/{settings.tracking_secret}/versions/latest"
             with console.status(f"Reading the tracking URL from {secret}..."):
-                url = board.tracking_url_from_secret(secret)
-        with console.status(f"Starting Omniboard on MongoDB {observers.mask_url(url)}..."):
-            container = board.start_omniboard(url, port, image or board.OMNIBOARD_IMAGE)
+                url = tracking_url_from_secret(secret)
         try:
-            address = board.wait_until_up(port, container)
-            console.print(f"Omniboard: {address} (Ctrl-C stops it)")
-            if browser:
-                webbrowser.open(address)
-            while True:
-                time.sleep(1)
-        except KeyboardInterrupt:
-            pass
-        finally:
-            container.stop(timeout=5)
+            with console.status(f"Starting Omniboard on MongoDB {observers.mask_url(url)}..."):
+                container = board.start_omniboard(url, port, image or board.OMNIBOARD_IMAGE)
+            try:
+                address = board.wait_until_up(port, container)
+                console.print(f"Omniboard: {address} (Ctrl-C stops it)")
+                if browser:
+                    webbrowser.open(address)
+                while True:
+                    time.sleep(1)
+            except KeyboardInterrupt:
+                pass
+            finally:
+                container.stop(timeout=5)
+        except board.DashboardError as exc:
+            fail(str(exc))

@@ -12,7 +12,7 @@ from rich.progress import BarColumn, DownloadColumn, Progress, TaskID, TextColum
 from edge.cli.common import console, fail, out, waiting
 
 if TYPE_CHECKING:
-    from edge.cloud.images import BuiltImage, PushedImage
+    from edge.containers import BuiltImage, PushedImage
 
 app = typer.Typer(help="Build the container images and push them to a registry.", no_args_is_help=True)
 
@@ -58,7 +58,7 @@ def build_images(
     services: list[str], tag: str | None = None, python_image: str | None = None
 ) -> list[BuiltImage]:
     """Build the images (default: all) and print each one's tag, id and size."""
-    from edge.cloud import images
+    from edge import containers as images
 
     built = []
     with image_errors():
@@ -99,7 +99,7 @@ def push(
 
 def push_images(registry: str | None, services: list[str], tag: str | None = None) -> list[PushedImage]:
     """Push the images (default: all) and print each one as `<registry>/edge-<service>@<digest>`."""
-    from edge.cloud import images
+    from edge import containers as images
 
     pushed = []
     with image_errors():
@@ -118,7 +118,8 @@ def push_images(registry: str | None, services: list[str], tag: str | None = Non
 
 def default_images() -> list[str]:
     """trainer and webapp, and trainer-gpu when edge.yaml asks for accelerators."""
-    from edge.cloud import images, settings
+    from edge import containers as images
+    from edge.cloud import settings
 
     accelerator = None
     if settings.config_path().is_file():
@@ -128,7 +129,7 @@ def default_images() -> list[str]:
 
 def _settings_registry() -> str:
     from edge.cloud import settings
-    from edge.cloud.images import ImageError
+    from edge.containers import ImageError
 
     if not settings.config_path().is_file():
         raise ImageError(

@@ -108,7 +108,7 @@ def _pushed_trainer(settings: cfg.Settings) -> str:
     The GPU variant when edge.yaml names an accelerator; tagged with the full commit (CI's
     $CIRCLE_SHA1) or the short one, with `-dirty-<hash>` when the images' sources have changes.
     """
-    from edge.cloud import images
+    from edge import containers as images
     from edge.cloud.errors import CloudError
 
     registry = settings.image_registry.rstrip("/")

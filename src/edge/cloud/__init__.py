@@ -1,1 +1,4 @@
-"""Everything that talks to Google Cloud or a container engine: the one place their SDKs are imported."""
+"""Everything that talks to Google Cloud: the one place its SDKs are imported.
+
+Containers (the Docker SDK) are edge.containers.
+"""

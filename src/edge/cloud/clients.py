@@ -154,6 +154,46 @@ def read_secret(version: str, timeout: float = 20) -> str:
     return bytes(response.payload.data).decode("utf-8")
 
 
+def access_token() -> str:
+    """A short-lived OAuth access token of the credentials every Google client uses (a Google
+    registry's password).
+
+    Built as every other Google credential is, so EDGE_CREDENTIALS counts here too, and refreshed only
+    when due: a token that is still valid goes as it is.
+    """
+    import google.auth.exceptions
+    import google.auth.transport.requests
+
+    endpoints = Endpoints.model_validate(env_overrides())
+    if endpoints.credentials == "anonymous":
+        raise CloudError(
+            "EDGE_CREDENTIALS=anonymous sends no credentials, and a Google registry needs them: unset "
+            "EDGE_CREDENTIALS, or push to a local registry (EDGE_REGISTRY)"
+        )
+    try:
+        credentials = credentials_for(endpoints)
+        if not credentials.valid:
+            credentials.refresh(google.auth.transport.requests.Request())
+    except google.auth.exceptions.GoogleAuthError as exc:
+        raise CloudError(f"could not get a Google access token: {exc}") from exc
+    token: str | None = credentials.token
+    if not token:
+        raise CloudError("Google credentials gave no access token: refresh them with gcloud and retry")
+    return token
+
+
+def tracking_url_from_secret(secret_version: str) -> str:
+    """The MongoDB URL `edge setup` stored in Secret Manager (`projects/P/secrets/S/versions/latest`)."""
+    from google.api_core import exceptions
+
+    try:
+        return read_secret(secret_version)
+    except exceptions.NotFound:
+        raise CloudError(
+            f"{secret_version} holds no tracking URL: run `EDGE_TRACKING_URL=... edge setup` first"
+        ) from None
+
+
 class IamRest:
     """The few IAM calls setup needs, over IAM's documented REST API with an authorized session."""
 

@@ -1,4 +1,9 @@
-"""The container images: build trainer and webapp with their lineage baked in, push them, by digest."""
+"""Containers on a Docker engine: build the trainer and webapp images with their lineage baked in,
+push them by digest, find them in a registry, and run a local container (Omniboard).
+
+The one module that imports the Docker SDK. A Google registry's access token comes from
+`edge.cloud.clients`, the one place Google credentials are made, and only when pushing to one.
+"""
 
 from __future__ import annotations
 
@@ -30,7 +35,6 @@ IMAGES: dict[str, tuple[str, dict[str, str]]] = {
 }
 # Registries that take a Google access token as the password of the user `oauth2accesstoken`.
 GOOGLE_REGISTRY_SUFFIXES = ("docker.pkg.dev", "gcr.io")
-GOOGLE_SCOPES = ("https://www.googleapis.com/auth/cloud-platform",)
 # What the images are built from. Only changes here make a tree "dirty" for the image tag: params.yaml
 # travels to a job through gs://, so `dvc exp run -S train.epochs=3` still finds the commit's image.
 IMAGE_SOURCES = ("src", "services", "pyproject.toml", "uv.lock", ".python-version", ".dockerignore")
@@ -371,41 +375,52 @@ def registry_auth(registry: str) -> dict[str, str] | None:
     host = registry.split("/", 1)[0]
     if not host.endswith(GOOGLE_REGISTRY_SUFFIXES):
         return None
-    return {"username": "oauth2accesstoken", "password": google_access_token(), "serveraddress": host}
-
-
-def google_access_token() -> str:
-    """A short-lived OAuth access token of the credentials every Google client uses.
-
-    Built where every other Google credential is (edge.cloud.clients), so EDGE_CREDENTIALS counts
-    here too, and refreshed only when due: a token that is still valid goes as it is.
-    """
     try:
-        import google.auth.exceptions
-        import google.auth.transport.requests
-
-        from edge.cloud.clients import credentials_for
-        from edge.cloud.settings import Endpoints, env_overrides
+        from edge.cloud.clients import access_token
     except ImportError as exc:
         raise ImageError("pushing to Google needs the cloud extra: `uv sync --extra cloud`") from exc
-    endpoints = Endpoints.model_validate(env_overrides())
-    if endpoints.credentials == "anonymous":
-        raise ImageError(
-            "EDGE_CREDENTIALS=anonymous sends no credentials, and a Google registry needs them: unset "
-            "EDGE_CREDENTIALS, or push to a local registry (EDGE_REGISTRY)"
-        )
     try:
-        credentials = credentials_for(endpoints)
-        if not credentials.valid:
-            credentials.refresh(google.auth.transport.requests.Request())
+        token = access_token()
     except CloudError as exc:
         raise ImageError(str(exc)) from None
-    except google.auth.exceptions.GoogleAuthError as exc:
-        raise ImageError(f"could not get a Google access token: {exc}") from exc
-    token: str | None = credentials.token
-    if not token:
-        raise ImageError("Google credentials gave no access token: refresh them with gcloud and retry")
-    return token
+    return {"username": "oauth2accesstoken", "password": token, "serveraddress": host}
+
+
+def pull_if_missing(image: str, client: docker.DockerClient | None = None) -> None:
+    """Pull `image` unless the engine has it; ImageError says why a pull failed."""
+    client = client or engine()
+    try:
+        client.images.get(image)
+    except docker.errors.ImageNotFound:
+        try:
+            client.images.pull(image)
+        except docker.errors.APIError as exc:
+            raise ImageError(f"cannot pull {image} ({exc.explanation or exc})") from None
+
+
+def run_on_localhost(
+    image: str,
+    *,
+    port: int,
+    container_port: int,
+    environment: dict[str, str],
+    name: str,
+    client: docker.DockerClient | None = None,
+) -> Any:
+    """Start `image` in the background, published on 127.0.0.1:`port` only; return the container.
+
+    `environment` goes into the container's environment, never on a command line, so it may hold a
+    password. The container is removed when it stops.
+    """
+    client = client or engine()
+    return client.containers.run(
+        image,
+        environment=environment,
+        ports={f"{container_port}/tcp": ("127.0.0.1", port)},
+        name=name,
+        detach=True,
+        auto_remove=True,
+    )
 
 
 def _git(root: Path, *args: str, strip: bool = True) -> str | None:

@@ -7,9 +7,9 @@ from pathlib import Path
 
 import pytest
 
+from edge import containers as images
 from edge import lineage
-from edge.cloud import images
-from edge.cloud.images import ImageError
+from edge.containers import ImageError
 
 
 def git(root: Path, *args: str) -> str:
