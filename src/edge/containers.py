@@ -7,7 +7,6 @@ The one module that imports the Docker SDK. A Google registry's access token com
 
 from __future__ import annotations
 
-import hashlib
 import os
 import re
 import shutil
@@ -22,8 +21,9 @@ from typing import Any
 import docker
 import docker.errors
 
+from edge import lineage
 from edge.cloud.errors import CloudError
-from edge.lineage import strip_credentials
+from edge.lineage import GitState
 
 SERVICES = ("trainer", "webapp")
 # Every image `edge image` builds: the Dockerfile's service folder and the build arguments it needs.
@@ -35,9 +35,6 @@ IMAGES: dict[str, tuple[str, dict[str, str]]] = {
 }
 # Registries that take a Google access token as the password of the user `oauth2accesstoken`.
 GOOGLE_REGISTRY_SUFFIXES = ("docker.pkg.dev", "gcr.io")
-# What the images are built from. Only changes here make a tree "dirty" for the image tag: params.yaml
-# travels to a job through gs://, so `dvc exp run -S train.epochs=3` still finds the commit's image.
-IMAGE_SOURCES = ("src", "services", "pyproject.toml", "uv.lock", ".python-version", ".dockerignore")
 # Every manifest type a push may have stored: asking for them all makes the registry answer with the
 # digest it stored, the one `docker push` reported (https://distribution.github.io/distribution/spec/api/).
 MANIFEST_TYPES = (
@@ -50,32 +47,6 @@ MANIFEST_TYPES = (
 
 class ImageError(CloudError):
     """A build or push that cannot go on; the message says what to do."""
-
-
-@dataclass(frozen=True)
-class GitState:
-    """The commit the images are built from, and a hash of uncommitted changes to their sources if any."""
-
-    commit: str
-    branch: str | None
-    source: str | None
-    dirty_hash: str | None = None
-
-    @property
-    def dirty(self) -> bool:
-        return self.dirty_hash is not None
-
-    @property
-    def tag(self) -> str:
-        """The image tag: the short commit, with `-dirty-<hash>` when the tree has changes."""
-        short = self.commit[:12]
-        return f"{short}-dirty-{self.dirty_hash[:8]}" if self.dirty_hash else short
-
-    @property
-    def tags(self) -> tuple[str, ...]:
-        """The tags an image of this tree may have been pushed with: CI's full commit ($CIRCLE_SHA1),
-        then `tag`."""
-        return (self.tag,) if self.dirty_hash else (self.commit, self.tag)
 
 
 @dataclass(frozen=True)
@@ -123,36 +94,18 @@ def image_ref(service: str, tag: str, registry: str | None = None) -> str:
 
 def repository_root(start: Path = Path()) -> Path:
     """The checkout's top directory, where both images' build context is."""
-    top = _git(start, "rev-parse", "--show-toplevel")
-    root = Path(top) if top else start.resolve()
+    root = lineage.checkout_root(start) or start.resolve()
     if not (root / "services" / "trainer" / "Dockerfile").is_file():
         raise ImageError(f"{root} is not an Edge checkout (no services/trainer/Dockerfile): run from one")
     return root
 
 
 def git_state(root: Path) -> GitState:
-    """Read the commit and whether the images' sources (IMAGE_SOURCES) differ from it."""
-    commit = _git(root, "rev-parse", "HEAD")
-    if not commit:
+    """The commit the images are built from and whether their code differs from it (edge.lineage)."""
+    state = lineage.git_state(root)
+    if state is None:
         raise ImageError(f"{root} is not a git checkout with a commit: images are tagged with the commit")
-    changes = hashlib.sha256()
-    dirty = False
-    diff = _git(root, "diff", "HEAD", "--binary", "--", *IMAGE_SOURCES, strip=False)
-    if diff:
-        dirty = True
-        changes.update(diff.encode())
-    untracked = _git(root, "ls-files", "--others", "--exclude-standard", "--", *IMAGE_SOURCES)
-    for name in (untracked or "").splitlines():
-        dirty = True
-        changes.update(name.encode())
-        path = root / name
-        if path.is_file():
-            changes.update(path.read_bytes())
-    branch = _git(root, "rev-parse", "--abbrev-ref", "HEAD")
-    source = strip_credentials(_git(root, "config", "--get", "remote.origin.url") or "") or None
-    return GitState(
-        commit, branch if branch != "HEAD" else None, source, changes.hexdigest() if dirty else None
-    )
+    return state
 
 
 def engine() -> docker.DockerClient:
@@ -204,7 +157,7 @@ def build(
     args = {
         "EDGE_GIT_COMMIT": state.commit,
         "EDGE_GIT_BRANCH": state.branch or "",
-        "EDGE_GIT_SOURCE": state.source or "",
+        "EDGE_GIT_SOURCE": state.remote or "",
         "EDGE_GIT_DIRTY": "true" if state.dirty else "",
         "EDGE_BUILD_CREATED": datetime.now(UTC).replace(microsecond=0).isoformat(),
         **({"PYTHON_IMAGE": python_image} if python_image else {}),
@@ -421,16 +374,6 @@ def run_on_localhost(
         detach=True,
         auto_remove=True,
     )
-
-
-def _git(root: Path, *args: str, strip: bool = True) -> str | None:
-    try:
-        done = subprocess.run(
-            ["git", *args], cwd=root, capture_output=True, text=True, check=True, timeout=30
-        )
-    except (OSError, subprocess.SubprocessError):
-        return None
-    return done.stdout.strip() if strip else done.stdout
 
 
 def _all_on_path(program: str) -> list[str]:

@@ -293,9 +293,10 @@ def _uuid(run_dir: Path) -> str:
 
 def test_a_failing_run_is_recorded_as_failed(in_project: Path, tmp_path: Path) -> None:
     runs = tmp_path / "runs"
-    params = in_project / "params.yaml"
-    original = params.read_text()
-    params.write_text(original + "# an uncommitted change\n")
+    # An uncommitted change to the code: the run says its tree differed from the commit.
+    code = in_project / "src" / "edge" / "train.py"
+    original = code.read_text()
+    code.write_text(original + "# an uncommitted change\n")
     try:
         done = sh(
             ["edge", "pipeline", "train", "--prepared-dir", "data/missing"],
@@ -304,7 +305,7 @@ def test_a_failing_run_is_recorded_as_failed(in_project: Path, tmp_path: Path) -
             check=False,
         )
     finally:
-        params.write_text(original)
+        code.write_text(original)
     assert done.returncode == 1
     assert "error:" in done.stderr and "Traceback" not in done.stderr
     (run_dir,) = run_dirs(runs)

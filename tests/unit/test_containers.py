@@ -8,7 +8,6 @@ from pathlib import Path
 import pytest
 
 from edge import containers as images
-from edge import lineage
 from edge.containers import ImageError
 
 
@@ -98,23 +97,6 @@ def test_no_google_credentials_is_a_clear_error(tmp_path: Path, monkeypatch: pyt
     monkeypatch.setenv("CLOUDSDK_CONFIG", str(tmp_path))
     with pytest.raises(ImageError, match="gcloud auth application-default login"):
         images.registry_auth("europe-west4-docker.pkg.dev/project/repo")
-
-
-def test_without_git_the_lineage_comes_from_the_image(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    monkeypatch.setenv("EDGE_GIT_COMMIT", "a" * 40)
-    monkeypatch.setenv("EDGE_GIT_BRANCH", "main")
-    monkeypatch.setenv("EDGE_GIT_SOURCE", "https://user:token@github.com/org/edge.git")
-    monkeypatch.setenv("EDGE_GIT_DIRTY", "")
-    assert lineage.git_info(tmp_path) == {
-        "commit": "a" * 40,
-        "branch": "main",
-        "remote": "https://github.com/org/edge.git",
-        "dirty": False,
-    }
-    monkeypatch.setenv("EDGE_GIT_COMMIT", "")
-    assert lineage.git_info(tmp_path) is None
 
 
 def test_push_without_a_registry_or_edge_yaml_says_what_to_pass(
