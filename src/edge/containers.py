@@ -1,8 +1,10 @@
 """Containers on a Docker engine: build the trainer and webapp images with their lineage baked in,
 push them by digest, find them in a registry, and run a local container (Omniboard).
 
-The one module that imports the Docker SDK. A Google registry's access token comes from
-`edge.cloud.clients`, the one place Google credentials are made, and only when pushing to one.
+The one module that imports the Docker SDK, and only in the functions that talk to an engine: naming
+images and finding them in a registry (what a Vertex AI job submission needs) work without it. A
+Google registry's access token comes from `edge.cloud.clients`, the one place Google credentials are
+made, and only when pushing to or reading from one.
 """
 
 from __future__ import annotations
@@ -16,14 +18,14 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any
-
-import docker
-import docker.errors
+from typing import TYPE_CHECKING, Any
 
 from edge import lineage
 from edge.cloud.errors import CloudError
 from edge.lineage import GitState
+
+if TYPE_CHECKING:
+    import docker
 
 SERVICES = ("trainer", "webapp")
 # Every image `edge image` builds: the Dockerfile's service folder and the build arguments it needs.
@@ -110,6 +112,9 @@ def git_state(root: Path) -> GitState:
 
 def engine() -> docker.DockerClient:
     """A client of the Docker engine that DOCKER_HOST (or the default socket) points at."""
+    import docker
+    import docker.errors
+
     try:
         # Generous: removing or pushing a 2 GB image on a busy machine can take minutes.
         client = docker.from_env(timeout=600)
@@ -210,7 +215,9 @@ def push(
     client: docker.DockerClient | None = None,
     on_event: PushEvents | None = None,
 ) -> PushedImage:
-    """Push the local `edge-<service>:<tag>` to `<registry>/edge-<service>:<tag>`; return its digest."""
+    """
+        import docker.errors
+    Push the local `edge-<service>:<tag>` to `<registry>/edge-<service>:<tag>`; return its digest."""
     client = client or engine()
     local = image_ref(service, tag)
     remote = image_ref(service, tag, registry)
@@ -341,6 +348,8 @@ def registry_auth(registry: str) -> dict[str, str] | None:
 
 def pull_if_missing(image: str, client: docker.DockerClient | None = None) -> None:
     """Pull `image` unless the engine has it; ImageError says why a pull failed."""
+    import docker.errors
+
     client = client or engine()
     try:
         client.images.get(image)
