@@ -12,8 +12,10 @@ from __future__ import annotations
 import hashlib
 import json
 from collections.abc import Mapping
-from dataclasses import asdict, dataclass, field
-from typing import Any
+from dataclasses import asdict, dataclass
+from typing import Annotated, Any
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from edge.data import CLASS_NAMES
 from edge.evaluate import Evaluation
@@ -22,34 +24,27 @@ REPORT_JSON = "gate.json"
 REPORT_MARKDOWN = "gate.md"
 
 
-@dataclass(frozen=True)
-class GateParams:
+class GateParams(BaseModel):
     """The `gate` block of params.yaml: what the release gate adds to the model test suite's floors."""
 
-    # How much test accuracy the candidate may lose against production (absolute, 0.005 = 0.5 points).
-    max_regression: float = 0.005
-    # Recall floors for named classes that differ from evaluate.min_class_recall, e.g. {"Shirt": 0.75}.
-    class_recall: Mapping[str, float] = field(default_factory=dict)
+    model_config = ConfigDict(extra="forbid", frozen=True)
 
+    # How much test accuracy the candidate may lose against production (absolute, 0.005 = 0.5 points).
+    max_regression: float = Field(default=0.005, ge=0, le=1)
+    # Recall floors for named classes that differ from evaluate.min_class_recall, e.g. {"Shirt": 0.75}.
+    class_recall: dict[str, Annotated[float, Field(ge=0, le=1)]] = Field(default_factory=dict)
+
+    @field_validator("class_recall", mode="before")
     @classmethod
-    def from_dict(cls, raw: Mapping[str, Any]) -> GateParams:
-        """Build from a params.yaml block, rejecting unknown keys, classes and values out of range."""
-        unknown = set(raw) - set(cls.__dataclass_fields__)
+    def _known_classes(cls, value: object) -> object:
+        if value is None:
+            return {}
+        unknown = sorted(set(value) - set(CLASS_NAMES)) if isinstance(value, dict) else []
         if unknown:
-            raise ValueError(f"unknown gate parameter(s) {sorted(unknown)} in params.yaml")
-        params = cls(**{**raw, "class_recall": dict(raw.get("class_recall") or {})})
-        bad_classes = set(params.class_recall) - set(CLASS_NAMES)
-        if bad_classes:
             raise ValueError(
-                f"gate.class_recall names unknown class(es) {sorted(bad_classes)} in params.yaml; "
-                f"the classes are {list(CLASS_NAMES)}"
+                f"unknown class(es) {', '.join(unknown)}; the classes are {', '.join(CLASS_NAMES)}"
             )
-        floors = [params.max_regression, *params.class_recall.values()]
-        if not all(0 <= float(v) <= 1 for v in floors):
-            raise ValueError(
-                "gate.max_regression and the recall floors must be between 0 and 1 in params.yaml"
-            )
-        return params
+        return value
 
 
 @dataclass(frozen=True)
@@ -117,7 +112,7 @@ class GateReport:
             "candidate": asdict(self.candidate),
             "production": asdict(self.production) if self.production else None,
             "test_split": dict(self.test_split),
-            "rules": {**asdict(self.floors), **asdict(self.rules)},
+            "rules": {**asdict(self.floors), **self.rules.model_dump()},
             "checks": [asdict(c) for c in self.checks],
         }
 

@@ -68,21 +68,6 @@ def test_report_round_trips_as_json_and_reads_as_markdown() -> None:
     assert "**FAIL**" in markdown and "| Shirt |" in markdown
 
 
-@pytest.mark.parametrize(
-    ("block", "words"),
-    [
-        ({"max_regresion": 0.1}, "max_regresion"),
-        ({"class_recall": {"Shirts": 0.5}}, "Shirts"),
-        ({"class_recall": {"Shirt": 1.5}}, "between 0 and 1"),
-        # One place for each floor: the class recall floor is the test suite's, evaluate.min_class_recall.
-        ({"min_class_recall": 0.7}, "min_class_recall"),
-    ],
-)
-def test_bad_gate_settings_say_what_is_wrong(block: dict, words: str) -> None:  # type: ignore[type-arg]
-    with pytest.raises(ValueError, match=words):
-        GateParams.from_dict(block)
-
-
 @pytest.fixture
 def project(tmp_path: Path, tiny_raw: Path, tiny_model_dir: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
     monkeypatch.chdir(tmp_path)
