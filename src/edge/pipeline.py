@@ -14,9 +14,8 @@ from typing import Any, get_args, get_origin
 import numpy as np
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
-from pydantic_core import ErrorDetails
 
-from edge import behaviour, calibration, modelcard, storage, verdict
+from edge import behaviour, calibration, envsettings, modelcard, storage, verdict
 from edge.behaviour import SuiteParams, SuiteResult
 from edge.data import Split, check_split, load_split, split_train_validation, subsample
 from edge.evaluate import (
@@ -115,23 +114,8 @@ def describe_params_error(exc: ValidationError, source: str) -> str:
             keys = ", ".join(_block_at(error["loc"][:-1]).model_fields)
             lines.append(f"{source}: {where}{value}: unknown key; the keys here are {keys}")
         else:
-            lines.append(f"{source}: {where} = {_shown(given)}: {_allowed(error)}")
+            lines.append(f"{source}: {where} = {_shown(given)}: {envsettings.allowed(error)}")
     return "\n".join(lines)
-
-
-# pydantic's bound errors, said as the comparison the value must meet.
-_BOUNDS = {"greater_than_equal": ">=", "greater_than": ">", "less_than_equal": "<=", "less_than": "<"}
-
-
-def _allowed(error: ErrorDetails) -> str:
-    context = error.get("ctx") or {}
-    if error["type"] in _BOUNDS:
-        (limit,) = context.values()
-        return f"must be {_BOUNDS[error['type']]} {limit:g}"
-    if error["type"] == "too_short":
-        return f"must have at least {context['min_length']} item(s)"
-    message = str(error["msg"]).removeprefix("Value error, ").replace("Input should be", "must be")
-    return message[:1].lower() + message[1:]
 
 
 def _shown(value: object) -> str:
