@@ -15,8 +15,7 @@ import numpy as np
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
-from edge import behaviour, calibration, envsettings, modelcard, storage, verdict
-from edge.behaviour import SuiteParams, SuiteResult
+from edge import calibration, envsettings, model_tests, modelcard, storage, verdict
 from edge.data import Split, check_split, load_split, split_train_validation, subsample
 from edge.evaluate import (
     Evaluation,
@@ -26,9 +25,10 @@ from edge.evaluate import (
     predict_probabilities,
     serving_predictor,
 )
-from edge.gate import GateParams
 from edge.model import RUN_FACTS, SERVING_DIR, read_run, save_model, verify_model_dir, write_run
+from edge.model_tests import SuiteParams, SuiteResult
 from edge.monitoring.profile import PROFILE_FILE, compute_profile
+from edge.release_gate import GateParams
 from edge.train import (
     EpochCallback,
     TrainParams,
@@ -200,7 +200,7 @@ def train_stage(
     extra_files = {PROFILE_FILE: profile.to_json().encode()}
     measured = None
     if suite is not None:
-        measured = behaviour.run_suite(
+        measured = model_tests.run_suite(
             modelcard.keras_predictor(result.model), load_prepared(prepared_dir, "test"), suite
         )
         card = modelcard.render(modelcard.Card(metadata, measured, result.history))
@@ -243,13 +243,13 @@ def evaluate_stage(prepared_dir: str, model_dir: str, reports_dir: str, params: 
     # The published folder as a whole (on gs://, the version its pointer names), checked complete.
     with storage.local_dir_for_reading(model_dir) as local:
         metadata = verify_model_dir(local)
-        result = behaviour.run_suite(serving_predictor(str(Path(local, SERVING_DIR))), test, params)
+        result = model_tests.run_suite(serving_predictor(str(Path(local, SERVING_DIR))), test, params)
     write_reports(reports_dir, test, result, model_version=str(metadata["version"]))
-    verdict.write(model_dir, behaviour.verdict_of(result, metadata))
+    verdict.write(model_dir, model_tests.verdict_of(result, metadata))
     card = modelcard.Card(metadata, result, with_checks=True, run=read_run(model_dir, metadata))
     for name, text in modelcard.render(card).items():
         storage.write_text(storage.join(reports_dir, name), text)
-    behaviour.check_gate(result)
+    model_tests.check_gate(result)
     return result
 
 
@@ -267,8 +267,8 @@ def write_reports(
         storage.join(reports_dir, "details.json"), {"model_version": model_version, **result.details()}
     )
     files = {
-        "per_class.csv": behaviour.per_class_csv(result),
-        "robustness.csv": behaviour.robustness_csv(result),
+        "per_class.csv": model_tests.per_class_csv(result),
+        "robustness.csv": model_tests.robustness_csv(result),
         "reliability.csv": calibration.reliability_csv(result.reliability),
         "confusion.csv": confusion_csv(test.labels, evaluation.predicted),
     }

@@ -15,7 +15,7 @@ from rich.markup import escape
 
 from edge.cloud.errors import CloudError
 from edge.data import DataError
-from edge.evaluate import QualityGateError
+from edge.model_tests import QualityGateError
 
 console = Console(stderr=True)
 out = Console()

@@ -31,7 +31,7 @@ from rich.console import Console
 import edge
 
 # Sacred records the source of every module imported here: data and model are listed for that alone.
-from edge import behaviour, calibration, data, evaluate, model, pipeline, storage, train  # noqa: F401
+from edge import calibration, data, evaluate, model, model_tests, pipeline, storage, train  # noqa: F401
 from edge.tracking import observers
 
 T = TypeVar("T")
@@ -245,7 +245,7 @@ def run_training(
         final = {"summary": summary, **scores.metrics()}
         recorder.add_artifact(METRICS_JSON, (json.dumps(final, indent=2) + "\n").encode(), "application/json")
         if measured is not None:
-            judged = behaviour.verdict_of(measured, metadata)
+            judged = model_tests.verdict_of(measured, metadata)
             recorder.info["verdict"] = {
                 "status": judged.status,
                 "failed_checks": [check.describe() for check in judged.failed],

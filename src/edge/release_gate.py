@@ -19,6 +19,7 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from edge.data import CLASS_NAMES
 from edge.evaluate import Evaluation
+from edge.model_tests import Check
 
 REPORT_JSON = "gate.json"
 REPORT_MARKDOWN = "gate.md"
@@ -58,17 +59,6 @@ class Floors:
 def recall_floor(rules: GateParams, floors: Floors, class_name: str) -> float:
     """A class's recall floor: the gate's own for that class, else the test suite's."""
     return float(rules.class_recall.get(class_name, floors.min_class_recall))
-
-
-@dataclass(frozen=True)
-class Check:
-    """One rule of the gate, what was observed and whether it passed."""
-
-    name: str
-    passed: bool
-    observed: float | None
-    threshold: float | None
-    detail: str
 
 
 @dataclass(frozen=True)
@@ -113,7 +103,7 @@ class GateReport:
             "production": asdict(self.production) if self.production else None,
             "test_split": dict(self.test_split),
             "rules": {**asdict(self.floors), **self.rules.model_dump()},
-            "checks": [asdict(c) for c in self.checks],
+            "checks": [{**asdict(c), "passed": c.passed} for c in self.checks],
         }
 
     def to_json(self) -> str:
@@ -129,13 +119,13 @@ class GateReport:
             + f", on the same test split ({self.test_split.get('count')} images, "
             f"sha256 `{str(self.test_split.get('sha256', ''))[:12]}`).",
             "",
-            "| check | observed | threshold | result |",
+            "| check | measured | limit | result |",
             "| --- | ---: | ---: | --- |",
         ]
         for check in self.checks:
             lines.append(
-                f"| {check.name} | {_fmt(check.observed)} | {_fmt(check.threshold)} | "
-                f"{'pass' if check.passed else '**FAIL**'}: {check.detail} |"
+                f"| {check.name} | {_fmt(check.measured)} | {_fmt(check.limit)} | "
+                f"{'pass' if check.passed else '**FAIL**'}: {check.note} |"
             )
         lines += [
             "",
@@ -171,24 +161,22 @@ def judge(
     checks = [
         Check(
             "accuracy floor",
-            candidate.accuracy >= floors.min_accuracy,
             candidate.accuracy,
             floors.min_accuracy,
-            "test accuracy against evaluate.min_accuracy",
+            note="test accuracy against evaluate.min_accuracy",
         )
     ]
     if production is None:
-        checks.append(Check("no regression", True, None, None, "no production model yet: nothing to compare"))
+        checks.append(Check("no regression", None, None, note="no production model yet: nothing to compare"))
     else:
         allowed = round(production.accuracy - rules.max_regression, 4)
         change = candidate.accuracy - production.accuracy
         checks.append(
             Check(
                 "no regression",
-                candidate.accuracy >= allowed,
                 candidate.accuracy,
                 allowed,
-                f"{change:+.4f} against production's {production.accuracy:.4f} "
+                note=f"{change:+.4f} against production's {production.accuracy:.4f} "
                 f"(gate.max_regression {rules.max_regression})",
             )
         )
@@ -196,7 +184,7 @@ def judge(
         floor = recall_floor(rules, floors, name)
         recall = candidate.recall[name]
         source = f"gate.class_recall.{name}" if name in rules.class_recall else "evaluate.min_class_recall"
-        checks.append(Check(f"recall of {name}", recall >= floor, recall, floor, source))
+        checks.append(Check(f"recall of {name}", recall, floor, note=source))
     return GateReport(
         all(c.passed for c in checks), checks, candidate, production, dict(test_split), floors, rules
     )

@@ -41,6 +41,10 @@ CLEAR_EXAMPLES_FORMAT = 1
 CLEAR_NEIGHBOURS = 25
 
 
+class QualityGateError(Exception):
+    """The model is not good enough to ship; the message says by how much."""
+
+
 class SuiteConfigError(ValueError):
     """A file the test suite's settings name is missing or does not match the data; the message says
     which."""
@@ -146,19 +150,28 @@ class SuiteParams(BaseModel):
 
 @dataclass(frozen=True)
 class Check:
-    """One line of the gate's table."""
+    """One check against a limit, for the model test suite and the release gate alike: what was
+    measured, the limit it must meet, and a note (the class, the wrong examples, where the limit is
+    set). Nothing measured (no production model to compare with, no clear example in this split)
+    is a skipped check, which passes."""
 
     name: str
     measured: float | None
-    limit: float
+    limit: float | None
     higher_is_better: bool = True
     note: str = ""
 
     @property
     def passed(self) -> bool:
-        if self.measured is None:
+        if self.measured is None or self.limit is None:
             return True
         return self.measured >= self.limit if self.higher_is_better else self.measured <= self.limit
+
+    def requirement(self, digits: str = "g") -> str:
+        """The limit as a condition, e.g. `>= 0.92`; `-` when there is none."""
+        if self.limit is None:
+            return "-"
+        return f"{'>=' if self.higher_is_better else '<='} {self.limit:{digits}}"
 
     @property
     def status(self) -> str:
@@ -256,7 +269,7 @@ class SuiteResult:
         rows = [("check", "measured", "limit", "status")]
         for c in self.checks:
             measured = "-" if c.measured is None else f"{c.measured:.4f}"
-            limit = f"{'>=' if c.higher_is_better else '<='} {c.limit:.4f}"
+            limit = c.requirement(".4f")
             rows.append((c.name + (f" ({c.note})" if c.note else ""), measured, limit, c.status))
         widths = [max(len(r[i]) for r in rows) for i in range(4)]
         lines = [
@@ -468,7 +481,7 @@ def verdict_of(result: SuiteResult, metadata: dict[str, Any]) -> Verdict:
         FailedCheck(
             check.name,
             check.measured,
-            f"{'>=' if check.higher_is_better else '<='} {check.limit:g}",
+            check.requirement(),
             check.note if "class" in check.name else "",
             why_it_matters(check),
         )
@@ -479,8 +492,6 @@ def verdict_of(result: SuiteResult, metadata: dict[str, Any]) -> Verdict:
 
 def check_gate(result: SuiteResult) -> None:
     """Raise with the table of checks when any failed: the model must not ship."""
-    from edge.evaluate import QualityGateError
-
     if result.failed:
         # Class checks name their class; other notes (the wrong examples) are in the table.
         names = "; ".join(c.name + (f" ({c.note})" if "class" in c.name else "") for c in result.failed)
