@@ -10,17 +10,79 @@ from __future__ import annotations
 
 import os
 from collections.abc import Mapping
-from typing import TypeVar
+from typing import Annotated, TypeVar
 
-from pydantic import AliasChoices, ValidationError
+from pydantic import AliasChoices, Field, ValidationError, field_validator
 from pydantic_core import ErrorDetails
-from pydantic_settings import BaseSettings, EnvSettingsSource
+from pydantic_settings import BaseSettings, EnvSettingsSource, NoDecode, SettingsConfigDict
 from pydantic_settings.sources.utils import parse_env_vars
 
 S = TypeVar("S", bound=BaseSettings)
 
 # pydantic's bound errors, said as the comparison the value must meet.
 _BOUNDS = {"greater_than_equal": ">=", "greater_than": ">", "less_than_equal": "<=", "less_than": "<"}
+
+
+class EdgeEnvironment(BaseSettings):
+    """The `edge` CLI's and its pipeline stages' own variables, each `EDGE_<FIELD>`: set by a user,
+    CI, Compose, an image's build, or the job `edge pipeline train --on vertex` submits. (The model
+    server, monitoring, the cloud settings and the webapp have their own settings classes.)"""
+
+    model_config = SettingsConfigDict(
+        env_prefix="EDGE_", env_ignore_empty=True, frozen=True, str_strip_whitespace=True
+    )
+
+    # How often a long operation prints a line without a terminal (CI, a log file): CircleCI ends a
+    # step after 10 minutes without output.
+    progress_seconds: float = Field(default=30.0, gt=0)
+    # Training on Vertex AI: the trainer image (else the one `edge image push` recorded) and how
+    # often the job's state is asked for.
+    trainer_image: str | None = None
+    vertex_poll_seconds: float = Field(default=15.0, gt=0)
+    # Set in the Vertex AI job: the Secret Manager version holding the tracking URL, the submitter's
+    # DVC versions of the inputs (JSON; the image has no dvc.lock), where the job runs, and (by
+    # Vertex AI itself) the job's id.
+    tracking_secret: str | None = None
+    data_version: dict[str, str] | None = None
+    vertex_region: str | None = None
+    vertex_project: str | None = None
+    vertex_job_id: str | None = Field(default=None, validation_alias="CLOUD_ML_JOB_ID")
+    # Seeding the raw data: a local folder to copy from, else these mirrors (comma-separated URLs).
+    data_source: str | None = None
+    data_mirrors: Annotated[tuple[str, ...] | None, NoDecode] = None
+    # An image has no .git: `edge image build` bakes in the commit it was built from.
+    git_commit: str | None = None
+    git_branch: str | None = None
+    git_source: str | None = None
+    git_dirty: bool = False
+    # Experiment tracking: MongoDB's URL (checked by edge.tracking.observers, which never shows its
+    # password), the local journal of runs, and who runs (else the login).
+    tracking_url: str | None = None
+    runs_dir: str | None = None
+    user: str | None = None
+
+    # Other tools' variables that Edge reads too, by their own names: Google's project and Cloud
+    # Storage emulator (gcsfs), the docker client to build with and the engine's address (named in
+    # errors), and whether TensorFlow uses oneDNN (recorded with a model's machine).
+    google_cloud_project: str | None = Field(default=None, validation_alias="GOOGLE_CLOUD_PROJECT")
+    storage_emulator_host: str | None = Field(default=None, validation_alias="STORAGE_EMULATOR_HOST")
+    docker: str | None = Field(default=None, validation_alias="DOCKER")
+    docker_host: str | None = Field(default=None, validation_alias="DOCKER_HOST")
+    tf_enable_onednn_opts: str | None = Field(default=None, validation_alias="TF_ENABLE_ONEDNN_OPTS")
+
+    @field_validator("data_mirrors", mode="before")
+    @classmethod
+    def _comma_separated(cls, value: object) -> object:
+        return (
+            tuple(part.strip() for part in value.split(",") if part.strip())
+            if isinstance(value, str)
+            else value
+        )
+
+
+def environment(environ: Mapping[str, str] | None = None) -> EdgeEnvironment:
+    """The `edge` CLI's own variables (default: from the process environment), checked."""
+    return read(EdgeEnvironment, environ)
 
 
 class SettingsError(ValueError):
@@ -36,9 +98,11 @@ def read(cls: type[S], environ: Mapping[str, str] | None = None, **overrides: ob
         source.env_ignore_empty,
         source.env_parse_none_str,
     )
-    aliases = {variables(cls, name)[0].lower(): name for name in cls.model_fields}
-    values = {aliases.get(key.lower(), key): value for key, value in source().items()}
-    values.update({key: value for key, value in overrides.items() if value is not None})
+    values = source()
+    # The source names a field that has an alias by its first alias: an override must too, to win.
+    for name, value in overrides.items():
+        if value is not None:
+            values[variables(cls, name)[0] if cls.model_fields[name].validation_alias else name] = value
     try:
         return cls.model_validate(values)
     except ValidationError as exc:

@@ -3,13 +3,14 @@
 from __future__ import annotations
 
 import hashlib
-import os
 import subprocess
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit, urlunsplit
 
 import yaml
+
+from edge import envsettings
 
 
 def _git(root: Path, *args: str) -> str | None:
@@ -40,14 +41,14 @@ def baked_git_info() -> dict[str, Any] | None:
     """Return the commit an image was built from (`edge image build` bakes it in), or None."""
     # Containers (compose, Vertex AI) have no .git: the Dockerfiles turn the build args
     # EDGE_GIT_COMMIT, _BRANCH, _SOURCE and _DIRTY into environment variables of the same names.
-    commit = os.environ.get("EDGE_GIT_COMMIT", "").strip()
-    if not commit:
+    baked = envsettings.environment()
+    if not baked.git_commit:
         return None
     return {
-        "commit": commit,
-        "branch": os.environ.get("EDGE_GIT_BRANCH", "").strip() or None,
-        "remote": strip_credentials(os.environ.get("EDGE_GIT_SOURCE", "").strip()) or None,
-        "dirty": os.environ.get("EDGE_GIT_DIRTY", "").strip().lower() in {"1", "true"},
+        "commit": baked.git_commit,
+        "branch": baked.git_branch,
+        "remote": strip_credentials(baked.git_source or "") or None,
+        "dirty": baked.git_dirty,
     }
 
 

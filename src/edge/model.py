@@ -13,6 +13,7 @@ from typing import TYPE_CHECKING, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, PositiveInt, StrictBool, field_validator
 
+from edge import envsettings
 from edge.data import CLASS_NAMES, IMAGE_SHAPE
 
 if TYPE_CHECKING:
@@ -80,7 +81,7 @@ def machine(cpuinfo: str | None = None) -> dict[str, Any]:
         "flags": sorted(flags),
         "cores": len(os.sched_getaffinity(0)),
         "tensorflow": tf.__version__,
-        "onednn": os.environ.get("TF_ENABLE_ONEDNN_OPTS", "default"),
+        "onednn": envsettings.environment().tf_enable_onednn_opts or "default",
     }
 
 

@@ -16,7 +16,6 @@ import getpass
 import io
 import json
 import logging
-import os
 import tarfile
 import tempfile
 import uuid
@@ -31,7 +30,7 @@ from rich.console import Console
 import edge
 
 # Sacred records the source of every module imported here: data and model are listed for that alone.
-from edge import calibration, data, evaluate, model, model_tests, pipeline, storage, train  # noqa: F401
+from edge import calibration, data, envsettings, evaluate, model, model_tests, pipeline, storage, train  # noqa: F401
 from edge.tracking import observers
 
 T = TypeVar("T")
@@ -47,8 +46,8 @@ USER_ENV = "EDGE_USER"
 
 def current_user() -> str:
     """Who runs this: $EDGE_USER (for CI or a cloud job started on someone's behalf), else the login."""
-    if os.environ.get(USER_ENV):
-        return os.environ[USER_ENV]
+    if user := envsettings.environment().user:
+        return user
     try:
         return getpass.getuser()
     except (KeyError, OSError):  # a container user without a passwd entry
