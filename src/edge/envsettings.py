@@ -15,7 +15,6 @@ from typing import Annotated, TypeVar
 from pydantic import AliasChoices, Field, ValidationError, field_validator
 from pydantic_core import ErrorDetails
 from pydantic_settings import BaseSettings, EnvSettingsSource, NoDecode, SettingsConfigDict
-from pydantic_settings.sources.utils import parse_env_vars
 
 S = TypeVar("S", bound=BaseSettings)
 
@@ -92,12 +91,13 @@ class SettingsError(ValueError):
 def read(cls: type[S], environ: Mapping[str, str] | None = None, **overrides: object) -> S:
     """Build `cls` from `environ` (default: the process environment); overrides that are not None win."""
     source = EnvSettingsSource(cls)
-    source.env_vars = parse_env_vars(
-        os.environ if environ is None else environ,
-        source.case_sensitive,
-        source.env_ignore_empty,
-        source.env_parse_none_str,
-    )
+    # The variables as the source keeps those of os.environ: by lower-case name unless the class is
+    # case-sensitive, the empty ones left out when it ignores them.
+    source.env_vars = {
+        (key if source.case_sensitive else key.lower()): value
+        for key, value in (os.environ if environ is None else environ).items()
+        if not (source.env_ignore_empty and value == "")
+    }
     values = source()
     # The source names a field that has an alias by its first alias: an override must too, to win.
     for name, value in overrides.items():
