@@ -48,14 +48,12 @@ def measure(params_file: Path, bfloat16: bool, deterministic: bool, steps: int) 
     import keras
     import numpy as np
     import tensorflow as tf
-    import yaml
 
     from edge.model import build_model, resolve_precision
-    from edge.train import TrainParams
+    from edge.pipeline import load_params
 
-    raw = yaml.safe_load(params_file.read_text())["train"]
-    raw["model"] = {**raw["model"], "bfloat16": bfloat16}
-    params = TrainParams.from_dict(raw)
+    train = load_params(params_file).train
+    params = train.model_copy(update={"model": train.model.model_copy(update={"bfloat16": bfloat16})})
     keras.utils.set_random_seed(params.seed)
     if deterministic:
         tf.config.experimental.enable_op_determinism()

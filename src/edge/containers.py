@@ -20,7 +20,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from edge import lineage
+from edge import envsettings, lineage
 from edge.cloud.errors import CloudError
 from edge.lineage import GitState
 
@@ -120,7 +120,7 @@ def engine() -> docker.DockerClient:
         client = docker.from_env(timeout=600)
         client.ping()
     except docker.errors.DockerException as exc:
-        where = os.environ.get("DOCKER_HOST") or "the default socket /var/run/docker.sock"
+        where = envsettings.environment().docker_host or "the default socket /var/run/docker.sock"
         raise ImageError(
             f"no Docker engine answers at {where}: start Docker (or dockerd), or set DOCKER_HOST ({exc})"
         ) from exc
@@ -129,7 +129,7 @@ def engine() -> docker.DockerClient:
 
 def docker_cli() -> str:
     """The docker client that can run a BuildKit build: $DOCKER, else the first one on PATH that can."""
-    if chosen := os.environ.get("DOCKER"):
+    if chosen := envsettings.environment().docker:
         return chosen
     candidates = [path for path in _all_on_path("docker")] + ["/usr/bin/docker"]
     for candidate in dict.fromkeys(candidates):
@@ -387,7 +387,7 @@ def run_on_localhost(
 
 def _all_on_path(program: str) -> list[str]:
     found = []
-    for folder in os.environ.get("PATH", "").split(os.pathsep):
+    for folder in os.get_exec_path():
         candidate = Path(folder) / program
         if candidate.is_file() and os.access(candidate, os.X_OK):
             found.append(str(candidate))

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import gzip
 import hashlib
-import os
 import shutil
 import struct
 import tempfile
@@ -20,6 +19,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
+
+from edge import envsettings
 
 CLASS_NAMES: tuple[str, ...] = (
     "T-shirt/top",
@@ -175,7 +176,7 @@ def _verified_content(compressed: bytes, file: RawFile, origin: str) -> bytes:
 
 def resolve_source(source: str | None, system_source: Path | None = None) -> str | None:
     """Pick the local folder to copy from: the flag, then `EDGE_DATA_SOURCE`, then Debian's copy."""
-    chosen = source or os.environ.get("EDGE_DATA_SOURCE") or None
+    chosen = source or envsettings.environment().data_source
     if chosen:
         if not Path(chosen).is_dir():
             raise DataError(f"data source {chosen} is not a directory (from --source or EDGE_DATA_SOURCE)")
@@ -271,8 +272,7 @@ def seed(
             "restore the tracked version with `dvc checkout`, or delete them to seed again"
         )
     if mirrors is None:
-        env = os.environ.get("EDGE_DATA_MIRRORS")
-        mirrors = env.split(",") if env else DEFAULT_MIRRORS
+        mirrors = envsettings.environment().data_mirrors or DEFAULT_MIRRORS
 
     if remote:
         staging = Path(tempfile.mkdtemp(prefix="edge-seed-"))

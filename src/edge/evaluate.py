@@ -1,4 +1,4 @@
-"""Evaluate a model on the test split: accuracy, loss, per-class scores, confusion, the quality gate."""
+"""Evaluate a model on the test split: accuracy, loss, per-class scores, confusion, plots."""
 
 from __future__ import annotations
 
@@ -11,10 +11,6 @@ from typing import Any
 import numpy as np
 
 from edge.data import CLASS_NAMES
-
-
-class QualityGateError(Exception):
-    """The model is not good enough to ship; the message says by how much."""
 
 
 @dataclass(frozen=True)
@@ -57,15 +53,6 @@ def evaluate(probabilities: np.ndarray, labels: np.ndarray) -> Evaluation:
     confusion = np.zeros((len(CLASS_NAMES), len(CLASS_NAMES)), dtype=np.int64)
     np.add.at(confusion, (labels.astype(np.int64), predicted), 1)
     return Evaluation(float(np.mean(predicted == labels)), loss, confusion, predicted)
-
-
-def check_gate(evaluation: Evaluation, min_accuracy: float) -> None:
-    """Raise when test accuracy is under `min_accuracy` (evaluate.min_accuracy in params.yaml)."""
-    if evaluation.accuracy < min_accuracy:
-        raise QualityGateError(
-            f"quality gate failed: test accuracy {evaluation.accuracy:.4f} is below the minimum "
-            f"{min_accuracy:.4f} (evaluate.min_accuracy in params.yaml); the model must not ship"
-        )
 
 
 def confusion_csv(labels: np.ndarray, predicted: np.ndarray) -> str:

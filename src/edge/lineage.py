@@ -6,7 +6,6 @@ The one reader of git: a model's lineage and its images' tags (edge.containers) 
 from __future__ import annotations
 
 import hashlib
-import os
 import subprocess
 from dataclasses import dataclass
 from pathlib import Path
@@ -14,6 +13,8 @@ from typing import Any
 from urllib.parse import urlsplit, urlunsplit
 
 import yaml
+
+from edge import envsettings
 
 # The code a model and its images are made from. Only a difference here from the commit makes a
 # checkout "dirty", in a model's lineage and in an image's tag alike, so the two always agree:
@@ -105,14 +106,14 @@ def baked_git_info() -> dict[str, Any] | None:
     """Return the commit an image was built from (`edge image build` bakes it in), or None."""
     # Containers (compose, Vertex AI) have no .git: the Dockerfiles turn the build args
     # EDGE_GIT_COMMIT, _BRANCH, _SOURCE and _DIRTY into environment variables of the same names.
-    commit = os.environ.get("EDGE_GIT_COMMIT", "").strip()
-    if not commit:
+    baked = envsettings.environment()
+    if not baked.git_commit:
         return None
     return {
-        "commit": commit,
-        "branch": os.environ.get("EDGE_GIT_BRANCH", "").strip() or None,
-        "remote": strip_credentials(os.environ.get("EDGE_GIT_SOURCE", "").strip()) or None,
-        "dirty": os.environ.get("EDGE_GIT_DIRTY", "").strip().lower() in {"1", "true"},
+        "commit": baked.git_commit,
+        "branch": baked.git_branch,
+        "remote": strip_credentials(baked.git_source or "") or None,
+        "dirty": baked.git_dirty,
     }
 
 

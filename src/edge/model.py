@@ -11,6 +11,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
 
+from pydantic import BaseModel, ConfigDict, Field, PositiveInt, StrictBool, field_validator
+
+from edge import envsettings
 from edge.data import CLASS_NAMES, IMAGE_SHAPE
 
 if TYPE_CHECKING:
@@ -27,7 +30,7 @@ RUN_FILE = "run.json"
 RUN_FACTS = ("created", "tracking_run_id", "git", "vertex_job")
 # The time every entry of a `.keras` archive carries (zip's earliest), whenever it was saved.
 ZIP_EPOCH = (1980, 1, 1, 0, 0, 0)
-HEADS = ("flatten", "gap")
+Head = Literal["flatten", "gap"]
 LOGITS_LAYER = "logits"
 # Keras' default of 0.99 averages over ~100 steps: a run of a few dozen steps (the tests' tiny data)
 # would evaluate with statistics that are still mostly the initial ones, at chance level.
@@ -78,7 +81,7 @@ def machine(cpuinfo: str | None = None) -> dict[str, Any]:
         "flags": sorted(flags),
         "cores": len(os.sched_getaffinity(0)),
         "tensorflow": tf.__version__,
-        "onednn": os.environ.get("TF_ENABLE_ONEDNN_OPTS", "default"),
+        "onednn": envsettings.environment().tf_enable_onednn_opts or "default",
     }
 
 
@@ -109,46 +112,32 @@ def resolve_precision(
     return Precision(setting, "float32", f"auto: the CPU reports none of {', '.join(BF16_CPU_FLAGS)}")
 
 
-@dataclass(frozen=True)
-class ModelParams:
-    """Architecture hyperparameters, the `model` block of params.yaml."""
+class ModelParams(BaseModel):
+    """Architecture hyperparameters, the `train.model` block of params.yaml."""
 
-    filters: tuple[int, ...] = (16, 32, 64)
-    convs_per_block: int = 1
-    head: str = "flatten"
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    # One block per entry: convolutions of that many filters, then 2x2 max pooling.
+    filters: tuple[PositiveInt, ...] = Field(default=(16, 32, 64), min_length=1)
+    convs_per_block: int = Field(default=1, ge=1)
+    head: Head = "flatten"
     # Standardize each image (zero mean, unit variance) before the first convolution: the network
     # then sees one image at any brightness or contrast, as a photo's exposure should not matter.
-    standardize: bool = False
-    batch_norm: bool = False
-    dense_units: int = 256
-    dropout: float = 0.15
-    tta_flip: bool = True
+    standardize: StrictBool = False
+    batch_norm: StrictBool = False
+    dense_units: int = Field(default=256, ge=1)
+    dropout: float = Field(default=0.15, ge=0, lt=1)
+    tta_flip: StrictBool = True
     # true, false or "auto" (resolve_precision): the default must not depend on the CPU it runs on.
-    bfloat16: bool | str = "auto"
+    bfloat16: StrictBool | Literal["auto"] = "auto"
 
+    @field_validator("bfloat16", mode="before")
     @classmethod
-    def from_dict(cls, raw: dict[str, Any]) -> ModelParams:
-        """Build from a params.yaml block, rejecting unknown keys and values out of range."""
-        unknown = set(raw) - set(cls.__dataclass_fields__)
-        if unknown:
-            raise ValueError(f"unknown model parameter(s) {sorted(unknown)} in params.yaml")
-        values = dict(raw)
-        if "filters" in values:
-            values["filters"] = tuple(int(f) for f in values["filters"])
-        params = cls(**values)
-        if not params.filters or min(params.filters) < 1 or params.convs_per_block < 1:
-            raise ValueError(
-                "train.model.filters and train.model.convs_per_block must be positive in params.yaml"
-            )
-        if params.head not in HEADS:
-            raise ValueError(f"train.model.head is {params.head!r} in params.yaml, expected one of {HEADS}")
-        if not 0 <= params.dropout < 1:
-            raise ValueError("train.model.dropout must be in [0, 1) in params.yaml")
-        if params.bfloat16 not in (True, False, "auto"):
-            raise ValueError(
-                f"train.model.bfloat16 is {params.bfloat16!r} in params.yaml, expected true, false or auto"
-            )
-        return params
+    def _true_false_or_auto(cls, value: object) -> object:
+        # Checked here so that a wrong value gets one message, not one per member of the union.
+        if value is True or value is False or value == "auto":
+            return value
+        raise ValueError("must be true, false or auto")
 
 
 def build_model(params: ModelParams, precision: Precision | None = None) -> keras.Model:

@@ -16,9 +16,9 @@ from typing import Any
 import numpy as np
 
 from edge import calibration
-from edge.behaviour import SuiteResult
 from edge.data import CLASS_NAMES
 from edge.evaluate import confusion_png
+from edge.model_tests import SuiteResult
 
 MARKDOWN_FILE = "model-card.md"
 HTML_FILE = "model-card.html"

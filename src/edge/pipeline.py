@@ -7,16 +7,15 @@ custom job) calls one of these. Locations may be local paths or `gs://` URIs.
 from __future__ import annotations
 
 import json
-from dataclasses import asdict, dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any
+from typing import Any, get_args, get_origin
 
 import numpy as np
 import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
-from edge import behaviour, calibration, modelcard, storage, verdict
-from edge.behaviour import SuiteParams, SuiteResult
+from edge import calibration, envsettings, model_tests, modelcard, storage, verdict
 from edge.data import Split, check_split, load_split, split_train_validation, subsample
 from edge.evaluate import (
     Evaluation,
@@ -26,9 +25,10 @@ from edge.evaluate import (
     predict_probabilities,
     serving_predictor,
 )
-from edge.gate import GateParams
 from edge.model import RUN_FACTS, SERVING_DIR, read_run, save_model, verify_model_dir, write_run
+from edge.model_tests import SuiteParams, SuiteResult
 from edge.monitoring.profile import PROFILE_FILE, compute_profile
+from edge.release_gate import GateParams
 from edge.train import (
     EpochCallback,
     TrainParams,
@@ -40,55 +40,107 @@ from edge.train import (
 )
 
 
-@dataclass(frozen=True)
-class PrepareParams:
+class PrepareParams(BaseModel):
     """The `prepare` block of params.yaml."""
 
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
     seed: int = 42
-    validation_size: int = 5000
-    max_train_images: int | None = None
-    max_test_images: int | None = None
+    validation_size: int = Field(default=5000, ge=1)
+    # A stratified subset for quick runs; None keeps every image.
+    max_train_images: int | None = Field(default=None, ge=1)
+    max_test_images: int | None = Field(default=None, ge=1)
 
 
 EvaluateParams = SuiteParams
 """The `evaluate` block of params.yaml: the model test suite's floors."""
 
 
-@dataclass(frozen=True)
-class Params:
-    """Every experiment setting, one block per stage, as in params.yaml."""
+class Params(BaseModel):
+    """Every experiment setting, one block per stage, as in params.yaml; a block left out (or left
+    empty) takes every default."""
 
-    prepare: PrepareParams
-    train: TrainParams
-    evaluate: EvaluateParams
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    prepare: PrepareParams = PrepareParams()
+    train: TrainParams = TrainParams()
+    evaluate: EvaluateParams = EvaluateParams()
     # The release gate (`edge model gate`); no DVC stage depends on it.
-    gate: GateParams = field(default_factory=GateParams)
+    gate: GateParams = GateParams()
+
+    @field_validator("prepare", "train", "evaluate", "gate", mode="before")
+    @classmethod
+    def _empty_block_is_defaults(cls, value: object) -> object:
+        # `train:` with nothing under it is YAML's null: every default, as an absent block.
+        return {} if value is None else value
 
     def as_dict(self) -> dict[str, Any]:
-        return asdict(self)
+        """The settings as params.yaml spells them, JSON-ready (tracked runs and lineage record it)."""
+        return self.model_dump(mode="json")
+
+
+class ParamsError(ValueError):
+    """params.yaml cannot be read or holds a wrong value; one line per problem names the key."""
 
 
 def load_params(path: str | Path = "params.yaml") -> Params:
-    """Read and check params.yaml; unknown or missing blocks are errors that name the key."""
+    """Read and check params.yaml: the one way every command and stage reads the experiment settings."""
     try:
         text = storage.read_text(str(path)) if storage.is_remote(str(path)) else Path(path).read_text()
-        raw = yaml.safe_load(text) or {}
+        raw = yaml.safe_load(text)
     except FileNotFoundError:
-        raise ValueError(f"{path} not found; run from the repository root or pass --params") from None
+        raise ParamsError(f"{path} not found; run from the repository root or pass --params") from None
     except yaml.YAMLError as exc:
-        raise ValueError(f"{path} is not valid YAML: {exc}") from exc
-    unknown = set(raw) - {"prepare", "train", "evaluate", "gate"}
-    if unknown:
-        raise ValueError(f"unknown block(s) {sorted(unknown)} in {path}")
+        raise ParamsError(f"{path} is not valid YAML: {exc}") from exc
+    if raw is not None and not isinstance(raw, dict):
+        raise ParamsError(f"{path} must be a mapping of stage blocks: {', '.join(Params.model_fields)}")
     try:
-        return Params(
-            prepare=PrepareParams(**(raw.get("prepare") or {})),
-            train=TrainParams.from_dict(raw.get("train") or {}),
-            evaluate=SuiteParams.from_dict(raw.get("evaluate") or {}),
-            gate=GateParams.from_dict(raw.get("gate") or {}),
-        )
-    except TypeError as exc:
-        raise ValueError(f"{path}: {exc}") from exc
+        return Params.model_validate(raw or {})
+    except ValidationError as exc:
+        raise ParamsError(describe_params_error(exc, str(path))) from None
+
+
+def describe_params_error(exc: ValidationError, source: str) -> str:
+    """One line per problem, `<source>: <key path> = <value given>: <what is allowed>`, e.g.
+    `params.yaml: train.epochs = 0: must be >= 1`."""
+    lines = []
+    for error in exc.errors():
+        where = ".".join(str(part) for part in error["loc"])
+        given = error.get("input")
+        if error["type"] == "missing":
+            lines.append(f"{source}: {where}: missing; add it")
+        elif error["type"] == "extra_forbidden":
+            value = "" if isinstance(given, dict | list) else f" = {_shown(given)}"
+            keys = ", ".join(_block_at(error["loc"][:-1]).model_fields)
+            lines.append(f"{source}: {where}{value}: unknown key; the keys here are {keys}")
+        else:
+            lines.append(f"{source}: {where} = {_shown(given)}: {envsettings.allowed(error)}")
+    return "\n".join(lines)
+
+
+def _shown(value: object) -> str:
+    """A value as YAML would spell it, cut short."""
+    try:
+        text = json.dumps(value)
+    except (TypeError, ValueError):
+        text = repr(value)
+    return text if len(text) <= 80 else text[:77] + "..."
+
+
+def _block_at(loc: tuple[int | str, ...]) -> type[BaseModel]:
+    """The model that reads the block at `loc` (a mapping's keys are skipped), to list its keys."""
+    block: type[BaseModel] = Params
+    expect_key = False
+    for part in loc:
+        if expect_key:
+            expect_key = False
+            continue
+        annotation = block.model_fields[str(part)].annotation
+        if get_origin(annotation) is dict:
+            annotation, expect_key = get_args(annotation)[1], True
+        if isinstance(annotation, type) and issubclass(annotation, BaseModel):
+            block = annotation
+    return block
 
 
 def _write_json(uri: str, content: dict[str, Any]) -> None:
@@ -148,7 +200,7 @@ def train_stage(
     extra_files = {PROFILE_FILE: profile.to_json().encode()}
     measured = None
     if suite is not None:
-        measured = behaviour.run_suite(
+        measured = model_tests.run_suite(
             modelcard.keras_predictor(result.model), load_prepared(prepared_dir, "test"), suite
         )
         card = modelcard.render(modelcard.Card(metadata, measured, result.history))
@@ -191,13 +243,13 @@ def evaluate_stage(prepared_dir: str, model_dir: str, reports_dir: str, params: 
     # The published folder as a whole (on gs://, the version its pointer names), checked complete.
     with storage.local_dir_for_reading(model_dir) as local:
         metadata = verify_model_dir(local)
-        result = behaviour.run_suite(serving_predictor(str(Path(local, SERVING_DIR))), test, params)
+        result = model_tests.run_suite(serving_predictor(str(Path(local, SERVING_DIR))), test, params)
     write_reports(reports_dir, test, result, model_version=str(metadata["version"]))
-    verdict.write(model_dir, behaviour.verdict_of(result, metadata))
+    verdict.write(model_dir, model_tests.verdict_of(result, metadata))
     card = modelcard.Card(metadata, result, with_checks=True, run=read_run(model_dir, metadata))
     for name, text in modelcard.render(card).items():
         storage.write_text(storage.join(reports_dir, name), text)
-    behaviour.check_gate(result)
+    model_tests.check_gate(result)
     return result
 
 
@@ -215,8 +267,8 @@ def write_reports(
         storage.join(reports_dir, "details.json"), {"model_version": model_version, **result.details()}
     )
     files = {
-        "per_class.csv": behaviour.per_class_csv(result),
-        "robustness.csv": behaviour.robustness_csv(result),
+        "per_class.csv": model_tests.per_class_csv(result),
+        "robustness.csv": model_tests.robustness_csv(result),
         "reliability.csv": calibration.reliability_csv(result.reliability),
         "confusion.csv": confusion_csv(test.labels, evaluation.predicted),
     }

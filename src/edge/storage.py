@@ -51,6 +51,8 @@ from functools import cache
 from pathlib import Path, PurePosixPath
 from typing import Any
 
+from edge import envsettings
+
 POINTER_FILE = "_published.json"
 VERSIONS_DIR = "_versions"
 # An unpublished GCS version older than this is taken for the leftover of a killed upload; younger
@@ -110,7 +112,7 @@ def _gcs(endpoint: str | None) -> Any:
     }
     if endpoint:
         options.update(endpoint_url=endpoint, token="anon")
-    project = os.environ.get("GOOGLE_CLOUD_PROJECT")
+    project = envsettings.environment().google_cloud_project
     if project:
         options["project"] = project
     return GCSFileSystem(**options)
@@ -119,7 +121,7 @@ def _gcs(endpoint: str | None) -> Any:
 def _fs(uri: str) -> Any:
     """The GCS file system for `uri`, once `uri` is known to be a valid gs:// URI (no client before)."""
     _check_remote(uri)
-    endpoint = os.environ.get("STORAGE_EMULATOR_HOST") or None
+    endpoint = envsettings.environment().storage_emulator_host
     if endpoint and not endpoint.startswith(("http://", "https://")):
         endpoint = f"http://{endpoint}"
     return _gcs(endpoint)

@@ -17,7 +17,7 @@ import sys
 import tarfile
 from typing import Any
 
-from edge import behaviour, calibration, data, evaluate, model, pipeline, storage, tracking, train
+from edge import calibration, data, envsettings, evaluate, model, model_tests, pipeline, storage, tracking, train
 
 # The epoch metrics a run records, and the artifacts it keeps beside them.
 EPOCH_METRICS = ("loss", "accuracy", "val_loss", "val_accuracy", "learning_rate")
@@ -27,7 +27,9 @@ CONFUSION_PNG = "confusion_matrix.png"
 METRICS_JSON = "final_metrics.json"
 # The code that decides what the train stage makes, and this module, which runs it: the run keeps a
 # copy of each.
-SOURCES = (behaviour, calibration, data, evaluate, model, pipeline, storage, train, sys.modules[__name__])
+SOURCES = (
+    calibration, data, envsettings, evaluate, model, model_tests, pipeline, storage, train, sys.modules[__name__]
+)
 
 
 def tracked_train_stage(
@@ -78,7 +80,7 @@ def tracked_train_stage(
         final = {"summary": summary, **scores.metrics()}
         recorder.add_artifact(METRICS_JSON, (json.dumps(final, indent=2) + "\n").encode(), "application/json")
         if measured is not None:
-            judged = behaviour.verdict_of(measured, metadata)
+            judged = model_tests.verdict_of(measured, metadata)
             recorder.info["verdict"] = {
                 "status": judged.status,
                 "failed_checks": [check.describe() for check in judged.failed],

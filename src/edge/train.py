@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
+from pydantic import BaseModel, ConfigDict, Field, StrictBool, field_validator
 
 from edge import calibration
 from edge.data import CLASS_NAMES, IMAGE_SHAPE, Split
@@ -40,46 +41,37 @@ EpochCallback = Callable[[int, dict[str, float]], None]
 HISTORY_COLUMNS = ("epoch", "loss", "accuracy", "val_loss", "val_accuracy", "learning_rate")
 
 
-@dataclass(frozen=True)
-class TrainParams:
+class TrainParams(BaseModel):
     """The `train` block of params.yaml."""
 
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
     seed: int = 42
-    epochs: int = 15
-    batch_size: int = 256
-    learning_rate: float = 2e-3
-    warmup_epochs: int = 1
-    weight_decay: float = 1e-4
-    label_smoothing: float = 0.1
-    flip: bool = True
-    shift: int = 2
+    epochs: int = Field(default=15, ge=1)
+    batch_size: int = Field(default=256, ge=1)
+    # The peak, reached after warmup_epochs, then cosine decay to zero. 0 trains a model that learns
+    # nothing, which the test suite must then refuse.
+    learning_rate: float = Field(default=2e-3, ge=0)
+    warmup_epochs: int = Field(default=1, ge=0)
+    weight_decay: float = Field(default=1e-4, ge=0)
+    label_smoothing: float = Field(default=0.1, ge=0, lt=1)
+    flip: StrictBool = True
+    # Random shifts of up to this many pixels.
+    shift: int = Field(default=2, ge=0)
     # Random contrast and brightness: each image's distance from its mean, then all its pixels, are
     # multiplied by factors drawn from [1 - contrast, 1 + contrast].
-    contrast: float = 0.3
+    contrast: float = Field(default=0.3, ge=0, lt=1)
     # Gaussian noise of a standard deviation drawn per image from [0, noise] (0-255 units).
-    noise: float = 12.0
+    noise: float = Field(default=12.0, ge=0, le=255)
     # Fit a temperature on the validation split and ship it: confidences that mean what they say.
-    calibrate: bool = True
-    model: ModelParams = field(default_factory=ModelParams)
+    calibrate: StrictBool = True
+    model: ModelParams = ModelParams()
 
+    @field_validator("model", mode="before")
     @classmethod
-    def from_dict(cls, raw: dict[str, Any]) -> TrainParams:
-        """Build from a params.yaml block, rejecting unknown keys."""
-        values = dict(raw)
-        model = ModelParams.from_dict(values.pop("model", {}) or {})
-        unknown = set(values) - set(cls.__dataclass_fields__)
-        if unknown:
-            raise ValueError(f"unknown train parameter(s) {sorted(unknown)} in params.yaml")
-        params = cls(model=model, **values)
-        if params.epochs < 1 or params.batch_size < 1:
-            raise ValueError("train.epochs and train.batch_size must be at least 1 in params.yaml")
-        if params.shift < 0:
-            raise ValueError("train.shift must be 0 or more pixels in params.yaml")
-        if not 0 <= params.contrast < 1:
-            raise ValueError("train.contrast must be in [0, 1) in params.yaml")
-        if not 0 <= params.noise <= 255:
-            raise ValueError("train.noise must be a standard deviation in [0, 255] in params.yaml")
-        return params
+    def _empty_block_is_defaults(cls, value: object) -> object:
+        # `model:` with nothing under it is YAML's null: every default, as an absent block.
+        return {} if value is None else value
 
 
 @dataclass

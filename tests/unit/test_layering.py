@@ -80,8 +80,6 @@ def test_nothing_below_the_cli_imports_it() -> None:
         # The pipeline's stages run the same on a laptop, in a container and on Vertex AI.
         ("edge.pipeline", ["edge.cloud", "edge.containers", "edge.tracking", "edge.serving"]),
         ("edge.cloud", ["edge.containers", "edge.tracking", "edge.serving", "edge.pipeline"]),
-        ("edge.lineage", ["edge"]),
-        ("edge.storage", ["edge"]),
     ],
 )
 def test_no_import_points_back_up(package: str, must_not_import: list[str]) -> None:
@@ -94,3 +92,10 @@ def test_no_import_points_back_up(package: str, must_not_import: list[str]) -> N
         if within(name, target) and not within(name, package)
     }
     assert offending == set()
+
+
+@pytest.mark.parametrize("foundation", ["edge.envsettings", "edge.lineage", "edge.storage"])
+def test_the_foundations_import_nothing_of_edge_but_the_environment_settings(foundation: str) -> None:
+    # `from edge import envsettings` records both `edge` and `edge.envsettings`.
+    assert {name for name in IMPORTS[foundation] if within(name, "edge")} <= {"edge", "edge.envsettings"}
+    assert {name for name in IMPORTS["edge.envsettings"] if within(name, "edge")} == set()

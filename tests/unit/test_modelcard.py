@@ -5,8 +5,8 @@ from __future__ import annotations
 import re
 from typing import Any
 
-from edge import behaviour, modelcard
-from tests.unit.test_behaviour import blob_split, brightest_square, params
+from edge import model_tests, modelcard
+from tests.unit.test_model_tests import blob_split, brightest_square, params
 
 METADATA = {
     "name": "fashion-mnist-cnn",
@@ -31,7 +31,7 @@ RUN = {
 
 
 def card(with_checks: bool = False, run: dict[str, Any] | None = None) -> modelcard.Card:
-    result = behaviour.run_suite(brightest_square, blob_split(), params())
+    result = model_tests.run_suite(brightest_square, blob_split(), params())
     history = [
         {"epoch": 1, "accuracy": 0.5, "val_accuracy": 0.6},
         {"epoch": 2, "accuracy": 0.8, "val_accuracy": 0.85},

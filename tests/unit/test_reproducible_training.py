@@ -21,7 +21,7 @@ import sys
 from edge.data import Split
 from edge.train import TrainParams, train, weights_digest
 from tests.datagen import synthetic_split
-params = TrainParams.from_dict({
+params = TrainParams.model_validate({
     "seed": 7, "epochs": 2, "batch_size": 64, "shift": 2, "contrast": 0.3, "noise": 12,
     "model": {"filters": [8, 16], "dense_units": 16, "bfloat16": sys.argv[1] == "bfloat16"},
 })
@@ -46,7 +46,7 @@ def test_training_twice_gives_the_same_weights() -> None:
 
 def test_the_input_stream_is_the_same_in_every_run_and_new_each_epoch() -> None:
     split = Split(*synthetic_split(256, 3))
-    params = TrainParams.from_dict({"seed": 5, "batch_size": 64, "shift": 2, "contrast": 0.3, "noise": 12})
+    params = TrainParams(seed=5, batch_size=64, shift=2, contrast=0.3, noise=12)
 
     def stream() -> list[np.ndarray]:
         return [images.numpy() for _, (images, _) in enumerate(_dataset(split, params, epochs=2))]
@@ -56,7 +56,7 @@ def test_the_input_stream_is_the_same_in_every_run_and_new_each_epoch() -> None:
     assert all(np.array_equal(a, b) for a, b in zip(once, again, strict=True))
     # The second epoch is not the first one again: a new order and new augmentation.
     assert not any(np.array_equal(once[i], once[i + 4]) for i in range(4))
-    other = TrainParams.from_dict({"seed": 6, "batch_size": 64, "shift": 2, "contrast": 0.3, "noise": 12})
+    other = TrainParams(seed=6, batch_size=64, shift=2, contrast=0.3, noise=12)
     assert not np.array_equal(once[0], next(iter(_dataset(split, other, epochs=2)))[0].numpy())
 
 

@@ -134,6 +134,42 @@ def test_port_and_host_follow_aip_http_port(monkeypatch: pytest.MonkeyPatch) -> 
     assert resolve_bind("127.0.0.1", 9000) == ("127.0.0.1", 9000)
 
 
+@pytest.mark.parametrize(
+    ("environ", "line"),
+    [
+        ({"EDGE_MAX_BATCH": "0"}, "EDGE_MAX_BATCH='0' is not valid: must be >= 1"),
+        ({"EDGE_BATCH_WAIT_MS": "soon"}, "EDGE_BATCH_WAIT_MS='soon' is not valid: must be a valid number"),
+        (
+            {"EDGE_EXPOSE_METADATA": "perhaps"},
+            "EDGE_EXPOSE_METADATA='perhaps' is not valid: must be true or false",
+        ),
+        ({"AIP_PREDICT_ROUTE": "predict"}, "AIP_PREDICT_ROUTE='predict' is not valid: a route starts with /"),
+        ({"AIP_HTTP_PORT": "70000"}, "AIP_HTTP_PORT='70000' is not valid: must be <= 65535"),
+    ],
+)
+def test_a_wrong_variable_is_one_line_naming_it_its_value_and_what_is_allowed(
+    environ: dict[str, str], line: str
+) -> None:
+    with pytest.raises(ValueError) as caught:
+        ServerSettings.from_environ(environ)
+    assert str(caught.value).startswith(line) and "\n" not in str(caught.value)
+
+
+def test_variables_set_the_settings_and_flags_win() -> None:
+    environ = {
+        "EDGE_MAX_BATCH": "8",
+        "EDGE_BATCH_WAIT_MS": "5",
+        "EDGE_EXPOSE_METADATA": "off",
+        "EDGE_MAX_QUEUE": "",
+    }
+    settings = ServerSettings.from_environ(environ, max_batch=None, reload_interval=0)
+    assert (settings.max_batch, settings.batch_wait, settings.expose_metadata) == (8, 0.005, False)
+    assert settings.max_queue == 1024 and settings.reload_interval == 0  # empty is unset
+    assert ServerSettings.from_environ(environ, max_batch=2).max_batch == 2
+    both = {"EDGE_MODEL_DIR": "mine", "AIP_STORAGE_URI": "gs://bucket/model"}
+    assert ServerSettings.from_environ(both).model_uri == "mine"
+
+
 def test_model_location_follows_aip_storage_uri(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.delenv("AIP_STORAGE_URI", raising=False)
     assert resolve_model_uri(None) == "models"
@@ -277,7 +313,7 @@ def test_what_the_one_call_path_refuses_gets_the_usual_error(instances: list[Any
 
 def test_a_lone_request_does_not_wait_for_the_batch_window(predictor: Predictor) -> None:
     # A minute-long window: waiting it out would show in the queue time (and time the request out).
-    settings = ServerSettings(batch_wait=60.0, reload_interval=0)
+    settings = ServerSettings(batch_wait_ms=60_000, reload_interval=0)
     with serving(create_app(settings, predictor=predictor)) as client:
         response = client.post("/predict", json={"instances": [GOOD]})
     assert response.status_code == 200

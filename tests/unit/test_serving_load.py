@@ -59,7 +59,7 @@ def test_concurrent_requests_are_batched_and_each_gets_its_own_answer(predictor:
     # 48 callers at once: valid requests of 1-3 images, each with different pixels, mixed with
     # invalid ones. A batch must never hand one caller another's rows, and a bad request must
     # never fail the good ones batched with it.
-    settings = ServerSettings(max_batch=16, batch_wait=0.005, reload_interval=0)
+    settings = ServerSettings(max_batch=16, batch_wait_ms=5, reload_interval=0)
     bodies: list[dict[str, Any]] = []
     for i in range(48):
         if i % 8 == 3:
@@ -104,7 +104,7 @@ def test_batches_compute_at_once_on_each_inference_thread(predictor: Predictor) 
         both.wait()
         return predictor.serve(batch)
 
-    settings = ServerSettings(max_batch=1, batch_wait=0, inference_threads=2, reload_interval=0)
+    settings = ServerSettings(max_batch=1, batch_wait_ms=0, inference_threads=2, reload_interval=0)
     with (
         serving(create_app(settings, predictor=Predictor(serve, predictor.metadata))) as client,
         ThreadPoolExecutor(max_workers=2) as pool,
@@ -122,7 +122,9 @@ def test_batches_compute_at_once_on_each_inference_thread(predictor: Predictor) 
 
 def test_a_full_queue_sheds_with_503_and_retry_after(predictor: Predictor) -> None:
     gate = threading.Event()
-    settings = ServerSettings(max_batch=1, max_queue=3, batch_wait=0, inference_threads=1, reload_interval=0)
+    settings = ServerSettings(
+        max_batch=1, max_queue=3, batch_wait_ms=0, inference_threads=1, reload_interval=0
+    )
     app = create_app(settings, predictor=slowed(predictor, 0, gate))
     with serving(app) as client, ThreadPoolExecutor(max_workers=4) as pool:
         body = {"instances": [image(1)]}

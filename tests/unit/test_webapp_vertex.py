@@ -92,3 +92,22 @@ def test_the_model_server_stays_the_default() -> None:
     app = create_app()
     assert app.config["MODEL_BACKEND"] == "server"
     assert type(app.extensions["edge_model_client"]).__name__ == "ModelClient"
+
+
+def test_the_environment_sets_the_config_and_a_wrong_variable_is_one_line(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setenv("MODEL_URL", "http://127.0.0.1:9")
+    monkeypatch.setenv("MODEL_RETRIES", "0")
+    monkeypatch.setenv("MONITORING_SUMMARY", "")
+    app = create_app()
+    assert (app.config["MODEL_URL"], app.config["MODEL_RETRIES"]) == ("http://127.0.0.1:9", 0)
+    assert app.config["MAX_CONTENT_LENGTH"] == 10 * 1024 * 1024 and app.config["MONITORING_SUMMARY"] == ""
+    monkeypatch.setenv("MODEL_BACKEND", "cloud")
+    with pytest.raises(ValueError) as caught:
+        create_app()
+    assert str(caught.value) == "MODEL_BACKEND='cloud' is not valid: must be 'server' or 'vertex'"
+    monkeypatch.delenv("MODEL_BACKEND")
+    monkeypatch.setenv("MODEL_READ_TIMEOUT", "ten")
+    with pytest.raises(ValueError, match=r"^MODEL_READ_TIMEOUT='ten' is not valid: must be a valid number"):
+        create_app()

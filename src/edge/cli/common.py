@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import os
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -13,17 +12,13 @@ import typer
 from rich.console import Console
 from rich.markup import escape
 
+from edge import envsettings
 from edge.cloud.errors import CloudError
 from edge.data import DataError
-from edge.evaluate import QualityGateError
+from edge.model_tests import QualityGateError
 
 console = Console(stderr=True)
 out = Console()
-
-# Without a terminal (CI, a log file) a long operation prints a line this often, so that the log shows
-# it is alive: CircleCI ends a step after 10 minutes without output unless told otherwise.
-PROGRESS_ENV = "EDGE_PROGRESS_SECONDS"
-DEFAULT_PROGRESS_SECONDS = 30.0
 
 # Errors whose message already says what went wrong and how to fix it.
 EXPECTED_ERRORS: tuple[type[Exception], ...] = (
@@ -65,16 +60,10 @@ def fail(message: str, code: int = 1) -> NoReturn:
 
 def progress_seconds() -> float:
     """How often `waiting` prints a line without a terminal: $EDGE_PROGRESS_SECONDS, else 30."""
-    raw = os.environ.get(PROGRESS_ENV, "").strip()
-    if not raw:
-        return DEFAULT_PROGRESS_SECONDS
     try:
-        seconds = float(raw)
-    except ValueError:
-        seconds = 0.0
-    if not seconds > 0:
-        fail(f"{PROGRESS_ENV}={raw!r} is not a number of seconds above 0: set it to e.g. 30, or unset it")
-    return seconds
+        return envsettings.environment().progress_seconds
+    except envsettings.SettingsError as exc:
+        fail(str(exc))
 
 
 @contextmanager

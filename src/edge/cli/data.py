@@ -109,7 +109,7 @@ def curate(
     ] = None,
 ) -> None:
     """Choose the test suite's clear examples: per class, test images all of whose neighbours agree."""
-    from edge.behaviour import CLEAR_EXAMPLES_FORMAT, CLEAR_NEIGHBOURS, select_clear_examples
+    from edge.model_tests import CLEAR_EXAMPLES_FORMAT, CLEAR_NEIGHBOURS, select_clear_examples
 
     neighbours = neighbours or CLEAR_NEIGHBOURS
 

@@ -7,7 +7,7 @@ from typing import Annotated, Any
 
 import typer
 
-from edge import gate, storage
+from edge import release_gate, storage
 from edge.cli.common import cloud_errors, console, fail, out
 from edge.pipeline import Params, load_params, score_on_test
 
@@ -44,31 +44,33 @@ def gate_command(
         production_dir = _production_dir(production)
         report = run_gate(candidate, production_dir, prepared_dir, settings)
         storage.makedirs(report_dir)
-        storage.write_text(storage.join(report_dir, gate.REPORT_JSON), report.to_json())
-        storage.write_text(storage.join(report_dir, gate.REPORT_MARKDOWN), report.to_markdown())
+        storage.write_text(storage.join(report_dir, release_gate.REPORT_JSON), report.to_json())
+        storage.write_text(storage.join(report_dir, release_gate.REPORT_MARKDOWN), report.to_markdown())
     out.print(report.to_markdown(), markup=False, highlight=False)
     if not report.passed:
         names = ", ".join(c.name for c in report.failures())
-        fail(f"release gate failed ({names}); see {storage.join(report_dir, gate.REPORT_MARKDOWN)}")
+        fail(f"release gate failed ({names}); see {storage.join(report_dir, release_gate.REPORT_MARKDOWN)}")
     console.print(f"Release gate passed; report in {report_dir}.")
 
 
 def run_gate(
     candidate_dir: str, production_dir: str | None, prepared_dir: str, settings: Params
-) -> gate.GateReport:
+) -> release_gate.GateReport:
     """Score both models on the test split of `prepared_dir` and judge the candidate."""
     from edge.model import read_metadata
 
     test, candidate_eval = score_on_test(prepared_dir, candidate_dir)
-    candidate = gate.Scored.of(_identity(candidate_dir, read_metadata(candidate_dir)), candidate_eval)
+    candidate = release_gate.Scored.of(_identity(candidate_dir, read_metadata(candidate_dir)), candidate_eval)
     production = None
     if production_dir is not None:
         _, production_eval = score_on_test(prepared_dir, production_dir)
-        production = gate.Scored.of(_identity(production_dir, read_metadata(production_dir)), production_eval)
+        production = release_gate.Scored.of(
+            _identity(production_dir, read_metadata(production_dir)), production_eval
+        )
     test_file = storage.join(storage.resolve_dir(prepared_dir), "test.npz")
-    split = gate.split_identity(storage.read_bytes(test_file), len(test.labels))
-    floors = gate.Floors(settings.evaluate.min_accuracy, settings.evaluate.min_class_recall)
-    return gate.judge(candidate, production, settings.gate, floors, split)
+    split = release_gate.split_identity(storage.read_bytes(test_file), len(test.labels))
+    floors = release_gate.Floors(settings.evaluate.min_accuracy, settings.evaluate.min_class_recall)
+    return release_gate.judge(candidate, production, settings.gate, floors, split)
 
 
 def _identity(model_dir: str, metadata: dict[str, Any]) -> dict[str, Any]:

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import os
 import re
 import time
 import urllib.error
@@ -97,7 +96,9 @@ def report(
     with friendly_errors():
         settings = load_settings()
         log_source = source or settings.log or DEFAULT_SOURCE
-        model_uri = model_dir or os.environ.get("AIP_STORAGE_URI") or "models"
+        from edge.cli.serve import resolve_model_uri
+
+        model_uri = resolve_model_uri(model_dir)
         start = parse_since(since)
         profile = load_profile(model_uri)
         metadata = model.read_metadata(model_uri)
@@ -386,7 +387,9 @@ def simulate(
             time.sleep(pause)
     out.print(table)
     console.print(_flush(url.rstrip("/") + "/monitoring/flush"), highlight=False)
-    console.print(_record_phases(log or os.environ.get("EDGE_MONITOR_LOG") or DEFAULT_SOURCE, sent))
+    from edge.monitoring.settings import load_settings
+
+    console.print(_record_phases(log or load_settings().log or DEFAULT_SOURCE, sent))
     console.print(
         "watch it in the report: edge monitor report --since "
         f"{started:%Y-%m-%dT%H:%M:%S} (each phase also shows on the server's /metrics drift gauges)"

@@ -11,7 +11,7 @@ import typer
 from rich.markup import escape
 from rich.table import Table
 
-from edge import lineage, storage, verdict
+from edge import envsettings, lineage, storage, verdict
 from edge.cli.common import console, fail, friendly_errors, out
 from edge.data import DEFAULT_RAW_DIR
 from edge.model import ModelIntegrityError, verify_model_uri
@@ -151,8 +151,9 @@ def _tracking_url_from_secret() -> None:
     Only into this process's environment; an unreadable secret leaves the run to the journal, and the
     warning says why it could not be read and what to check.
     """
-    version = os.environ.get("EDGE_TRACKING_SECRET")
-    if not version or os.environ.get(observers.TRACKING_URL_ENV):
+    environment = envsettings.environment()
+    version = environment.tracking_secret
+    if not version or environment.tracking_url:
         return
     try:
         from edge.cloud.clients import read_secret
@@ -293,9 +294,9 @@ def _not_reusing(model_dir: str, why: str) -> bool:
 def _lineage(params: dict[str, object]) -> dict[str, object]:
     root = Path()
     data_version = lineage.data_version(root)
-    if not data_version and os.environ.get("EDGE_DATA_VERSION"):
+    if not data_version:
         # In a Vertex AI job: the submitter's DVC versions of the inputs (no dvc.lock in the image).
-        data_version = json.loads(os.environ["EDGE_DATA_VERSION"])
+        data_version = envsettings.environment().data_version or {}
     if not data_version and DEFAULT_RAW_DIR.is_dir():
         data_version = {str(DEFAULT_RAW_DIR): lineage.content_version(DEFAULT_RAW_DIR)}
     return {
@@ -308,8 +309,8 @@ def _lineage(params: dict[str, object]) -> dict[str, object]:
 
 def _vertex_job() -> str | None:
     """`<job id> <console URL>` inside a Vertex AI job (CLOUD_ML_JOB_ID is set by Vertex AI)."""
-    job_id = os.environ.get("CLOUD_ML_JOB_ID")
-    region, project = os.environ.get("EDGE_VERTEX_REGION"), os.environ.get("EDGE_VERTEX_PROJECT")
+    environment = envsettings.environment()
+    job_id, region, project = environment.vertex_job_id, environment.vertex_region, environment.vertex_project
     if job_id and region and project:
         url = f"https://console.cloud.google.com/vertex-ai/locations/{region}/training/{job_id}/cpu?project={project}"
         return f"{job_id} {url}"

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import os
 from typing import Annotated
 
 import typer
@@ -11,15 +10,20 @@ app = typer.Typer(no_args_is_help=False)
 
 
 def resolve_model_uri(model_dir: str | None) -> str:
-    """Pick the model location: the flag, then Vertex AI's AIP_STORAGE_URI, then `models`."""
-    return model_dir or os.environ.get("AIP_STORAGE_URI") or "models"
+    """Pick the model location: the flag, then $EDGE_MODEL_DIR, then Vertex AI's AIP_STORAGE_URI,
+    then `models`."""
+    from edge.serving.settings import ServerSettings
+
+    return model_dir or ServerSettings.from_environ().model_uri
 
 
 def resolve_bind(host: str | None, port: int | None) -> tuple[str, int]:
     """Pick the address: flags first, then Vertex AI's AIP_HTTP_PORT, else 127.0.0.1:8080."""
-    aip_port = os.environ.get("AIP_HTTP_PORT")
+    from edge.serving.settings import ServerSettings
+
+    aip_port = ServerSettings.from_environ().http_port
     if port is None:
-        port = int(aip_port) if aip_port else 8080
+        port = aip_port or 8080
     if host is None:
         # On Vertex (AIP_HTTP_PORT set) the container must accept outside traffic; on a laptop
         # an unauthenticated server stays private unless asked otherwise.
@@ -98,21 +102,20 @@ def serve(
     from edge.serving.loaded_model import ModelLoadError, compute_each_call_on_one_thread, load_from_uri
     from edge.serving.settings import ServerSettings
 
-    uri = resolve_model_uri(model_dir)
-    bind_host, bind_port = resolve_bind(host, port)
     try:
+        uri = resolve_model_uri(model_dir)
+        bind_host, bind_port = resolve_bind(host, port)
         settings = ServerSettings.from_environ(
-            os.environ,
             model_uri=uri,
             max_batch=max_batch,
-            batch_wait=None if batch_wait_ms is None else batch_wait_ms / 1000,
+            batch_wait_ms=batch_wait_ms,
             max_queue=max_queue,
             reload_interval=reload_interval,
             header_timeout=timeout,
             allow_failed_model=allow_failed_model or None,
         )
         # The prediction log and drift gauges: EDGE_MONITOR_* (docs/monitoring.md).
-        monitoring = load_settings(os.environ)
+        monitoring = load_settings()
     except ValueError as exc:
         typer.echo(f"error: {exc}", err=True)
         raise typer.Exit(1) from exc

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import os
 import sys
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated
@@ -10,6 +9,7 @@ from urllib.parse import urlsplit
 
 import typer
 
+from edge import envsettings
 from edge.cli.common import console, friendly_errors, out
 from edge.cloud import settings as cfg
 
@@ -108,7 +108,7 @@ def _tracking_url(from_stdin: bool) -> str | None:
         if not value:
             raise ValueError("--tracking-url-stdin: stdin held no URL")
     else:
-        value = os.environ.get(TRACKING_URL_ENV, "").strip()
+        value = envsettings.environment().tracking_url or ""
     if value and urlsplit(value).scheme not in ("mongodb", "mongodb+srv"):
         # Never echo it: a mistyped URL still holds the password.
         raise ValueError(

@@ -6,20 +6,16 @@ ends with the model, reports and run journal where DVC and `edge experiments` ex
 
 from __future__ import annotations
 
-import os
 import sys
 from pathlib import Path
 
 from rich.prompt import Confirm
 
-from edge import lineage
+from edge import envsettings, lineage
 from edge.cli.common import console, waiting
 from edge.cloud import settings as cfg
 from edge.pipeline import load_params
 from edge.tracking import observers
-
-POLL_ENV = "EDGE_VERTEX_POLL_SECONDS"
-IMAGE_ENV = "EDGE_TRAINER_IMAGE"
 
 
 def train_on_vertex(
@@ -41,7 +37,7 @@ def train_on_vertex(
     load_params(params)
     git = lineage.git_info(Path()) or {}
     if not attach:
-        image = image or os.environ.get(IMAGE_ENV) or _pushed_trainer(settings)
+        image = image or envsettings.environment().trainer_image or _pushed_trainer(settings)
     request = TrainRequest(
         image=image or "",
         params=Path(params),
@@ -65,7 +61,7 @@ def train_on_vertex(
         console.print(f"{what} the prepared data: {data_uri}", highlight=False)
         with console.status("Submitting the training job..."):
             handle = training.submit(request, data_uri, data_hash)
-    poll = float(os.environ.get(POLL_ENV) or 15)
+    poll = envsettings.environment().vertex_poll_seconds
     try:
         # From here on, Ctrl-C knows which job to cancel.
         console.print(f"Vertex AI job {handle.id}: {handle.console_url}", highlight=False, soft_wrap=True)

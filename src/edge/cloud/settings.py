@@ -8,8 +8,8 @@ No Google SDK is imported here, so `edge config` stays fast.
 
 from __future__ import annotations
 
-import os
 import re
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any, Literal
 
@@ -23,6 +23,9 @@ from pydantic import (
     field_validator,
     model_validator,
 )
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+from edge import envsettings
 
 SCHEMA_VERSION = 1
 CONFIG_ENV = "EDGE_CONFIG"
@@ -331,24 +334,45 @@ class Settings(BaseModel):
         return yaml.safe_dump(data, sort_keys=False)
 
 
+class CloudEnvironment(BaseSettings):
+    """The environment's part of the cloud settings: which settings file, and endpoint overrides that
+    point the tool at local stand-ins (`EDGE_<API>_ENDPOINT`, `EDGE_REGISTRY`, `EDGE_CREDENTIALS`)."""
+
+    model_config = SettingsConfigDict(env_prefix="EDGE_", env_ignore_empty=True, frozen=True)
+
+    # $EDGE_CONFIG: the settings file, else edge.yaml in the current directory.
+    config: Path = DEFAULT_PATH
+    aiplatform_endpoint: str | None = None
+    storage_endpoint: str | None = None
+    serviceusage_endpoint: str | None = None
+    artifactregistry_endpoint: str | None = None
+    iam_endpoint: str | None = None
+    secretmanager_endpoint: str | None = None
+    resourcemanager_endpoint: str | None = None
+    run_endpoint: str | None = None
+    registry: str | None = None
+    credentials: str | None = None
+
+    def endpoint_overrides(self) -> dict[str, Any]:
+        """The overrides that are set, as edge.yaml's `endpoints` block spells them (checked there)."""
+        found: dict[str, Any] = {api: getattr(self, f"{api}_endpoint") for api in APIS}
+        found.update(registry=self.registry, credentials=self.credentials)
+        return {key: value for key, value in found.items() if value}
+
+
+def environment(environ: Mapping[str, str] | None = None) -> CloudEnvironment:
+    """Read the cloud settings' environment variables (default: the process environment)."""
+    return envsettings.read(CloudEnvironment, environ)
+
+
 def config_path(path: Path | None = None) -> Path:
     """The settings file: `path`, else $EDGE_CONFIG, else edge.yaml in the current directory."""
-    return path or Path(os.environ.get(CONFIG_ENV) or DEFAULT_PATH)
+    return path or environment().config
 
 
-def env_overrides(environ: dict[str, str] | None = None) -> dict[str, Any]:
+def env_overrides(environ: Mapping[str, str] | None = None) -> dict[str, Any]:
     """Endpoint overrides from the environment: EDGE_<API>_ENDPOINT, EDGE_REGISTRY, EDGE_CREDENTIALS."""
-    env = os.environ if environ is None else environ
-    found: dict[str, Any] = {}
-    for api in APIS:
-        value = env.get(f"EDGE_{api.upper()}_ENDPOINT")
-        if value:
-            found[api] = value
-    if env.get("EDGE_REGISTRY"):
-        found["registry"] = env["EDGE_REGISTRY"]
-    if env.get("EDGE_CREDENTIALS"):
-        found["credentials"] = env["EDGE_CREDENTIALS"]
-    return found
+    return environment(environ).endpoint_overrides()
 
 
 def validate(data: dict[str, Any], source: str = "edge.yaml") -> Settings:
@@ -382,7 +406,7 @@ def field_error(key: str, value: Any) -> str | None:
     return None
 
 
-def load(path: Path | None = None, environ: dict[str, str] | None = None) -> Settings:
+def load(path: Path | None = None, environ: Mapping[str, str] | None = None) -> Settings:
     """Read edge.yaml (and the endpoint overrides in the environment) and validate it."""
     file = config_path(path)
     try:

@@ -3,92 +3,18 @@
 from __future__ import annotations
 
 import os
-from collections.abc import Callable, Mapping
-from dataclasses import dataclass, field, fields
-from typing import Any, TypeVar
+from collections.abc import Mapping
+from typing import Annotated, Any
+
+from pydantic import AfterValidator, AliasChoices, Field
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+from edge import envsettings
 
 # Vertex AI refuses online prediction requests above 1.5 MB, so nothing larger can be legitimate.
 DEFAULT_MAX_REQUEST_BYTES = 1_500_000
 # 64 images are well under the body limit as numbers and keep one request's latency bounded.
 DEFAULT_MAX_INSTANCES = 64
-
-T = TypeVar("T")
-
-
-def usable_cpus() -> int:
-    """Return how many CPUs this process may run on (a container's limit, not the host's count)."""
-    return len(os.sched_getaffinity(0))
-
-
-@dataclass(frozen=True)
-class ServerSettings:
-    """Everything the server reads from its environment, checked once at start."""
-
-    model_uri: str = "models"
-    health_route: str = "/health"
-    predict_route: str = "/predict"
-    max_request_bytes: int = DEFAULT_MAX_REQUEST_BYTES
-    max_instances: int = DEFAULT_MAX_INSTANCES
-    # Batching: one TensorFlow call on up to max_batch instances, waiting at most batch_wait
-    # seconds for more while other requests are still being read.
-    max_batch: int = 64
-    batch_wait: float = 0.002
-    # Instances allowed to wait for a batch; past it a request gets 503 and Retry-After. At about
-    # 1,000 images a second this is one second of work, so a queued request is never very stale.
-    max_queue: int = 1024
-    # Batches computed at once, each on one thread (`edge serve` makes TensorFlow compute a call on
-    # the calling thread alone): one per core, up to 4, since more would only split the batches.
-    inference_threads: int = field(default_factory=lambda: min(4, usable_cpus()))
-    # A connection must deliver a request's headers this long after it opens or after the previous
-    # answer, else it is closed: slow or idle clients cannot hold the server.
-    header_timeout: float = 5.0
-    # ... and its body within this many seconds of the headers.
-    body_timeout: float = 10.0
-    # Publish the full metadata (lineage: git remote, params, data versions) at /v1/models/<name>.
-    # Turn it off for a public deployment.
-    expose_metadata: bool = True
-    # Seconds between checks of the model directory for a newly published model; 0 turns it off.
-    reload_interval: float = 2.0
-    # Serve a model that failed its test suite, or was never judged, and say so in every answer.
-    # Off, such a model is refused at start and by the hot reload.
-    allow_failed_model: bool = False
-
-    @classmethod
-    def from_environ(cls, environ: Mapping[str, str], **overrides: Any) -> ServerSettings:
-        """Read the settings; raise ValueError naming the variable when one is malformed."""
-        values: dict[str, Any] = {}
-
-        def take(name: str, key: str, parse: Callable[[str], T]) -> None:
-            raw = environ.get(name)
-            if raw is None or raw == "":
-                return
-            try:
-                values[key] = parse(raw)
-            except ValueError as exc:
-                raise ValueError(f"{name}={raw!r} is not valid: {exc}") from exc
-
-        take("EDGE_MODEL_DIR", "model_uri", str)
-        if "model_uri" not in values:
-            take("AIP_STORAGE_URI", "model_uri", str)
-        take("AIP_HEALTH_ROUTE", "health_route", _route)
-        take("AIP_PREDICT_ROUTE", "predict_route", _route)
-        take("EDGE_MAX_REQUEST_BYTES", "max_request_bytes", _positive_int)
-        take("EDGE_MAX_INSTANCES", "max_instances", _positive_int)
-        take("EDGE_MAX_BATCH", "max_batch", _positive_int)
-        take("EDGE_BATCH_WAIT_MS", "batch_wait", lambda raw: _non_negative(raw) / 1000)
-        take("EDGE_MAX_QUEUE", "max_queue", _positive_int)
-        take("EDGE_INFERENCE_THREADS", "inference_threads", _positive_int)
-        take("EDGE_HEADER_TIMEOUT", "header_timeout", _positive)
-        take("EDGE_BODY_TIMEOUT", "body_timeout", _positive)
-        take("EDGE_EXPOSE_METADATA", "expose_metadata", _boolean)
-        take("EDGE_RELOAD_INTERVAL", "reload_interval", _non_negative)
-        take("EDGE_ALLOW_FAILED_MODEL", "allow_failed_model", _boolean)
-        values.update({k: v for k, v in overrides.items() if v is not None})
-        known = {f.name for f in fields(cls)}
-        unknown = set(values) - known
-        if unknown:
-            raise TypeError(f"unknown server settings: {sorted(unknown)}")
-        return cls(**values)
 
 
 def _route(raw: str) -> str:
@@ -99,31 +25,63 @@ def _route(raw: str) -> str:
     return raw
 
 
-def _positive_int(raw: str) -> int:
-    value = int(raw)
-    if value < 1:
-        raise ValueError("expected a whole number of at least 1")
-    return value
+Route = Annotated[str, AfterValidator(_route)]
 
 
-def _positive(raw: str) -> float:
-    value = float(raw)
-    if not value > 0:
-        raise ValueError("expected a number above 0")
-    return value
+def usable_cpus() -> int:
+    """Return how many CPUs this process may run on (a container's limit, not the host's count)."""
+    return len(os.sched_getaffinity(0))
 
 
-def _non_negative(raw: str) -> float:
-    value = float(raw)
-    if not value >= 0:
-        raise ValueError("expected a number of at least 0")
-    return value
+class ServerSettings(BaseSettings):
+    """Everything the server reads from its environment, checked once at start: each field is
+    `EDGE_<FIELD>`, unless an alias names the variable (Vertex AI's `AIP_*` contract)."""
 
+    model_config = SettingsConfigDict(
+        env_prefix="EDGE_", env_ignore_empty=True, frozen=True, extra="forbid", validate_by_name=True
+    )
 
-def _boolean(raw: str) -> bool:
-    lowered = raw.strip().lower()
-    if lowered in ("1", "true", "yes", "on"):
-        return True
-    if lowered in ("0", "false", "no", "off"):
-        return False
-    raise ValueError("expected true or false")
+    # The flag, else EDGE_MODEL_DIR, else the folder Vertex AI copied the model to.
+    model_uri: str = Field(
+        default="models", validation_alias=AliasChoices("EDGE_MODEL_DIR", "AIP_STORAGE_URI")
+    )
+    # Vertex AI's port for the container; when set, `edge serve` listens on every interface.
+    http_port: int | None = Field(default=None, ge=1, le=65535, validation_alias="AIP_HTTP_PORT")
+    health_route: Route = Field(default="/health", validation_alias="AIP_HEALTH_ROUTE")
+    predict_route: Route = Field(default="/predict", validation_alias="AIP_PREDICT_ROUTE")
+    max_request_bytes: int = Field(default=DEFAULT_MAX_REQUEST_BYTES, ge=1)
+    max_instances: int = Field(default=DEFAULT_MAX_INSTANCES, ge=1)
+    # Batching: one TensorFlow call on up to max_batch instances, waiting at most batch_wait_ms
+    # milliseconds for more while other requests are still being read.
+    max_batch: int = Field(default=64, ge=1)
+    batch_wait_ms: float = Field(default=2.0, ge=0)
+    # Instances allowed to wait for a batch; past it a request gets 503 and Retry-After. At about
+    # 1,000 images a second this is one second of work, so a queued request is never very stale.
+    max_queue: int = Field(default=1024, ge=1)
+    # Batches computed at once, each on one thread (`edge serve` makes TensorFlow compute a call on
+    # the calling thread alone): one per core, up to 4, since more would only split the batches.
+    inference_threads: int = Field(default_factory=lambda: min(4, usable_cpus()), ge=1)
+    # A connection must deliver a request's headers this long after it opens or after the previous
+    # answer, else it is closed: slow or idle clients cannot hold the server.
+    header_timeout: float = Field(default=5.0, gt=0)
+    # ... and its body within this many seconds of the headers.
+    body_timeout: float = Field(default=10.0, gt=0)
+    # Publish the full metadata (lineage: git remote, params, data versions) at /v1/models/<name>.
+    # Turn it off for a public deployment.
+    expose_metadata: bool = True
+    # Seconds between checks of the model directory for a newly published model; 0 turns it off.
+    reload_interval: float = Field(default=2.0, ge=0)
+    # Serve a model that failed its test suite, or was never judged, and say so in every answer.
+    # Off, such a model is refused at start and by the hot reload.
+    allow_failed_model: bool = False
+
+    @property
+    def batch_wait(self) -> float:
+        """The longest wait for a batch to fill, in seconds."""
+        return self.batch_wait_ms / 1000
+
+    @classmethod
+    def from_environ(cls, environ: Mapping[str, str] | None = None, **overrides: Any) -> ServerSettings:
+        """Read the settings (default: the process environment); raise SettingsError naming the
+        variable when one is malformed. Overrides that are not None win over the environment."""
+        return envsettings.read(cls, environ, **overrides)

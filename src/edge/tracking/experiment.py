@@ -12,7 +12,6 @@ from __future__ import annotations
 import getpass
 import json
 import logging
-import os
 import tempfile
 import uuid
 import warnings
@@ -25,18 +24,18 @@ from typing import Any, Generic, TypeVar
 from rich.console import Console
 
 import edge
+from edge import envsettings
 from edge.tracking import observers
 
 T = TypeVar("T")
 
 EXPERIMENT_NAME = "edge-train"
-USER_ENV = "EDGE_USER"
 
 
 def current_user() -> str:
     """Who runs this: $EDGE_USER (for CI or a cloud job started on someone's behalf), else the login."""
-    if os.environ.get(USER_ENV):
-        return os.environ[USER_ENV]
+    if user := envsettings.environment().user:
+        return user
     try:
         return getpass.getuser()
     except (KeyError, OSError):  # a container user without a passwd entry

@@ -18,6 +18,8 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 from urllib.parse import urlsplit, urlunsplit
 
+from edge import envsettings
+
 if TYPE_CHECKING:
     import gridfs
     import pymongo.collection
@@ -41,7 +43,7 @@ class TrackingUnavailableError(Exception):
 
 def tracking_url() -> str | None:
     """Return $EDGE_TRACKING_URL, checked, or None when runs are recorded in files only."""
-    url = os.environ.get(TRACKING_URL_ENV, "").strip()
+    url = envsettings.environment().tracking_url
     if not url:
         return None
     if urlsplit(url).scheme not in ("mongodb", "mongodb+srv"):
@@ -54,7 +56,7 @@ def tracking_url() -> str | None:
 
 def runs_dir() -> Path:
     """Return the journal folder: $EDGE_RUNS_DIR, or `runs` in the current directory."""
-    return Path(os.environ.get(RUNS_DIR_ENV) or DEFAULT_RUNS_DIR)
+    return Path(envsettings.environment().runs_dir or DEFAULT_RUNS_DIR)
 
 
 def mask_url(url: str) -> str:

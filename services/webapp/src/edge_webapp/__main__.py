@@ -59,7 +59,10 @@ def main(argv: list[str] | None = None) -> None:
     from edge_webapp import create_app
 
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    app = create_app()
+    try:
+        app = create_app()
+    except ValueError as exc:  # a wrong setting in the environment, said in one line per variable
+        parser.exit(2, f"error: {exc}\n")
     signal.signal(signal.SIGTERM, _exit_on_sigterm)
     waitress.serve(
         app,

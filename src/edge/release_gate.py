@@ -12,44 +12,40 @@ from __future__ import annotations
 import hashlib
 import json
 from collections.abc import Mapping
-from dataclasses import asdict, dataclass, field
-from typing import Any
+from dataclasses import asdict, dataclass
+from typing import Annotated, Any
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from edge.data import CLASS_NAMES
 from edge.evaluate import Evaluation
+from edge.model_tests import Check
 
 REPORT_JSON = "gate.json"
 REPORT_MARKDOWN = "gate.md"
 
 
-@dataclass(frozen=True)
-class GateParams:
+class GateParams(BaseModel):
     """The `gate` block of params.yaml: what the release gate adds to the model test suite's floors."""
 
-    # How much test accuracy the candidate may lose against production (absolute, 0.005 = 0.5 points).
-    max_regression: float = 0.005
-    # Recall floors for named classes that differ from evaluate.min_class_recall, e.g. {"Shirt": 0.75}.
-    class_recall: Mapping[str, float] = field(default_factory=dict)
+    model_config = ConfigDict(extra="forbid", frozen=True)
 
+    # How much test accuracy the candidate may lose against production (absolute, 0.005 = 0.5 points).
+    max_regression: float = Field(default=0.005, ge=0, le=1)
+    # Recall floors for named classes that differ from evaluate.min_class_recall, e.g. {"Shirt": 0.75}.
+    class_recall: dict[str, Annotated[float, Field(ge=0, le=1)]] = Field(default_factory=dict)
+
+    @field_validator("class_recall", mode="before")
     @classmethod
-    def from_dict(cls, raw: Mapping[str, Any]) -> GateParams:
-        """Build from a params.yaml block, rejecting unknown keys, classes and values out of range."""
-        unknown = set(raw) - set(cls.__dataclass_fields__)
+    def _known_classes(cls, value: object) -> object:
+        if value is None:
+            return {}
+        unknown = sorted(set(value) - set(CLASS_NAMES)) if isinstance(value, dict) else []
         if unknown:
-            raise ValueError(f"unknown gate parameter(s) {sorted(unknown)} in params.yaml")
-        params = cls(**{**raw, "class_recall": dict(raw.get("class_recall") or {})})
-        bad_classes = set(params.class_recall) - set(CLASS_NAMES)
-        if bad_classes:
             raise ValueError(
-                f"gate.class_recall names unknown class(es) {sorted(bad_classes)} in params.yaml; "
-                f"the classes are {list(CLASS_NAMES)}"
+                f"unknown class(es) {', '.join(unknown)}; the classes are {', '.join(CLASS_NAMES)}"
             )
-        floors = [params.max_regression, *params.class_recall.values()]
-        if not all(0 <= float(v) <= 1 for v in floors):
-            raise ValueError(
-                "gate.max_regression and the recall floors must be between 0 and 1 in params.yaml"
-            )
-        return params
+        return value
 
 
 @dataclass(frozen=True)
@@ -63,17 +59,6 @@ class Floors:
 def recall_floor(rules: GateParams, floors: Floors, class_name: str) -> float:
     """A class's recall floor: the gate's own for that class, else the test suite's."""
     return float(rules.class_recall.get(class_name, floors.min_class_recall))
-
-
-@dataclass(frozen=True)
-class Check:
-    """One rule of the gate, what was observed and whether it passed."""
-
-    name: str
-    passed: bool
-    observed: float | None
-    threshold: float | None
-    detail: str
 
 
 @dataclass(frozen=True)
@@ -117,8 +102,8 @@ class GateReport:
             "candidate": asdict(self.candidate),
             "production": asdict(self.production) if self.production else None,
             "test_split": dict(self.test_split),
-            "rules": {**asdict(self.floors), **asdict(self.rules)},
-            "checks": [asdict(c) for c in self.checks],
+            "rules": {**asdict(self.floors), **self.rules.model_dump()},
+            "checks": [{**asdict(c), "passed": c.passed} for c in self.checks],
         }
 
     def to_json(self) -> str:
@@ -134,13 +119,13 @@ class GateReport:
             + f", on the same test split ({self.test_split.get('count')} images, "
             f"sha256 `{str(self.test_split.get('sha256', ''))[:12]}`).",
             "",
-            "| check | observed | threshold | result |",
+            "| check | measured | limit | result |",
             "| --- | ---: | ---: | --- |",
         ]
         for check in self.checks:
             lines.append(
-                f"| {check.name} | {_fmt(check.observed)} | {_fmt(check.threshold)} | "
-                f"{'pass' if check.passed else '**FAIL**'}: {check.detail} |"
+                f"| {check.name} | {_fmt(check.measured)} | {_fmt(check.limit)} | "
+                f"{'pass' if check.passed else '**FAIL**'}: {check.note} |"
             )
         lines += [
             "",
@@ -176,24 +161,22 @@ def judge(
     checks = [
         Check(
             "accuracy floor",
-            candidate.accuracy >= floors.min_accuracy,
             candidate.accuracy,
             floors.min_accuracy,
-            "test accuracy against evaluate.min_accuracy",
+            note="test accuracy against evaluate.min_accuracy",
         )
     ]
     if production is None:
-        checks.append(Check("no regression", True, None, None, "no production model yet: nothing to compare"))
+        checks.append(Check("no regression", None, None, note="no production model yet: nothing to compare"))
     else:
         allowed = round(production.accuracy - rules.max_regression, 4)
         change = candidate.accuracy - production.accuracy
         checks.append(
             Check(
                 "no regression",
-                candidate.accuracy >= allowed,
                 candidate.accuracy,
                 allowed,
-                f"{change:+.4f} against production's {production.accuracy:.4f} "
+                note=f"{change:+.4f} against production's {production.accuracy:.4f} "
                 f"(gate.max_regression {rules.max_regression})",
             )
         )
@@ -201,7 +184,7 @@ def judge(
         floor = recall_floor(rules, floors, name)
         recall = candidate.recall[name]
         source = f"gate.class_recall.{name}" if name in rules.class_recall else "evaluate.min_class_recall"
-        checks.append(Check(f"recall of {name}", recall >= floor, recall, floor, source))
+        checks.append(Check(f"recall of {name}", recall, floor, note=source))
     return GateReport(
         all(c.passed for c in checks), checks, candidate, production, dict(test_split), floors, rules
     )

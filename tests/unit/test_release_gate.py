@@ -10,8 +10,8 @@ from typer.testing import CliRunner
 
 from edge.cli import app
 from edge.data import CLASS_NAMES
-from edge.gate import Floors, GateParams, Scored, judge
 from edge.pipeline import PrepareParams, prepare_stage
+from edge.release_gate import Floors, GateParams, Scored, judge
 
 SPLIT = {"count": 100, "sha256": "ab" * 32}
 FLOORS = Floors(min_accuracy=0.9, min_class_recall=0.6)
@@ -37,7 +37,7 @@ def test_regression_within_the_tolerance_passes_beyond_it_fails() -> None:
     report = judge(scored(0.91), scored(0.92), rules, FLOORS, SPLIT)
     assert not report.passed
     assert failed(report.checks) == {"no regression"}
-    assert "-0.0100" in report.failures()[0].detail
+    assert "-0.0100" in report.failures()[0].note
 
 
 def test_the_accuracy_floor_holds_even_without_production() -> None:
@@ -52,8 +52,8 @@ def test_one_weak_class_fails_the_gate_and_per_class_floors_override() -> None:
     looser = GateParams(class_recall={"Shirt": 0.5})
     report = judge(candidate, None, looser, FLOORS, SPLIT)
     assert report.passed
-    assert {c.name: c.detail for c in report.checks}["recall of Shirt"] == "gate.class_recall.Shirt"
-    assert {c.name: c.detail for c in report.checks}["recall of Bag"] == "evaluate.min_class_recall"
+    assert {c.name: c.note for c in report.checks}["recall of Shirt"] == "gate.class_recall.Shirt"
+    assert {c.name: c.note for c in report.checks}["recall of Bag"] == "evaluate.min_class_recall"
 
 
 def test_report_round_trips_as_json_and_reads_as_markdown() -> None:
@@ -66,21 +66,6 @@ def test_report_round_trips_as_json_and_reads_as_markdown() -> None:
     markdown = report.to_markdown()
     assert markdown.startswith("# Release gate: FAILED")
     assert "**FAIL**" in markdown and "| Shirt |" in markdown
-
-
-@pytest.mark.parametrize(
-    ("block", "words"),
-    [
-        ({"max_regresion": 0.1}, "max_regresion"),
-        ({"class_recall": {"Shirts": 0.5}}, "Shirts"),
-        ({"class_recall": {"Shirt": 1.5}}, "between 0 and 1"),
-        # One place for each floor: the class recall floor is the test suite's, evaluate.min_class_recall.
-        ({"min_class_recall": 0.7}, "min_class_recall"),
-    ],
-)
-def test_bad_gate_settings_say_what_is_wrong(block: dict, words: str) -> None:  # type: ignore[type-arg]
-    with pytest.raises(ValueError, match=words):
-        GateParams.from_dict(block)
 
 
 @pytest.fixture
