@@ -17,7 +17,18 @@ import sys
 import tarfile
 from typing import Any
 
-from edge import calibration, data, envsettings, evaluate, model, model_tests, pipeline, storage, tracking, train
+from edge import (
+    calibration,
+    data,
+    envsettings,
+    evaluate,
+    model,
+    model_tests,
+    pipeline,
+    storage,
+    tracking,
+    train,
+)
 
 # The epoch metrics a run records, and the artifacts it keeps beside them.
 EPOCH_METRICS = ("loss", "accuracy", "val_loss", "val_accuracy", "learning_rate")
@@ -28,7 +39,16 @@ METRICS_JSON = "final_metrics.json"
 # The code that decides what the train stage makes, and this module, which runs it: the run keeps a
 # copy of each.
 SOURCES = (
-    calibration, data, envsettings, evaluate, model, model_tests, pipeline, storage, train, sys.modules[__name__]
+    calibration,
+    data,
+    envsettings,
+    evaluate,
+    model,
+    model_tests,
+    pipeline,
+    storage,
+    train,
+    sys.modules[__name__],
 )
 
 
