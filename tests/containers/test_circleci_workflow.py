@@ -38,6 +38,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import re
 import secrets
 import subprocess
 import sys
@@ -204,6 +205,10 @@ def rehearse(project: Project, tmp_path: Path, readme_lines: list[str]) -> tuple
             **stand_ins,
             **QUIET_ENV,
             "EDGE_VERTEX_POLL_SECONDS": "1",
+            # Stand-in-only: google-auth asks the public Resource Manager for the id of the project
+            # an external account's audience names, unless the project is named; nothing here
+            # reaches Google's hosts.
+            "GOOGLE_CLOUD_PROJECT": PROJECT,
             "PATH": path,
             # CircleCI's built-in variables (https://circleci.com/docs/variables/#built-in-environment-variables).
             "CI": "true",
@@ -286,3 +291,56 @@ def test_the_release_workflow_runs_as_circleci_runs_it_with_the_readme_roles(
     exchanges = emulated.cloud.log.find(service="sts", path="/v1/token")
     assert exchanges and all(e.status == 200 for e in exchanges)
     print(f"rehearsal: {time.monotonic() - started:.0f} s wall time")
+
+
+def without_role(lines: list[str], role: str) -> list[str]:
+    """The README's CI/CD lines with the deployer's `role` not granted (on the project or the bucket)."""
+    kept = []
+    for line in lines:
+        loop = re.match(r"for role in ([^;]+);", line)
+        if loop and role in loop.group(1).split():
+            line = line.replace(loop.group(1), " ".join(r for r in loop.group(1).split() if r != role) + " ")
+        elif f"--role=roles/{role}" in line and "edge-deployer@" in line:
+            continue
+        kept.append(line)
+    assert kept != lines, f"the README's CI/CD section grants no {role}"
+    return kept
+
+
+# The README's deployer roles whose absence this rehearsal can see, with where the workflow stops
+# and what its output names. Each fails in the pipeline job's `make cloud-repro`, at the first
+# Google call that needs it: the images job makes none here (its registry is a local one without
+# authentication). A run costs the whole images job (about 4 minutes: the build, and the push of
+# 2.4 GB to a fresh registry) and a minute of the pipeline job, so one role is rehearsed in CI:
+# storage.legacyBucketReader, the one whose removal fails earliest (the bucket's region is
+# checked before the data is uploaded and the job submitted), and the only role granted on the
+# bucket rather than the project, the line most easily left out. The others fail at the same
+# step; `EDGE_REHEARSE_ROLES=all` runs them too.
+# Not in the table, because nothing here can refuse without them: artifactregistry.writer (the
+# push goes to that local registry), storage.objectAdmin (objects go to the GCS emulator, which
+# checks no permission; only bucket metadata goes through the checking front) and run.admin (the
+# workflow deploys nothing to Cloud Run: the webapp is deployed by `edge webapp deploy`).
+REFUSALS = {
+    "storage.legacyBucketReader": ("pipeline", "make cloud-repro", "storage.buckets.get"),
+    "aiplatform.user": ("pipeline", "make cloud-repro", "aiplatform.customJobs.create"),
+    "iam.serviceAccountUser": ("pipeline", "make cloud-repro", "iam.serviceAccounts.actAs"),
+}
+REHEARSED_ROLES = (
+    sorted(REFUSALS) if os.environ.get("EDGE_REHEARSE_ROLES") == "all" else ["storage.legacyBucketReader"]
+)
+
+
+@pytest.mark.parametrize("role", REHEARSED_ROLES)
+def test_without_a_readme_role_the_workflow_stops_and_names_the_permission(
+    cloud: Project, tmp_path: Path, role: str
+) -> None:
+    job, step, permission = REFUSALS[role]
+    run, _mark = rehearse(cloud, tmp_path, without_role(commands("CI/CD"), role))
+    failure = run.first_failure
+    assert failure is not None, f"the workflow passed without roles/{role}"
+    assert (failure.job, failure.name.split(" (")[0]) == (job, step), str(failure)
+    assert permission in failure.output, failure.output[-3000:]
+    # What the user reads says what to do: grant a role that holds it.
+    assert "grant the account that runs this a role" in failure.output, failure.output[-3000:]
+    # Nothing after the failing step ran but what runs `when: always`, and no later job started.
+    assert run.jobs[-1] == job
