@@ -340,7 +340,7 @@ def test_without_a_readme_role_the_workflow_stops_and_names_the_permission(
     assert failure is not None, f"the workflow passed without roles/{role}"
     assert (failure.job, failure.name.split(" (")[0]) == (job, step), str(failure)
     assert permission in failure.output, failure.output[-3000:]
-    # What the user reads says what to do: grant a role that holds it.
-    assert "grant the account that runs this a role" in failure.output, failure.output[-3000:]
+    # What the user reads says what to do: grant the very role the README grants for it.
+    assert f"grant the account that runs this roles/{role}" in failure.output, failure.output[-3000:]
     # Nothing after the failing step ran but what runs `when: always`, and no later job started.
     assert run.jobs[-1] == job
