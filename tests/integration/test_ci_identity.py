@@ -1,9 +1,11 @@
 """Keyless CI as CircleCI runs it: `.ci/google-credentials`, the README's provider, google-auth's
 real `external_account` flow, the STS and IAM Credentials stand-ins, and the deployer's roles.
 
-CircleCI's side is played by a stand-in `circleci` command on the PATH (`circleci run oidc get`,
-as in a job) that mints tokens with CircleCI's claims and a short life; the README's one-time
-`gcloud` lines are applied through the stand-ins as the project's owner.
+CircleCI's side is played by a local OIDC issuer (its discovery document and keys on 127.0.0.1) and a
+stand-in `circleci` command on the PATH (`circleci run oidc get`, as in a job) that mints tokens
+signed by it, with CircleCI's claims and a short life (tests/standin/oidc.py); the STS stand-in
+verifies their signatures against the issuer's published keys. The README's one-time `gcloud`
+lines are applied through the stand-ins as the project's owner.
 """
 
 from __future__ import annotations
@@ -13,7 +15,6 @@ import json
 import subprocess
 import sys
 import time
-import uuid
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -24,6 +25,7 @@ import requests
 from tests.cloud_env import APIS, write_settings
 from tests.integration.test_rehearsal import CIRCLE_PROJECT, PROJECT, apply_gcloud, commands
 from tests.standin.emulate import Emulation, emulation
+from tests.standin.oidc import CIRCLECI_ISSUER, CIRCLECI_SUB, OidcIssuer, write_circleci_command
 from tests.standin.vertex_endpoints import ProcessServers
 from tests.standin.vertex_jobs import ScriptedRunner
 
@@ -32,51 +34,24 @@ ORG = "org-id"  # CircleCI's organization id, the README's ORG_ID
 DEPLOYER = f"edge-deployer@{PROJECT}.iam.gserviceaccount.com"
 REGION = "europe-west2"
 BUCKET = "edge-ci-bucket"
-# CircleCI's `sub` for $CIRCLE_OIDC_TOKEN_V2: three UUIDs, the repository and the ref (> 127 bytes).
-SUB = (
-    f"org/{uuid.UUID(int=1)}/project/{uuid.UUID(int=2)}/user/{uuid.UUID(int=3)}"
-    "/vcs-origin/github.com/edge-org/edge/vcs-ref/refs/heads/main"
-)
-FAKE_CIRCLECI = """#!{python}
-# CircleCI's `circleci run oidc get [--claims '{{"aud": ...}}']`: prints a fresh OIDC token.
-import base64, json, os, sys, time
-
-args = sys.argv[1:]
-if args[:3] != ["run", "oidc", "get"]:
-    sys.exit("this circleci stand-in knows `run oidc get` only")
-claims = json.loads(args[args.index("--claims") + 1]) if "--claims" in args else {{}}
-now = int(time.time())
-payload = {{
-    "iss": "https://oidc.circleci.com/org/{org}",
-    "aud": claims.get("aud", "{org}"),
-    "sub": "{sub}",
-    "iat": now,
-    "exp": now + int(os.environ.get("CIRCLECI_TOKEN_SECONDS", "3600")),
-    "oidc.circleci.com/project-id": "{project}",
-    "oidc.circleci.com/vcs-origin": "github.com/edge-org/edge",
-    "oidc.circleci.com/vcs-ref": "refs/heads/main",
-}}
-part = lambda data: base64.urlsafe_b64encode(json.dumps(data).encode()).decode().rstrip("=")
-with open(os.path.join(os.path.dirname(__file__), "minted"), "a") as log:
-    log.write(str(now) + "\\n")
-print(part({{"alg": "RS256", "typ": "JWT"}}) + "." + part(payload) + ".c2lnbmF0dXJl")
-"""
 
 
 @pytest.fixture
 def ci(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[dict[str, Any]]:
     """The local cloud after `edge setup` and the README's CI/CD lines; a CircleCI job's shell."""
     bin_dir = tmp_path / "bin"
-    bin_dir.mkdir()
-    fake = bin_dir / "circleci"
-    fake.write_text(FAKE_CIRCLECI.format(python=sys.executable, org=ORG, sub=SUB, project=CIRCLE_PROJECT))
-    fake.chmod(0o755)
-    with emulation(
-        project=PROJECT,
-        runner=ScriptedRunner(),
-        servers=ProcessServers(bin_dir=str(Path(sys.executable).parent)),
-        enabled=(*APIS, "sts.googleapis.com"),
-    ) as emulated:
+    issuer = OidcIssuer(CIRCLECI_ISSUER.format(org=ORG)).start()
+    fake = write_circleci_command(bin_dir, issuer, ORG, CIRCLE_PROJECT)
+    with (
+        issuer,
+        emulation(
+            project=PROJECT,
+            runner=ScriptedRunner(),
+            servers=ProcessServers(bin_dir=str(Path(sys.executable).parent)),
+            enabled=(*APIS, "sts.googleapis.com"),
+        ) as emulated,
+    ):
+        emulated.sts.trust(issuer.issuer, issuer.url)
         emulator = emulated.env["STORAGE_EMULATOR_HOST"]
         requests.post(
             f"{emulator}/storage/v1/b", params={"project": PROJECT}, json={"name": BUCKET}, timeout=10
@@ -94,7 +69,13 @@ def ci(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[dict[str, An
             ).stdout.strip(),
         }
         (tmp_path / "home").mkdir()
-        yield {"emulated": emulated, "env": env, "minted": bin_dir / "minted", "tmp": tmp_path}
+        yield {
+            "emulated": emulated,
+            "env": env,
+            "minted": bin_dir / "minted",
+            "tmp": tmp_path,
+            "issuer": issuer,
+        }
 
 
 def credential_file(ci: dict[str, Any]) -> Path:
@@ -144,12 +125,8 @@ def test_a_ci_job_longer_than_its_token_keeps_its_google_access(
     assert len(ci["minted"].read_text().splitlines()) >= 1 + len(exchanges)
 
 
-def _exchange(emulated: Emulation, claims: dict[str, Any]) -> requests.Response:
-    def part(data: dict[str, Any]) -> str:
-        return base64.urlsafe_b64encode(json.dumps(data).encode()).decode().rstrip("=")
-
+def _exchange(emulated: Emulation, token: str) -> requests.Response:
     provider = next(iter(emulated.sts.providers))
-    token = f"{part({'alg': 'RS256'})}.{part(claims)}.c2ln"
     return requests.post(
         f"{emulated.sts_url}/v1/token",
         data={
@@ -166,21 +143,54 @@ def _exchange(emulated: Emulation, claims: dict[str, Any]) -> requests.Response:
 
 def test_sts_applies_the_readme_provider_as_google_does(ci: dict[str, Any]) -> None:
     emulated: Emulation = ci["emulated"]
+    issuer: OidcIssuer = ci["issuer"]
     (provider,) = emulated.sts.providers.values()
     claims = {
         "iss": f"https://oidc.circleci.com/org/{ORG}",
         "aud": f"https://iam.googleapis.com/{provider.name}",
-        "sub": SUB,
+        "sub": CIRCLECI_SUB,
         "exp": time.time() + 3600,
         "oidc.circleci.com/project-id": CIRCLE_PROJECT,
     }
-    assert _exchange(emulated, claims).status_code == 200
-    expired = _exchange(emulated, {**claims, "exp": time.time() - 1})
+    assert _exchange(emulated, issuer.mint(claims)).status_code == 200
+    expired = _exchange(emulated, issuer.mint({**claims, "exp": time.time() - 1}))
     assert (expired.status_code, expired.json()["error"]) == (400, "invalid_grant")
-    other = _exchange(emulated, {**claims, "oidc.circleci.com/project-id": "another-project"})
+    other = _exchange(emulated, issuer.mint({**claims, "oidc.circleci.com/project-id": "another-project"}))
     assert (other.status_code, other.json()["error"]) == (400, "unauthorized_client")
     # CircleCI's V2 `sub` as google.subject: longer than the 127 bytes Google allows.
     provider.mapping = {**provider.mapping, "google.subject": "assertion.sub"}
-    too_long = _exchange(emulated, claims)
+    too_long = _exchange(emulated, issuer.mint(claims))
     assert too_long.status_code == 400
     assert "exceeds the 127 bytes limit" in too_long.json()["error_description"]
+
+
+def test_sts_takes_only_tokens_the_issuer_signed(ci: dict[str, Any]) -> None:
+    emulated: Emulation = ci["emulated"]
+    issuer: OidcIssuer = ci["issuer"]
+    (provider,) = emulated.sts.providers.values()
+    claims = {
+        "iss": issuer.issuer,
+        "aud": f"https://iam.googleapis.com/{provider.name}",
+        "sub": CIRCLECI_SUB,
+        "exp": time.time() + 3600,
+        "oidc.circleci.com/project-id": CIRCLE_PROJECT,
+    }
+    signed = issuer.mint(claims)
+    assert _exchange(emulated, signed).status_code == 200
+    # The same claims under another key (with the issuer's key id), or with no signature at all.
+    forger = OidcIssuer(issuer.issuer)
+    forger.kid = issuer.kid
+    unsigned = signed.rsplit(".", 1)[0] + "." + base64.urlsafe_b64encode(b"signature").decode().rstrip("=")
+    # Claims changed after signing (a longer life): the signature no longer matches them.
+    tampered_claims = {**claims, "exp": claims["exp"] + 3600}
+    payload = base64.urlsafe_b64encode(json.dumps(tampered_claims).encode()).decode().rstrip("=")
+    header, _, signature = signed.split(".")
+    for token in (forger.mint(claims), unsigned, f"{header}.{payload}.{signature}"):
+        refused = _exchange(emulated, token)
+        assert refused.status_code == 400, refused.text
+        assert refused.json() == {"error": "invalid_grant", "error_description": "Invalid JWT Signature."}
+    # An issuer whose keys cannot be fetched signs nothing Google accepts.
+    emulated.sts.issuer_urls.pop(issuer.issuer)
+    unreachable = _exchange(emulated, signed)
+    assert unreachable.status_code == 400
+    assert "Unable to fetch the OpenID configuration" in unreachable.json()["error_description"]

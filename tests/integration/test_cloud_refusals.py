@@ -77,7 +77,7 @@ def test_a_missing_permission_is_named_and_the_gate_fails_closed(
     _point(cloud, monkeypatch, principal="user:newcomer@example.com")
     line = _one_error_line(_gate())
     assert "permission aiplatform.models.get denied" in line
-    assert "grant the account that runs this a role that holds it" in line
+    assert "grant the account that runs this roles/aiplatform.user, which holds it" in line
 
 
 def test_a_disabled_api_says_run_setup_and_the_gate_fails_closed(

@@ -7,8 +7,6 @@ where Google sends one, so the client's real error handling runs (api_core's `re
 
 from __future__ import annotations
 
-import base64
-import json
 import sys
 import time
 from collections.abc import Iterator
@@ -417,14 +415,7 @@ def test_a_server_that_never_gets_healthy_keeps_deploy_running_then_fails(cloud:
 
 
 # --- keyless CI: STS and IAM Credentials ------------------------------------------------------------
-def _oidc_token(claims: dict[str, Any]) -> str:
-    def part(data: dict[str, Any]) -> str:
-        return base64.urlsafe_b64encode(json.dumps(data).encode()).decode().rstrip("=")
-
-    return f"{part({'alg': 'RS256', 'typ': 'JWT'})}.{part(claims)}.c2lnbmF0dXJl"
-
-
-def _federated_credentials(cloud: LocalCloud, folder: Path, sts: Any, provider: Any, sub: str) -> Any:
+def _federated_credentials(cloud: LocalCloud, folder: Path, issuer: Any, provider: Any, sub: str) -> Any:
     from google.auth import identity_pool
 
     claims = {
@@ -434,7 +425,7 @@ def _federated_credentials(cloud: LocalCloud, folder: Path, sts: Any, provider: 
         "oidc.circleci.com/project-id": "circle-project",
         "exp": time.time() + 3600,
     }
-    (folder / "token").write_text(_oidc_token(claims))
+    (folder / "token").write_text(issuer.mint(claims))
     config = {
         "type": "external_account",
         "audience": f"//iam.googleapis.com/{provider.name}",
@@ -460,9 +451,13 @@ def test_ci_exchanges_its_oidc_token_for_the_deployer_and_nothing_else(
     import google.auth.transport.requests
 
     from tests.standin.federation import IamCredentials, Provider, SecurityTokenService
+    from tests.standin.oidc import OidcIssuer
     from tests.standin.server import StandIn
 
+    issuer = OidcIssuer("https://oidc.circleci.com/org/org-id")
+    cloud.add(issuer)
     sts = SecurityTokenService(cloud.add(StandIn("sts")), cloud.access)
+    sts.trust(issuer.issuer, issuer.url)
     IamCredentials(cloud.add(StandIn("iamcredentials")), cloud.access, cloud.accounts.accounts)
     provider = sts.add_provider(
         Provider(
@@ -486,8 +481,8 @@ def test_ci_exchanges_its_oidc_token_for_the_deployer_and_nothing_else(
     # CircleCI's `sub` (org/<uuid>/project/<uuid>/user/<uuid>/vcs-origin/.../vcs-ref/...) is too long.
     long_sub = "org/" + "o" * 36 + "/project/" + "p" * 36 + "/user/" + "u" * 36 + "/vcs-origin/github.com/x/y"
     with pytest.raises(google.auth.exceptions.OAuthError, match="exceeds the 127 bytes limit"):
-        _federated_credentials(cloud, tmp_path, sts, provider, long_sub).refresh(request)
-    credentials = _federated_credentials(cloud, tmp_path, sts, provider, "org/o/project/p/user/u")
+        _federated_credentials(cloud, tmp_path, issuer, provider, long_sub).refresh(request)
+    credentials = _federated_credentials(cloud, tmp_path, issuer, provider, "org/o/project/p/user/u")
     credentials.refresh(request)
     assert cloud.access.tokens[credentials.token] == f"serviceAccount:{deployer}"
     VertexModels(cloud.vertex)
@@ -504,4 +499,4 @@ def test_ci_exchanges_its_oidc_token_for_the_deployer_and_nothing_else(
     # Without the pool's binding on the deployer, the exchange gives nothing to impersonate.
     cloud.access.policies.policies.pop(f"projects/{PROJECT}/serviceAccounts/{deployer}")
     with pytest.raises(google.auth.exceptions.GoogleAuthError, match=r"iam\.serviceAccounts\.getAccessToken"):
-        _federated_credentials(cloud, tmp_path, sts, provider, "org/o/project/p/user/u").refresh(request)
+        _federated_credentials(cloud, tmp_path, issuer, provider, "org/o/project/p/user/u").refresh(request)

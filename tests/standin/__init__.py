@@ -51,7 +51,7 @@ roles.py (roles -> permissions), vertex_jobs.py (CustomJobs that run the job's c
 real Docker engine, as a local process, or a scripted outcome), vertex_models.py and
 vertex_endpoints.py (Model Registry, endpoints that serve), vertex_catalogue.py (machine types and
 accelerators), setup_apis.py (Service Usage, Artifact Registry, IAM, Secret Manager, Resource
-Manager), cloudrun.py, federation.py (STS, IAM Credentials), gcs_front.py (the checking front of
-the GCS emulator), cloud.py (all of them at once), emulate.py and __main__.py (`make emulate`: the
-whole path for one project).
+Manager), cloudrun.py, federation.py (STS, IAM Credentials), oidc.py (CircleCI's OIDC issuer and
+`circleci` command), gcs_front.py (the checking front of the GCS emulator), cloud.py (all of them
+at once), emulate.py and __main__.py (`make emulate`: the whole path for one project).
 """

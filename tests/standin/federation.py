@@ -21,8 +21,11 @@ member of `principalSet://.../attribute.NAME/VALUE` for each mapped attribute.
 of the service account to a caller holding `iam.serviceAccounts.getAccessToken` on it
 (roles/iam.workloadIdentityUser or roles/iam.serviceAccountTokenCreator).
 
-Stand-in-only difference: the OIDC token's signature is not checked (no issuer keys are reachable
-here); everything else in it is.
+The token's signature is verified as Google verifies an OIDC provider's tokens: RS256 with the key its
+header's `kid` names, from the JWK Set at the `jwks_uri` of the issuer's discovery document
+(`<issuer>/.well-known/openid-configuration`). Stand-in-only difference: an issuer's public address
+(https://oidc.circleci.com/org/...) cannot be reached here, so `trust(issuer, url)` says where its
+stand-in answers (tests/standin/oidc.py); a token of an issuer nobody said that of is refused.
 """
 
 from __future__ import annotations
@@ -31,12 +34,19 @@ import base64
 import json
 import re
 import time
+import urllib.error
+import urllib.request
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from typing import Any
 from urllib.parse import parse_qsl
 
+from cryptography.exceptions import InvalidSignature
+from cryptography.hazmat.primitives import hashes
+from cryptography.hazmat.primitives.asymmetric import padding
+
 from tests.standin.access import API_NAMES, Access, Project
+from tests.standin.oidc import public_keys
 from tests.standin.server import ApiError, Reply, Request, StandIn
 
 TOKEN_EXCHANGE = "urn:ietf:params:oauth:grant-type:token-exchange"
@@ -80,6 +90,19 @@ def _claims(token: str) -> dict[str, Any]:
         raise ValueError("the subject token is not a JWT") from exc
 
 
+def _header(token: str) -> dict[str, Any]:
+    try:
+        part = token.split(".")[0]
+        return dict(json.loads(base64.urlsafe_b64decode(part + "=" * (-len(part) % 4))))
+    except (IndexError, ValueError) as exc:
+        raise ValueError("the subject token is not a JWT") from exc
+
+
+def _fetch_json(url: str) -> dict[str, Any]:
+    with urllib.request.urlopen(url, timeout=10) as answer:
+        return dict(json.loads(answer.read()))
+
+
 def _evaluate(expression: str, claims: dict[str, Any]) -> Any:
     """`assertion.sub` or `assertion['a.b/c']`: the subset of CEL the README's mapping uses."""
     expression = expression.strip()
@@ -96,7 +119,40 @@ class SecurityTokenService:
         self.access = access
         self.providers: dict[str, Provider] = {}
         self.lifetime = 3600  # seconds a federated token lives (a test shortens the hour)
+        # Where each issuer's stand-in answers (its discovery document and keys), by issuer URI.
+        self.issuer_urls: dict[str, str] = {}
         standin.route("POST", "/v1/token")(self.exchange)
+
+    def trust(self, issuer: str, url: str) -> None:
+        """Reach `issuer`'s `/.well-known/openid-configuration` at `url` (its stand-in) instead."""
+        self.issuer_urls[issuer] = url.rstrip("/")
+
+    def verify_signature(self, token: str, issuer: str) -> str | None:
+        """Why the token's signature does not verify against the issuer's published keys, or None."""
+        header = _header(token)
+        if header.get("alg") != "RS256":
+            return f"The ID Token is signed with {header.get('alg')!r}; only RS256 is supported."
+        url = self.issuer_urls.get(issuer)
+        if url is None:
+            return f"Unable to fetch the OpenID configuration of the issuer {issuer!r}."
+        try:
+            jwks = _fetch_json(str(_fetch_json(f"{url}/.well-known/openid-configuration")["jwks_uri"]))
+        except (OSError, KeyError, ValueError):
+            return f"Unable to fetch the signing keys of the issuer {issuer!r}."
+        key = public_keys(jwks).get(str(header.get("kid")))
+        if key is None:
+            return "Invalid JWT Signature: no key of the issuer has the token's kid."
+        signing_input, _, signature = token.rpartition(".")
+        try:
+            key.verify(
+                base64.urlsafe_b64decode(signature + "=" * (-len(signature) % 4)),
+                signing_input.encode(),
+                padding.PKCS1v15(),
+                hashes.SHA256(),
+            )
+        except (InvalidSignature, ValueError):
+            return "Invalid JWT Signature."
+        return None
 
     def add_provider(self, provider: Provider) -> Provider:
         self.providers[provider.name] = provider
@@ -118,13 +174,17 @@ class SecurityTokenService:
             return _oauth_error(
                 "invalid_target", f"The target service indicated by the audience {audience!r} is invalid."
             )
+        token = form.get("subject_token", "")
         try:
-            claims = _claims(form.get("subject_token", ""))
+            claims = _claims(token)
             if claims.get("iss") != provider.issuer:
                 return _oauth_error(
                     "invalid_grant",
                     f"The issuer in ID Token {claims.get('iss')!r} does not match the expected ones.",
                 )
+            refused = self.verify_signature(token, provider.issuer)
+            if refused:
+                return _oauth_error("invalid_grant", refused)
             audiences = claims.get("aud") if isinstance(claims.get("aud"), list) else [claims.get("aud")]
             default = [f"https://iam.googleapis.com/{provider.name}", f"//iam.googleapis.com/{provider.name}"]
             if not set(audiences) & set(provider.allowed_audiences or default):

@@ -129,3 +129,12 @@ def test_pull_requests_get_no_credentials_and_deploy_only_from_main() -> None:
     commands = [s["run"]["command"] for s in release_steps]
     # The gate comes first: a failing gate ends the job before anything is registered or deployed.
     assert commands.index("make gate") < commands.index("make register") < commands.index("make deploy")
+
+
+def test_edge_config_in_ci_asks_nothing() -> None:
+    """A CI job has no terminal: the wizard's first question would end the step with "Aborted."."""
+    lines = [shlex.split(line) for line in run_lines()]
+    configs = [words for words in lines if words[0].endswith("edge") and words[1:2] == ["config"]]
+    assert configs
+    for words in configs:
+        assert {"--non-interactive", "-y"} & set(words), " ".join(words)

@@ -64,11 +64,36 @@ def _from_error_info(exc: BaseException) -> str | None:
     if reason == "IAM_PERMISSION_DENIED":
         permission = metadata.get("permission", "a permission")
         resource = metadata.get("resource", "the resource")
+        role = granting_role(permission)
+        grant = f"{role}, which holds it" if role else "a role that holds it"
         return (
-            f"permission {permission} denied on {resource}: grant the account that runs this a role "
-            "that holds it (docs/cloud.md lists the roles each step needs)"
+            f"permission {permission} denied on {resource}: grant the account that runs this {grant} "
+            "(the README's CI/CD section lists the roles of CI's deployer)"
         )
     return None
+
+
+# The role the README and docs/cloud.md grant for each permission the cloud path needs, by prefix
+# (Google's role reference: https://cloud.google.com/iam/docs/roles-permissions). A refusal then
+# says what to grant, not only what is missing.
+GRANTING_ROLES = (
+    ("storage.buckets.get", "roles/storage.legacyBucketReader on the bucket"),
+    ("storage.objects.", "roles/storage.objectAdmin on the bucket"),
+    ("aiplatform.customJobs.", "roles/aiplatform.user"),
+    ("aiplatform.models.", "roles/aiplatform.user"),
+    ("aiplatform.endpoints.", "roles/aiplatform.user"),
+    ("iam.serviceAccounts.actAs", "roles/iam.serviceAccountUser"),
+    ("artifactregistry.repositories.uploadArtifacts", "roles/artifactregistry.writer"),
+    ("run.services.", "roles/run.admin"),
+    ("secretmanager.versions.access", "roles/secretmanager.secretAccessor on the secret"),
+)
+
+
+def granting_role(permission: str) -> str | None:
+    """The role our docs grant for `permission`, or None for one they do not mention."""
+    if permission.endswith(("IamPolicy", ".setIamPolicy")):
+        return None  # policies are the admin roles' business, not the ones the docs grant
+    return next((role for prefix, role in GRANTING_ROLES if permission.startswith(prefix)), None)
 
 
 def is_registry_answer(exc: BaseException) -> bool:
