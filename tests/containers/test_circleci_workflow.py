@@ -317,8 +317,7 @@ def without_role(lines: list[str], role: str) -> list[str]:
 # with their own permission and role named; `EDGE_REHEARSE_ROLES=all` runs them too.
 # Not in the table, because nothing here can refuse without them: artifactregistry.writer (the
 # push goes to that local registry), storage.objectAdmin (objects go to the GCS emulator, which
-# checks no permission; only bucket metadata goes through the checking front) and run.admin (the
-# workflow deploys nothing to Cloud Run: the webapp is deployed by `edge webapp deploy`).
+# checks no permission; only bucket metadata goes through the checking front).
 REFUSALS = {
     "storage.legacyBucketReader": ("pipeline", "make cloud-repro", "storage.buckets.get"),
     "aiplatform.user": ("pipeline", "make cloud-repro", "aiplatform.customJobs.create"),

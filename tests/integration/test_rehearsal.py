@@ -207,8 +207,15 @@ def test_the_readme_cloud_sections_run_against_make_emulate(repo: Path, emulated
     assert applied_steps >= 4
     deployer = f"serviceAccount:edge-deployer@{PROJECT}.iam.gserviceaccount.com"
     policies = emulated.cloud.projects.policies
-    for role in ("aiplatform.user", "artifactregistry.writer", "storage.objectAdmin", "run.admin"):
+    for role in (
+        "aiplatform.user",
+        "artifactregistry.writer",
+        "storage.objectAdmin",
+        "iam.serviceAccountUser",
+    ):
         assert deployer in policies.members(f"projects/{PROJECT}", f"roles/{role}")
+    # Least privilege: CI deploys no webapp, so the deployer holds no Cloud Run role.
+    assert deployer not in policies.members(f"projects/{PROJECT}", "roles/run.admin")
     # One binding per role: the README's lines add members, never a second binding for a role.
     for resource, policy in policies.policies.items():
         roles = [b["role"] for b in policy.get("bindings", [])]
