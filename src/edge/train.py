@@ -266,8 +266,10 @@ def _duration(seconds: float) -> str:
     return f"{minutes} min {seconds:02d} s" if minutes else f"{seconds} s"
 
 
-# The estimate comes after this many steps: enough to be past TensorFlow's first, slower steps.
-ESTIMATE_AFTER_STEPS = 20
+# The estimate times the steps between these two counts: TensorFlow's first steps trace and compile
+# the graph and cost several times a later one, so timing from the start would overstate the whole.
+ESTIMATE_FROM_STEP = 5
+ESTIMATE_AFTER_STEPS = 25
 
 
 def _progress(epochs: int, steps: int, precision: Precision) -> keras.callbacks.Callback:
@@ -281,7 +283,8 @@ def _progress(epochs: int, steps: int, precision: Precision) -> keras.callbacks.
 
     class Progress(keras.callbacks.Callback):  # type: ignore[misc]
         started = 0.0
-        epochs_done = 0
+        steady_from = 0.0
+        steps_done = 0
 
         def on_train_begin(self, logs: dict[str, Any] | None = None) -> None:
             self.started = time.perf_counter()
@@ -291,14 +294,17 @@ def _progress(epochs: int, steps: int, precision: Precision) -> keras.callbacks.
             )
 
         def on_train_batch_end(self, batch: int, logs: dict[str, Any] | None = None) -> None:
-            # `batch` counts within an epoch: only the first epoch's count is steps since the start.
-            first_epoch = not self.epochs_done
-            if first_epoch and batch + 1 == ESTIMATE_AFTER_STEPS and epochs * steps > ESTIMATE_AFTER_STEPS:
-                per_step = (time.perf_counter() - self.started) / ESTIMATE_AFTER_STEPS
-                say(f"Estimated training time: {_duration(per_step * epochs * steps)}.")
+            # Keras's `batch` restarts at each epoch: count the steps since the start here.
+            self.steps_done += 1
+            if self.steps_done == ESTIMATE_FROM_STEP:
+                self.steady_from = time.perf_counter()
+            elif self.steps_done == ESTIMATE_AFTER_STEPS and epochs * steps > ESTIMATE_AFTER_STEPS:
+                now = time.perf_counter()
+                per_step = (now - self.steady_from) / (ESTIMATE_AFTER_STEPS - ESTIMATE_FROM_STEP)
+                total = now - self.started + per_step * (epochs * steps - ESTIMATE_AFTER_STEPS)
+                say(f"Estimated training time: {_duration(total)}, and a little per epoch for validation.")
 
         def on_epoch_end(self, epoch: int, logs: dict[str, Any] | None = None) -> None:
-            self.epochs_done = epoch + 1
             elapsed = time.perf_counter() - self.started
             left = elapsed / (epoch + 1) * (epochs - epoch - 1)
             metrics = logs or {}
