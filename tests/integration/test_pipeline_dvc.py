@@ -23,7 +23,7 @@ from edge.verdict import VERDICT_FILE
 from tests.conftest import REPO_ROOT
 from tests.datagen import NO_AUGMENTATION, write_fashion_files
 
-pytestmark = pytest.mark.slow
+pytestmark = [pytest.mark.slow, pytest.mark.e2e]
 
 # Seeded tiny settings: 1,800 synthetic images, one epoch of a one-block CNN, about 50 s for the
 # whole `dvc repro` on a loaded 2-core machine. Measured test accuracy with them: 0.79 (seed 1),
