@@ -16,10 +16,10 @@ UV_VERSION := 0.13.9
 UV := $(or $(shell command -v uv 2>/dev/null),.tools/bin/uv)
 BIN := .venv/bin
 
-.PHONY: help setup up repro test test-containers lint bench clean emulate
+.PHONY: help setup up repro test test-e2e test-containers lint bench clean emulate
 
 help: ## List the targets
-	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk 'BEGIN {FS = ":.*## "}; {printf "  \033[36m%-16s\033[0m %s\n", $$1, $$2}'
+	@grep -E '^[a-z0-9-]+:.*## ' $(MAKEFILE_LIST) | awk 'BEGIN {FS = ":.*## "}; {printf "  \033[36m%-16s\033[0m %s\n", $$1, $$2}'
 
 .tools/bin/uv:
 	python3 -m venv .tools
@@ -39,8 +39,18 @@ repro: setup ## Seed the data if missing and run the DVC pipeline (cached stages
 	$(BIN)/dvc repro
 	$(BIN)/dvc metrics show
 
-test: setup ## Run the tests: unit, integration and browser (not the containers)
-	$(BIN)/pytest -m "not containers" --durations=15
+# The tests run in TEST_WORKERS processes (pytest-xdist). Run one at a time, they use 0.7 of a core on
+# average (much of it waiting on the servers and commands they start); two share two cores. A file's
+# tests stay in one process (--dist loadfile), so its module fixtures (a trained model, a reproduced
+# project) are made once.
+TEST_WORKERS ?= 2
+PARALLEL := -n $(TEST_WORKERS) --dist loadfile
+
+test: setup ## Run the tests: unit, integration, model, browser (not e2e, not containers)
+	$(BIN)/pytest -m "not e2e and not containers" $(PARALLEL) --durations=15
+
+test-e2e: setup ## Run the end-to-end flows (pytest -m e2e): DVC in fresh repositories, the README's cloud path
+	$(BIN)/pytest -m "e2e and not containers" $(PARALLEL) --durations=10
 
 test-containers: setup ## Build the images and run them in a real Docker engine (pytest -m containers)
 	$(BIN)/pytest -m containers --durations=10

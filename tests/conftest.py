@@ -29,6 +29,13 @@ from tests.gcs_emulator import gcs_bucket, gcs_emulator  # noqa: F401
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 
+# pytest-xdist's workers start with COLUMNS=80 and LINES=24 in their environment. The CLI's Rich
+# consoles, made when edge.cli is imported, would keep 80 columns for good and ignore the COLUMNS a
+# test sets; without them, a worker sizes its output as a plain `pytest` run does.
+if "PYTEST_XDIST_WORKER" in os.environ:
+    os.environ.pop("COLUMNS", None)
+    os.environ.pop("LINES", None)
+
 # The local Google Cloud stand-ins' fixtures (local_cloud, cloud_env).
 pytest_plugins = ["tests.cloud_env", "tests.tracking_env"]
 

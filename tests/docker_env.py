@@ -11,8 +11,8 @@ Helpers to import in your own container tests, and the session fixtures tests/co
                           `.ref` = `127.0.0.1:PORT/edge/edge-trainer@sha256:...`, `.digest`
 
 Without an engine (or docker-registry) the tests that use them are skipped, and fail under CI=true.
-A test that uses any of them is marked `containers` (tests/conftest.py): `make test` leaves it out,
-`make test-containers` (`pytest -m containers`) runs it.
+A test that uses any of them is marked `containers` (tests/conftest.py): `make test` and `make
+test-e2e` leave it out, `make test-containers` (`pytest -m containers`) runs it.
 Everything is named uniquely and removed afterwards, by name: the engine is shared, never pruned.
 """
 

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import itertools
 import os
+import random
 import socket
 import subprocess
 import sys
@@ -19,11 +21,49 @@ EDGE = str(Path(sys.executable).with_name("edge"))
 START_TIMEOUT = 180.0
 
 
+# A port handed to a server that binds it seconds later (TensorFlow loads first) must stay free
+# meanwhile. Port 0's pick comes from the kernel's ephemeral range, where every outgoing connection
+# also takes its local port (the fuzz tests open thousands) and where any other process's port 0
+# lands: so the ports come from just below that range instead, each pytest-xdist worker from its
+# own slice, in an order of its own, each port once before any again.
+PORTS_PER_WORKER = 1000
+
+
+def _ephemeral_ports_start() -> int:
+    try:
+        return int(Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split()[0])
+    except (OSError, ValueError, IndexError):
+        return 49152  # not Linux: IANA's dynamic range, as macOS uses it
+
+
+def _port_order() -> Iterator[int]:
+    worker = os.environ.get("PYTEST_XDIST_WORKER", "gw0")
+    index = int(worker.removeprefix("gw")) if worker.removeprefix("gw").isdigit() else 0
+    first = _ephemeral_ports_start() - PORTS_PER_WORKER * (index + 1)
+    if first < 1024:
+        raise RuntimeError(f"no room for a port slice of pytest-xdist worker {worker}: use fewer workers")
+    ports = list(range(first, first + PORTS_PER_WORKER))
+    random.Random(os.getpid()).shuffle(ports)
+    return itertools.cycle(ports)
+
+
+_ports: Iterator[int] | None = None
+
+
 def free_port() -> int:
-    """Return a port that nothing listens on right now."""
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
+    """Return a port of 127.0.0.1 that nothing is bound to right now, and that port 0 never gives."""
+    global _ports
+    if _ports is None:
+        _ports = _port_order()
+    for _ in range(PORTS_PER_WORKER):
+        port = next(_ports)
+        with socket.socket() as sock:
+            try:
+                sock.bind(("127.0.0.1", port))
+            except OSError:
+                continue  # taken, or an earlier server's connections still linger there
+            return port
+    raise RuntimeError(f"all {PORTS_PER_WORKER} ports of this test process's slice are taken")
 
 
 @dataclass

@@ -34,6 +34,7 @@ def test_local_remote_round_trip(tmp_path: Path) -> None:
 
 
 @pytest.mark.slow
+@pytest.mark.e2e
 def test_gcs_remote_round_trip(tmp_path: Path, gcs_bucket: str, gcs_emulator: GcsEmulator) -> None:
     """Push data and every stage output to a gs:// remote (the emulator); a fresh clone pulls them and
     `dvc repro` has nothing left to do."""

@@ -8,7 +8,6 @@ import os
 import re
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -22,8 +21,9 @@ from edge.model import RUN_FILE
 from edge.verdict import VERDICT_FILE
 from tests.conftest import REPO_ROOT
 from tests.datagen import NO_AUGMENTATION, write_fashion_files
+from tests.live_servers import free_port
 
-pytestmark = pytest.mark.slow
+pytestmark = [pytest.mark.slow, pytest.mark.e2e]
 
 # Seeded tiny settings: 1,800 synthetic images, one epoch of a one-block CNN, about 50 s for the
 # whole `dvc repro` on a loaded 2-core machine. Measured test accuracy with them: 0.79 (seed 1),
@@ -331,12 +331,6 @@ def test_experiments_compare_apply_and_travel(reproduced: tuple[Path, str], tmp_
     assert (clone / "models/model.keras").is_file()
     applied = json.loads((clone / "reports/evaluate/metrics.json").read_text())
     assert applied["accuracy"] == shown["two-epochs"]["accuracy"]
-
-
-def free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return int(probe.getsockname()[1])
 
 
 def alive(pid: int) -> bool:

@@ -19,7 +19,7 @@ from edge.train import load_prepared
 from tests.datagen import NO_AUGMENTATION
 from tests.gcs_emulator import GcsEmulator
 
-pytestmark = pytest.mark.slow
+pytestmark = [pytest.mark.slow, pytest.mark.e2e]
 
 EDGE = str(Path(sys.executable).with_name("edge"))
 # 800 real training images, three short epochs: measured test accuracy 0.72 (one epoch of 64-image

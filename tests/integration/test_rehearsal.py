@@ -35,6 +35,8 @@ from tests.standin.federation import Provider
 from tests.standin.vertex_endpoints import ProcessServers
 from tests.standin.vertex_jobs import ProcessRunner
 
+pytestmark = pytest.mark.e2e
+
 ROOT = Path(__file__).resolve().parents[2]
 README = ROOT / "README.md"
 PROJECT = "edge-local"

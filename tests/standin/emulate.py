@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import contextlib
 import shutil
-import socket
 import subprocess
 import sys
 import tempfile
@@ -28,6 +27,7 @@ from typing import Any
 
 import requests
 
+from tests.live_servers import free_port
 from tests.standin.cloud import LocalCloud
 from tests.standin.cloudrun import CloudRun
 from tests.standin.federation import IamCredentials, SecurityTokenService
@@ -78,12 +78,6 @@ class Emulation:
     @property
     def iamcredentials_url(self) -> str:
         return self.cloud.extra["iamcredentials"].url
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
 
 
 def _wait(url: str, process: subprocess.Popen[bytes], what: str) -> None:

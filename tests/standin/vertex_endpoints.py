@@ -37,7 +37,6 @@ import contextlib
 import json
 import os
 import shutil
-import socket
 import subprocess
 import threading
 import time
@@ -47,6 +46,7 @@ import uuid
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
+from tests.live_servers import free_port
 from tests.standin.gcs_front import GcsFront
 from tests.standin.gcs_identity import IdentityProxy
 from tests.standin.server import ApiError, Operations, Request, StandIn, new_id
@@ -55,12 +55,6 @@ from tests.standin.vertex_models import VertexModels, now
 
 TYPE = "type.googleapis.com/google.cloud.aiplatform.v1."
 LOG_TAIL = 20
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 class Server(Protocol):
