@@ -16,7 +16,7 @@ UV_VERSION := 0.13.9
 UV := $(or $(shell command -v uv 2>/dev/null),.tools/bin/uv)
 BIN := .venv/bin
 
-.PHONY: help setup up repro test test-e2e test-containers lint bench clean emulate
+.PHONY: help setup up repro test test-e2e test-containers lint lock-check bench clean emulate
 
 help: ## List the targets
 	@grep -E '^[a-z0-9-]+:.*## ' $(MAKEFILE_LIST) | awk 'BEGIN {FS = ":.*## "}; {printf "  \033[36m%-16s\033[0m %s\n", $$1, $$2}'
@@ -54,6 +54,9 @@ test-e2e: setup ## Run the end-to-end flows (pytest -m e2e): DVC in fresh reposi
 
 test-containers: setup ## Build the images and run them in a real Docker engine (pytest -m containers)
 	$(BIN)/pytest -m containers --durations=10
+
+lock-check: setup ## Check that dvc.lock matches each stage's code and params.yaml (else: dvc repro, commit)
+	.ci/check-dvc-lock
 
 lint: setup ## Check style and types: ruff and mypy
 	$(BIN)/ruff check .
