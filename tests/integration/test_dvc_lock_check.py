@@ -11,6 +11,8 @@ from pathlib import Path
 
 import pytest
 
+from tests.gitrepo import git
+
 ROOT = Path(__file__).resolve().parents[2]
 CHECK = ROOT / ".ci" / "check-dvc-lock"
 DVC_YAML = """\
@@ -27,11 +29,6 @@ def run(cwd: Path, *args: str) -> subprocess.CompletedProcess[str]:
     env = {**os.environ, "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}"}
     env.update(DVC_NO_ANALYTICS="1", DO_NOT_TRACK="1")
     return subprocess.run(args, cwd=cwd, env=env, capture_output=True, text=True, timeout=120)
-
-
-def git(cwd: Path, *args: str) -> None:
-    done = run(cwd, "git", "-c", "user.name=t", "-c", "user.email=t@example.com", *args)
-    assert done.returncode == 0, done.stderr
 
 
 @pytest.fixture
