@@ -215,9 +215,9 @@ def push(
     client: docker.DockerClient | None = None,
     on_event: PushEvents | None = None,
 ) -> PushedImage:
-    """
-        import docker.errors
-    Push the local `edge-<service>:<tag>` to `<registry>/edge-<service>:<tag>`; return its digest."""
+    """Push the local `edge-<service>:<tag>` to `<registry>/edge-<service>:<tag>`; return its digest."""
+    import docker.errors
+
     client = client or engine()
     local = image_ref(service, tag)
     remote = image_ref(service, tag, registry)
