@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import os
 from collections.abc import Mapping
+from functools import lru_cache
 from typing import Annotated, TypeVar
 
 from pydantic import AliasChoices, Field, ValidationError, field_validator
@@ -81,7 +82,16 @@ class EdgeEnvironment(BaseSettings):
 
 def environment(environ: Mapping[str, str] | None = None) -> EdgeEnvironment:
     """The `edge` CLI's own variables (default: from the process environment), checked."""
+    if environ is None:
+        return _environment_of(tuple(os.environ.items()))
     return read(EdgeEnvironment, environ)
+
+
+@lru_cache(maxsize=4)
+def _environment_of(items: tuple[tuple[str, str], ...]) -> EdgeEnvironment:
+    # Building a settings object validates every field, and storage asks for one on each gs:// call:
+    # build it once per distinct environment (it is frozen, so callers may share it).
+    return read(EdgeEnvironment, dict(items))
 
 
 class SettingsError(ValueError):
