@@ -19,6 +19,7 @@ from werkzeug.serving import BaseWSGIServer, make_server
 from edge_webapp import create_app
 from edge_webapp.imaging import open_image, to_fashion_mnist
 from edge_webapp.views import samples
+from tests.live_servers import free_port
 
 
 def _serve_in_thread(app: Flask) -> Iterator[str]:
@@ -49,12 +50,6 @@ def broken_model_url() -> Iterator[str]:
     broken = Flask("broken")
     broken.add_url_rule("/predict", "predict", lambda: ("boom", 500), methods=["POST"])
     yield from _serve_in_thread(broken)
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
 
 
 @pytest.fixture
