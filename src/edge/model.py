@@ -11,7 +11,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, PositiveInt, StrictBool, field_validator
+from pydantic import BaseModel, ConfigDict, Field, PositiveInt, StrictBool, ValidationInfo, field_validator
 
 from edge import envsettings
 from edge.data import CLASS_NAMES, IMAGE_SHAPE
@@ -119,7 +119,8 @@ class ModelParams(BaseModel):
 
     # One block per entry: convolutions of that many filters, then 2x2 max pooling.
     filters: tuple[PositiveInt, ...] = Field(default=(16, 32, 64), min_length=1)
-    convs_per_block: int = Field(default=1, ge=1)
+    # 3x3 convolutions in each block: one number for every block, or one per block.
+    convs_per_block: PositiveInt | tuple[PositiveInt, ...] = 1
     head: Head = "flatten"
     # Standardize each image (zero mean, unit variance) before the first convolution: the network
     # then sees one image at any brightness or contrast, as a photo's exposure should not matter.
@@ -130,6 +131,30 @@ class ModelParams(BaseModel):
     tta_flip: StrictBool = True
     # true, false or "auto" (resolve_precision): the default must not depend on the CPU it runs on.
     bfloat16: StrictBool | Literal["auto"] = "auto"
+
+    @field_validator("convs_per_block", mode="before")
+    @classmethod
+    def _a_count_or_one_per_block(cls, value: object, info: ValidationInfo) -> object:
+        # Checked here so that a wrong value gets one message, not one per member of the union.
+        def count(item: object) -> bool:
+            return isinstance(item, int) and not isinstance(item, bool) and item >= 1
+
+        if count(value):
+            return value
+        filters = info.data.get("filters")
+        if isinstance(value, list | tuple) and value and all(count(item) for item in value):
+            if filters is not None and len(value) != len(filters):
+                raise ValueError(
+                    f"has {len(value)} entries for {len(filters)} blocks: give one per entry of filters"
+                )
+            return tuple(value)
+        raise ValueError("must be a whole number >= 1, or one per block, such as [1, 2, 1]")
+
+    def block_convs(self) -> tuple[int, ...]:
+        """How many convolutions each block has."""
+        if isinstance(self.convs_per_block, tuple):
+            return self.convs_per_block
+        return (self.convs_per_block,) * len(self.filters)
 
     @field_validator("bfloat16", mode="before")
     @classmethod
@@ -160,8 +185,8 @@ def build_model(params: ModelParams, precision: Precision | None = None) -> kera
             axis=[1, 2], epsilon=1e-6, center=False, scale=False, name="standardize", dtype=dtype
         )(x)
     x = layers.Reshape((*IMAGE_SHAPE, 1), dtype=dtype)(x)
-    for block, filters in enumerate(params.filters):
-        for conv in range(params.convs_per_block):
+    for block, (filters, convs) in enumerate(zip(params.filters, params.block_convs(), strict=True)):
+        for conv in range(convs):
             conv_name = f"block{block}_conv{conv}"
             x = layers.Conv2D(
                 filters, 3, padding="same", use_bias=not params.batch_norm, name=conv_name, dtype=dtype
@@ -171,7 +196,8 @@ def build_model(params: ModelParams, precision: Precision | None = None) -> kera
                     momentum=BN_MOMENTUM, name=f"block{block}_bn{conv}", dtype=dtype
                 )(x)
             x = layers.Activation("relu", dtype=dtype)(x)
-        x = layers.MaxPooling2D(name=f"block{block}_pool", dtype=dtype)(x)
+        # "same" keeps the last row and column of an odd-sized map (7 -> 4, where "valid" gives 3).
+        x = layers.MaxPooling2D(padding="same", name=f"block{block}_pool", dtype=dtype)(x)
     # Flatten keeps where a feature is (a collar at the top, a heel at the bottom), which the small
     # final maps still resolve; GAP is cheaper in parameters but loses it.
     x = (

@@ -26,6 +26,15 @@ def test_model_outputs_probabilities_per_class() -> None:
     assert (probabilities >= 0).all()
 
 
+def test_each_block_has_its_own_count_of_convolutions_and_odd_maps_keep_their_edges() -> None:
+    model = build_model(ModelParams(filters=(4, 8, 8), convs_per_block=(1, 2, 1), dense_units=8))
+    convs = [layer.name for layer in model.layers if layer.name.startswith("block") and "conv" in layer.name]
+    assert convs == ["block0_conv0", "block1_conv0", "block1_conv1", "block2_conv0"]
+    # 28 -> 14 -> 7 -> 4: the last pooling keeps the seventh row and column of the 7x7 maps.
+    assert model.get_layer("block2_pool").output.shape[1:3] == (4, 4)
+    assert ModelParams(filters=(4, 8), convs_per_block=2).block_convs() == (2, 2)
+
+
 EPYC_FLAGS = "processor\t: 0\nvendor_id\t: AuthenticAMD\nflags\t\t: fpu sse2 avx2 avx512f avx512_bf16 fma\n"
 OLD_XEON_FLAGS = "processor\t: 0\nflags\t\t: fpu sse2 avx2 avx512f avx512bw fma\n"
 SAPPHIRE_FLAGS = "flags\t\t: avx512f amx_tile amx_bf16 amx_int8\n"

@@ -74,6 +74,14 @@ def test_blocks_left_out_or_empty_take_every_default(tmp_path: Path) -> None:
             'params.yaml: train.model.bfloat16 = "yes": must be true, false or auto',
         ),
         (
+            "train: {model: {convs_per_block: 0}}",
+            "params.yaml: train.model.convs_per_block = 0: must be a whole number >= 1, or one per block",
+        ),
+        (
+            "train: {model: {filters: [8, 16, 32], convs_per_block: [1, 2]}}",
+            "params.yaml: train.model.convs_per_block = [1, 2]: has 2 entries for 3 blocks",
+        ),
+        (
             "evaluate: {invariance: {s: {shift: 1.5, floor: 0.5}}}",
             "params.yaml: evaluate.invariance.s.shift = 1.5: must be a valid integer",
         ),
