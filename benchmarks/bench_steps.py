@@ -9,7 +9,9 @@ params.yaml network and optimizer, one batch of `train.batch_size` synthetic ima
 - bfloat16 and float32, with TensorFlow's deterministic kernels (as `edge.train.train` runs them),
   and bfloat16 without them: what determinism costs;
 - float32 with oneDNN limited to AVX2 (`ONEDNN_MAX_CPU_ISA=AVX2`) where the CPU has AVX-512:
-  the cost on a CPU without bfloat16 or AVX-512 units.
+  the cost on a CPU without bfloat16 or AVX-512 units;
+- bfloat16 without AMX (`ONEDNN_MAX_CPU_ISA=AVX512_CORE_BF16`) where the CPU has AMX: the cost on
+  a CPU whose only bfloat16 units are avx512_bf16's.
 
 Each cost times `train.epochs` x the steps of an epoch gives the training time on that kind of
 CPU; add the pipeline benchmark's other stages for a whole `dvc repro`. Results go to
@@ -38,6 +40,8 @@ QUIET_ENV = {"DVC_NO_ANALYTICS": "1", "DO_NOT_TRACK": "1", "TF_CPP_MIN_LOG_LEVEL
 SETTINGS: dict[str, tuple[bool, bool, dict[str, str]]] = {
     "bfloat16, deterministic": (True, True, {}),
     "bfloat16, not deterministic": (True, False, {}),
+    # oneDNN without its AMX kernels where the CPU has AMX: a CPU with avx512_bf16 alone (AMD EPYC).
+    "bfloat16, deterministic, no AMX": (True, True, {"ONEDNN_MAX_CPU_ISA": "AVX512_CORE_BF16"}),
     "float32, deterministic": (False, True, {}),
     "float32, deterministic, AVX2 only": (False, True, {"ONEDNN_MAX_CPU_ISA": "AVX2"}),
 }
@@ -117,7 +121,11 @@ def main() -> None:
     cpu = next((line.split(":", 1)[1].strip() for line in cpuinfo.splitlines() if "model name" in line), "?")
     kinds = sorted(flags & {"avx2", "avx512f", "avx512_bf16", "amx_bf16"})
     print(f"CPU: {cpu} ({', '.join(kinds) or 'none of avx2, avx512'}), {len(os.sched_getaffinity(0))} cores")
-    names = [n for n in SETTINGS if "AVX2 only" not in n or "avx512f" in flags]
+    names = [
+        n
+        for n in SETTINGS
+        if ("AVX2 only" not in n or "avx512f" in flags) and ("no AMX" not in n or "amx_bf16" in flags)
+    ]
     if "avx512_bf16" not in flags and "amx_bf16" not in flags:
         print("This CPU has no native bfloat16: the bfloat16 rows are emulated and slow.")
     load_before = _load_average()
