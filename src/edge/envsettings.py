@@ -63,12 +63,14 @@ class EdgeEnvironment(BaseSettings):
 
     # Other tools' variables that Edge reads too, by their own names: Google's project and Cloud
     # Storage emulator (gcsfs), the docker client to build with and the engine's address (named in
-    # errors), and whether TensorFlow uses oneDNN (recorded with a model's machine).
+    # errors), and whether TensorFlow uses oneDNN and which of the CPU's instructions oneDNN may use
+    # (recorded with a model's machine: a limit makes another CPU's bits).
     google_cloud_project: str | None = Field(default=None, validation_alias="GOOGLE_CLOUD_PROJECT")
     storage_emulator_host: str | None = Field(default=None, validation_alias="STORAGE_EMULATOR_HOST")
     docker: str | None = Field(default=None, validation_alias="DOCKER")
     docker_host: str | None = Field(default=None, validation_alias="DOCKER_HOST")
     tf_enable_onednn_opts: str | None = Field(default=None, validation_alias="TF_ENABLE_ONEDNN_OPTS")
+    onednn_max_cpu_isa: str | None = Field(default=None, validation_alias="ONEDNN_MAX_CPU_ISA")
 
     @field_validator("data_mirrors", mode="before")
     @classmethod

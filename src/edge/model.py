@@ -76,12 +76,15 @@ def machine(cpuinfo: str | None = None) -> dict[str, Any]:
         "unknown",
     )
     flags = cpu_flags(cpuinfo) & {"avx2", "avx512f", *BF16_CPU_FLAGS}
+    environment = envsettings.environment()
     return {
         "cpu": name,
         "flags": sorted(flags),
         "cores": len(os.sched_getaffinity(0)),
         "tensorflow": tf.__version__,
-        "onednn": envsettings.environment().tf_enable_onednn_opts or "default",
+        "onednn": environment.tf_enable_onednn_opts or "default",
+        # oneDNN limited to an older instruction set (`ONEDNN_MAX_CPU_ISA=AVX2`) computes as that CPU.
+        "onednn_max_cpu_isa": environment.onednn_max_cpu_isa or "all",
     }
 
 

@@ -10,6 +10,7 @@ from edge.model import (
     ModelParams,
     build_model,
     logits_model,
+    machine,
     resolve_precision,
     with_flip_tta,
     with_temperature,
@@ -51,6 +52,15 @@ def test_auto_precision_follows_the_cpu_and_the_gpu() -> None:
     # An explicit setting wins over the hardware.
     assert resolve_precision(True, cpuinfo=OLD_XEON_FLAGS, gpus=0).policy == "mixed_bfloat16"
     assert resolve_precision(False, cpuinfo=EPYC_FLAGS, gpus=1).policy == "float32"
+
+
+def test_the_machine_names_the_cpu_kind_and_any_limit_on_onednn(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv("ONEDNN_MAX_CPU_ISA", raising=False)
+    assert machine(EPYC_FLAGS)["flags"] == ["avx2", "avx512_bf16", "avx512f"]
+    assert machine(EPYC_FLAGS)["onednn_max_cpu_isa"] == "all"
+    # Limited to AVX2, this CPU computes (and rounds) as a CPU without AVX-512 would.
+    monkeypatch.setenv("ONEDNN_MAX_CPU_ISA", "AVX2")
+    assert machine(EPYC_FLAGS)["onednn_max_cpu_isa"] == "AVX2"
 
 
 @pytest.mark.parametrize(("setting", "compute"), [(True, "bfloat16"), (False, "float32")])
