@@ -39,6 +39,17 @@ CPUINFO = Path("/proc/cpuinfo")
 # CPU flags (as /proc/cpuinfo spells them) of units that compute in bfloat16 natively. Without them
 # oneDNN emulates bfloat16 and a training step costs about twice float32's (docs/benchmarks.md).
 BF16_CPU_FLAGS = ("avx512_bf16", "amx_bf16")
+# oneDNN limited to an instruction set (`ONEDNN_MAX_CPU_ISA`) older than the one a bfloat16 flag
+# belongs to does not use that flag's units: these limits rule each flag out. The names and their
+# order are oneDNN's (https://oneapi-src.github.io/oneDNN/dev_guide_cpu_dispatcher_control.html);
+# any other value (ALL, the AMX sets, or one oneDNN does not know and ignores) leaves both in reach.
+_ONEDNN_ISAS_BEFORE_AVX512_BF16 = (
+    "SSE41", "AVX", "AVX2", "AVX2_VNNI", "AVX2_VNNI_2", "AVX512_CORE", "AVX512_CORE_VNNI"
+)  # fmt: skip
+ONEDNN_LIMITS_WITHOUT = {
+    "avx512_bf16": _ONEDNN_ISAS_BEFORE_AVX512_BF16,
+    "amx_bf16": (*_ONEDNN_ISAS_BEFORE_AVX512_BF16, "AVX512_CORE_BF16", "AVX10_1_512", "AVX512_CORE_FP16"),
+}
 Policy = Literal["float32", "mixed_bfloat16", "mixed_float16"]
 
 
@@ -95,6 +106,8 @@ def resolve_precision(
 
     "auto" is bfloat16 only where the CPU computes it natively, float16 with loss scaling on a GPU,
     float32 otherwise (macOS, older x86, ARM without the flags), so a default never runs emulated.
+    Native means within oneDNN's reach: limited by `ONEDNN_MAX_CPU_ISA` to an older instruction
+    set (AVX2, to compute as a CPU without AVX-512 would), the CPU's bfloat16 units go unused.
     `cpuinfo` and `gpus` stand in for /proc/cpuinfo and TensorFlow's GPU list (tests pass them).
     """
     if setting is True:
@@ -110,9 +123,17 @@ def resolve_precision(
     if cpuinfo is None:
         cpuinfo = CPUINFO.read_text() if CPUINFO.is_file() else ""
     found = sorted(cpu_flags(cpuinfo) & set(BF16_CPU_FLAGS))
-    if found:
-        return Precision(setting, "mixed_bfloat16", f"auto: the CPU reports {', '.join(found)}")
-    return Precision(setting, "float32", f"auto: the CPU reports none of {', '.join(BF16_CPU_FLAGS)}")
+    if not found:
+        return Precision(setting, "float32", f"auto: the CPU reports none of {', '.join(BF16_CPU_FLAGS)}")
+    limit = envsettings.environment().onednn_max_cpu_isa
+    usable = [flag for flag in found if (limit or "").upper() not in ONEDNN_LIMITS_WITHOUT[flag]]
+    if usable:
+        return Precision(setting, "mixed_bfloat16", f"auto: the CPU reports {', '.join(usable)}")
+    return Precision(
+        setting,
+        "float32",
+        f"auto: the CPU reports {', '.join(found)}, out of oneDNN's reach with ONEDNN_MAX_CPU_ISA={limit}",
+    )
 
 
 class ModelParams(BaseModel):

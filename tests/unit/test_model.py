@@ -41,7 +41,8 @@ OLD_XEON_FLAGS = "processor\t: 0\nflags\t\t: fpu sse2 avx2 avx512f avx512bw fma\
 SAPPHIRE_FLAGS = "flags\t\t: avx512f amx_tile amx_bf16 amx_int8\n"
 
 
-def test_auto_precision_follows_the_cpu_and_the_gpu() -> None:
+def test_auto_precision_follows_the_cpu_and_the_gpu(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv("ONEDNN_MAX_CPU_ISA", raising=False)
     assert resolve_precision("auto", cpuinfo=EPYC_FLAGS, gpus=0).policy == "mixed_bfloat16"
     assert "avx512_bf16" in resolve_precision("auto", cpuinfo=EPYC_FLAGS, gpus=0).reason
     assert resolve_precision("auto", cpuinfo=SAPPHIRE_FLAGS, gpus=0).policy == "mixed_bfloat16"
@@ -52,6 +53,30 @@ def test_auto_precision_follows_the_cpu_and_the_gpu() -> None:
     # An explicit setting wins over the hardware.
     assert resolve_precision(True, cpuinfo=OLD_XEON_FLAGS, gpus=0).policy == "mixed_bfloat16"
     assert resolve_precision(False, cpuinfo=EPYC_FLAGS, gpus=1).policy == "float32"
+
+
+@pytest.mark.parametrize(
+    ("limit", "cpuinfo", "policy"),
+    [
+        # Limited to AVX2 or plain AVX-512, neither CPU's bfloat16 units are in oneDNN's reach.
+        ("AVX2", EPYC_FLAGS, "float32"),
+        ("AVX2", SAPPHIRE_FLAGS, "float32"),
+        ("avx512_core", EPYC_FLAGS, "float32"),
+        # avx512_bf16 is in reach of its own set, AMX only of the AMX sets (and of no limit).
+        ("AVX512_CORE_BF16", EPYC_FLAGS, "mixed_bfloat16"),
+        ("AVX512_CORE_BF16", SAPPHIRE_FLAGS, "float32"),
+        ("AVX512_CORE_AMX", SAPPHIRE_FLAGS, "mixed_bfloat16"),
+        ("ALL", SAPPHIRE_FLAGS, "mixed_bfloat16"),
+    ],
+)
+def test_auto_precision_uses_only_the_bfloat16_units_onednn_may_use(
+    monkeypatch: pytest.MonkeyPatch, limit: str, cpuinfo: str, policy: str
+) -> None:
+    monkeypatch.setenv("ONEDNN_MAX_CPU_ISA", limit)
+    precision = resolve_precision("auto", cpuinfo=cpuinfo, gpus=0)
+    assert precision.policy == policy
+    if policy == "float32":
+        assert f"ONEDNN_MAX_CPU_ISA={limit}" in precision.reason
 
 
 def test_the_machine_names_the_cpu_kind_and_any_limit_on_onednn(monkeypatch: pytest.MonkeyPatch) -> None:
