@@ -117,9 +117,10 @@ def main() -> None:
         bfloat16, deterministic, _, _ = SETTINGS[args.worker]
         print(json.dumps(measure(args.params, bfloat16, deterministic, args.steps)))
         return
-    cpuinfo = Path("/proc/cpuinfo").read_text() if Path("/proc/cpuinfo").is_file() else ""
-    flags = set(cpuinfo.split())
-    cpu = next((line.split(":", 1)[1].strip() for line in cpuinfo.splitlines() if "model name" in line), "?")
+    from edge.model import CPUINFO, cpu_flags, cpu_name
+
+    cpuinfo = CPUINFO.read_text() if CPUINFO.is_file() else ""
+    cpu, flags = cpu_name(cpuinfo), cpu_flags(cpuinfo)
     kinds = sorted(flags & {"avx2", "avx512f", "avx512_bf16", "amx_bf16"})
     print(f"CPU: {cpu} ({', '.join(kinds) or 'none of avx2, avx512'}), {len(os.sched_getaffinity(0))} cores")
     names = [name for name, (*_, needs) in SETTINGS.items() if needs is None or needs in flags]

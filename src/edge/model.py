@@ -74,6 +74,15 @@ def cpu_flags(cpuinfo: str) -> set[str]:
     return set()
 
 
+def cpu_name(cpuinfo: str) -> str:
+    """The model name of the first CPU in /proc/cpuinfo's text ("unknown" when it has none)."""
+    for line in cpuinfo.splitlines():
+        key, _, value = line.partition(":")
+        if key.strip() == "model name":
+            return value.strip()
+    return "unknown"
+
+
 def machine(cpuinfo: str | None = None) -> dict[str, Any]:
     """The kind of CPU a model is trained on: what decides its exact bits (`edge.train.train`)."""
     import os
@@ -82,14 +91,10 @@ def machine(cpuinfo: str | None = None) -> dict[str, Any]:
 
     if cpuinfo is None:
         cpuinfo = CPUINFO.read_text() if CPUINFO.is_file() else ""
-    name = next(
-        (line.partition(":")[2].strip() for line in cpuinfo.splitlines() if line.startswith("model name")),
-        "unknown",
-    )
     flags = cpu_flags(cpuinfo) & {"avx2", "avx512f", *BF16_CPU_FLAGS}
     environment = envsettings.environment()
     return {
-        "cpu": name,
+        "cpu": cpu_name(cpuinfo),
         "flags": sorted(flags),
         "cores": len(os.sched_getaffinity(0)),
         "tensorflow": tf.__version__,

@@ -81,6 +81,8 @@ def test_auto_precision_uses_only_the_bfloat16_units_onednn_may_use(
 
 def test_the_machine_names_the_cpu_kind_and_any_limit_on_onednn(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.delenv("ONEDNN_MAX_CPU_ISA", raising=False)
+    assert machine(f"model name\t: AMD EPYC 9B14\n{EPYC_FLAGS}")["cpu"] == "AMD EPYC 9B14"
+    assert machine(EPYC_FLAGS)["cpu"] == "unknown"
     assert machine(EPYC_FLAGS)["flags"] == ["avx2", "avx512_bf16", "avx512f"]
     assert machine(EPYC_FLAGS)["onednn_max_cpu_isa"] == "all"
     # Limited to AVX2, this CPU computes (and rounds) as a CPU without AVX-512 would.
