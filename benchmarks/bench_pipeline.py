@@ -271,14 +271,15 @@ def report(results: dict[str, Any]) -> str:
 
 def cpu_description() -> str:
     sys.path.insert(0, str(REPO / "src"))
-    from edge.model import CPUINFO, cpu_flags, cpu_name
+    from edge.envsettings import environment
+    from edge.model import cpu_flags, cpu_name, read_cpuinfo
 
-    text = CPUINFO.read_text() if CPUINFO.is_file() else ""
+    text = read_cpuinfo()
     flags = sorted(cpu_flags(text) & {"avx2", "avx512_bf16", "amx_bf16"})
     listed = ", ".join(flags) or "none of avx2/avx512_bf16/amx_bf16"
     described = f"{cpu_name(text)}, {os.cpu_count()} cores, flags {listed}"
     # ONEDNN_MAX_CPU_ISA=AVX2 makes this CPU compute as one without AVX-512 or bfloat16 units.
-    isa = os.environ.get("ONEDNN_MAX_CPU_ISA")
+    isa = environment().onednn_max_cpu_isa
     return f"{described}, oneDNN limited to {isa}" if isa else described
 
 

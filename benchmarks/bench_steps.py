@@ -117,9 +117,9 @@ def main() -> None:
         bfloat16, deterministic, _, _ = SETTINGS[args.worker]
         print(json.dumps(measure(args.params, bfloat16, deterministic, args.steps)))
         return
-    from edge.model import CPUINFO, cpu_flags, cpu_name
+    from edge.model import cpu_flags, cpu_name, read_cpuinfo
 
-    cpuinfo = CPUINFO.read_text() if CPUINFO.is_file() else ""
+    cpuinfo = read_cpuinfo()
     cpu, flags = cpu_name(cpuinfo), cpu_flags(cpuinfo)
     kinds = sorted(flags & {"avx2", "avx512f", "avx512_bf16", "amx_bf16"})
     print(f"CPU: {cpu} ({', '.join(kinds) or 'none of avx2, avx512'}), {len(os.sched_getaffinity(0))} cores")

@@ -65,6 +65,11 @@ class Precision:
         return {"setting": self.setting, "policy": self.policy, "reason": self.reason}
 
 
+def read_cpuinfo() -> str:
+    """This machine's /proc/cpuinfo, or "" where there is none (macOS)."""
+    return CPUINFO.read_text() if CPUINFO.is_file() else ""
+
+
 def cpu_flags(cpuinfo: str) -> set[str]:
     """The feature flags of the first CPU in /proc/cpuinfo's text (empty when it has none)."""
     for line in cpuinfo.splitlines():
@@ -90,7 +95,7 @@ def machine(cpuinfo: str | None = None) -> dict[str, Any]:
     import tensorflow as tf
 
     if cpuinfo is None:
-        cpuinfo = CPUINFO.read_text() if CPUINFO.is_file() else ""
+        cpuinfo = read_cpuinfo()
     flags = cpu_flags(cpuinfo) & {"avx2", "avx512f", *BF16_CPU_FLAGS}
     environment = envsettings.environment()
     return {
@@ -126,7 +131,7 @@ def resolve_precision(
     if gpus:
         return Precision(setting, "mixed_float16", f"auto: {gpus} GPU(s), float16 with loss scaling")
     if cpuinfo is None:
-        cpuinfo = CPUINFO.read_text() if CPUINFO.is_file() else ""
+        cpuinfo = read_cpuinfo()
     found = sorted(cpu_flags(cpuinfo) & set(BF16_CPU_FLAGS))
     if not found:
         return Precision(setting, "float32", f"auto: the CPU reports none of {', '.join(BF16_CPU_FLAGS)}")
