@@ -16,6 +16,7 @@ KEY_PARAMS = (
     ("batch", "train.batch_size"),
     ("lr", "train.learning_rate"),
     ("filters", "train.model.filters"),
+    ("seed", "train.seed"),
 )
 METRIC_ORDER = ("loss", "val_loss", "accuracy", "val_accuracy", "learning_rate")
 
