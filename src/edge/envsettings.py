@@ -71,6 +71,9 @@ class EdgeEnvironment(BaseSettings):
     docker_host: str | None = Field(default=None, validation_alias="DOCKER_HOST")
     tf_enable_onednn_opts: str | None = Field(default=None, validation_alias="TF_ENABLE_ONEDNN_OPTS")
     onednn_max_cpu_isa: str | None = Field(default=None, validation_alias="ONEDNN_MAX_CPU_ISA")
+    # DVC's project root, set for every stage command: in an experiment run in a temporary copy of
+    # the workspace (`dvc exp run --temp`, queued experiments), the workspace it was started from.
+    dvc_root: str | None = Field(default=None, validation_alias="DVC_ROOT")
 
     @field_validator("data_mirrors", mode="before")
     @classmethod

@@ -333,6 +333,32 @@ def test_experiments_compare_apply_and_travel(reproduced: tuple[Path, str], tmp_
     assert applied["accuracy"] == shown["two-epochs"]["accuracy"]
 
 
+def test_a_temporary_experiment_is_recorded_in_the_workspace_journal(
+    reproduced: tuple[Path, str], tmp_path: Path
+) -> None:
+    """`dvc exp run --temp` (the README's experiment) trains in a copy of the workspace that DVC
+    deletes when it ends: its tracked run must land in the workspace's `runs/`, where `edge
+    experiments list` finds it."""
+    project = own_copy(reproduced, tmp_path)
+    journal = project / "runs"
+
+    def run_folders() -> set[str]:
+        # Sacred numbers each run's folder; `_sources` holds the code the runs share.
+        return {p.name for p in journal.iterdir() if p.name.isdigit()}
+
+    before = run_folders()
+
+    run(["dvc", "exp", "run", "--temp", "-S", "train.seed=7", "-n", "seed-7-temp"], project)
+
+    added = run_folders() - before
+    assert len(added) == 1, f"runs/ gained {sorted(added)}, expected the experiment's run"
+    listed = json.loads(run(["edge", "experiments", "list", "--json"], project).stdout)
+    assert len(listed) == len(before) + 1
+    newest = listed[0]
+    assert (newest["status"], newest["params"]["train.seed"]) == ("COMPLETED", 7)
+    assert newest["verdict"] == {"status": "passed", "failed_checks": []}, newest["verdict"]
+
+
 def alive(pid: int) -> bool:
     try:
         os.kill(pid, 0)

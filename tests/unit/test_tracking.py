@@ -53,6 +53,22 @@ def test_a_tracking_url_that_is_not_mongodb_is_refused(monkeypatch: pytest.Monke
     assert "secret" not in str(caught.value)
 
 
+def test_the_journal_is_the_workspace_s_when_dvc_runs_the_command(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    """DVC sets DVC_ROOT to the workspace, also for an experiment run in a temporary copy of it: a
+    relative journal is there. An absolute EDGE_RUNS_DIR stays where it points."""
+    monkeypatch.delenv("EDGE_RUNS_DIR", raising=False)
+    monkeypatch.delenv("DVC_ROOT", raising=False)
+    assert observers.runs_dir() == Path("runs")
+    monkeypatch.setenv("DVC_ROOT", str(tmp_path / "workspace"))
+    assert observers.runs_dir() == tmp_path / "workspace" / "runs"
+    monkeypatch.setenv("EDGE_RUNS_DIR", "journal")
+    assert observers.runs_dir() == tmp_path / "workspace" / "journal"
+    monkeypatch.setenv("EDGE_RUNS_DIR", str(tmp_path / "elsewhere"))
+    assert observers.runs_dir() == tmp_path / "elsewhere"
+
+
 def test_list_shows_known_runs(known_runs: tuple[Path, list[str]]) -> None:
     runs, (first, second) = known_runs
     rows = json.loads(edge("experiments", "list", "--json", "--runs-dir", str(runs)).stdout)

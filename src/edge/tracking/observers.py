@@ -55,8 +55,16 @@ def tracking_url() -> str | None:
 
 
 def runs_dir() -> Path:
-    """Return the journal folder: $EDGE_RUNS_DIR, or `runs` in the current directory."""
-    return Path(envsettings.environment().runs_dir or DEFAULT_RUNS_DIR)
+    """Return the journal folder: $EDGE_RUNS_DIR, or `runs`. A relative one is in the project when DVC
+    runs the command ($DVC_ROOT), else in the current directory.
+
+    An experiment that DVC runs in a temporary copy of the workspace (`dvc exp run --temp`, queued
+    experiments) sets DVC_ROOT to the workspace it came from, so its run is recorded in that
+    workspace's journal and not in the copy, which DVC deletes when the experiment ends.
+    """
+    environment = envsettings.environment()
+    # Path(root, journal) is journal itself when journal is absolute.
+    return Path(environment.dvc_root or "", environment.runs_dir or DEFAULT_RUNS_DIR)
 
 
 def mask_url(url: str) -> str:
