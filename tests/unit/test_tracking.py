@@ -53,7 +53,7 @@ def test_a_tracking_url_that_is_not_mongodb_is_refused(monkeypatch: pytest.Monke
     assert "secret" not in str(caught.value)
 
 
-def test_the_journal_is_the_workspace_s_when_dvc_runs_the_command(
+def test_a_relative_journal_is_in_the_workspace_dvc_runs_for(
     monkeypatch: pytest.MonkeyPatch, tmp_path: Path
 ) -> None:
     """DVC sets DVC_ROOT to the workspace, also for an experiment run in a temporary copy of it: a

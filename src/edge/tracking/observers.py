@@ -55,8 +55,8 @@ def tracking_url() -> str | None:
 
 
 def runs_dir() -> Path:
-    """Return the journal folder: $EDGE_RUNS_DIR, or `runs`. A relative one is in the project when DVC
-    runs the command ($DVC_ROOT), else in the current directory.
+    """Return the journal folder: $EDGE_RUNS_DIR, or `runs`. A relative one is in the workspace DVC
+    runs the command for ($DVC_ROOT), else in the current directory.
 
     An experiment that DVC runs in a temporary copy of the workspace (`dvc exp run --temp`, queued
     experiments) sets DVC_ROOT to the workspace it came from, so its run is recorded in that
