@@ -97,21 +97,31 @@ TENSORFLOW_NOISE = (
 
 class _QuietTensorFlow(importlib.abc.MetaPathFinder):
     """Runs TensorFlow's first import with file descriptor 2 captured, then writes back all but the
-    start-up notices (TENSORFLOW_NOISE). Once: later imports find the module already loaded."""
+    start-up notices (TENSORFLOW_NOISE). Once: later imports find the module already loaded.
+
+    It stays in place until TensorFlow is imported, not merely looked up: libraries look for it
+    first and throw the spec away (`importlib.util.find_spec`; Sacred does so when it is imported).
+    """
 
     def find_spec(
         self, fullname: str, path: Any, target: Any = None
     ) -> importlib.machinery.ModuleSpec | None:
         if fullname != "tensorflow":
             return None
-        sys.meta_path.remove(self)
-        spec = importlib.util.find_spec(fullname)
+        spec = None
+        for finder in sys.meta_path:
+            if finder is not self and hasattr(finder, "find_spec"):
+                spec = finder.find_spec(fullname, path, target)
+                if spec is not None:
+                    break
         if spec is None or spec.loader is None:
             return spec
         loader = spec.loader
         run = loader.exec_module
 
         def exec_module(module: ModuleType) -> None:
+            if self in sys.meta_path:
+                sys.meta_path.remove(self)
             with _stderr_without(TENSORFLOW_NOISE):
                 run(module)
 
