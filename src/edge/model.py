@@ -18,6 +18,7 @@ from edge.data import CLASS_NAMES, IMAGE_SHAPE
 
 if TYPE_CHECKING:
     import keras
+    import numpy as np
 
 KERAS_FILE = "model.keras"
 SERVING_DIR = "serving"
@@ -299,6 +300,20 @@ def embedding_model(model: keras.Model) -> keras.Model:
     base = network(model)
     output_layer = [layer for layer in base.layers if isinstance(layer, keras.layers.Dense)][-1]
     return keras.Model(base.inputs, output_layer.input, name="embedding")
+
+
+def predict(model: keras.Model, images: np.ndarray, batch_size: int) -> np.ndarray:
+    """`model.predict` over float32 images, in batches of `batch_size`, without Keras's progress bar.
+
+    Fed as a dataset of plain slices: Keras feeds a NumPy array through a parallel map, which
+    TensorFlow rewrites to a sequential one under op determinism (training turns it on) and then
+    logs an error line for an attribute the rewritten op lacks, harmless but alarming.
+    """
+    import numpy as np
+    import tensorflow as tf
+
+    batches = tf.data.Dataset.from_tensor_slices(np.asarray(images, np.float32)).batch(batch_size)
+    return np.asarray(model.predict(batches, verbose=0))
 
 
 def export_serving(model: keras.Model, path: str) -> None:

@@ -13,11 +13,10 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-import numpy as np
-
 from edge import calibration
 from edge.data import CLASS_NAMES
 from edge.evaluate import confusion_png
+from edge.model import predict
 from edge.model_tests import SuiteResult
 
 MARKDOWN_FILE = "model-card.md"
@@ -321,8 +320,4 @@ def render(card: Card) -> dict[str, str]:
 
 def keras_predictor(model: Any, batch_size: int = 1000) -> Any:
     """images -> probabilities with an in-memory Keras model (the train stage's shipped model)."""
-
-    def predict(images: np.ndarray) -> np.ndarray:
-        return np.asarray(model.predict(images.astype(np.float32), batch_size=batch_size, verbose=0))
-
-    return predict
+    return lambda images: predict(model, images, batch_size)

@@ -23,6 +23,7 @@ from edge.model import (
     build_model,
     logits_model,
     machine,
+    predict,
     resolve_precision,
     with_flip_tta,
     with_temperature,
@@ -323,7 +324,7 @@ def _ship(model: keras.Model, validation: Split, params: TrainParams, result: Tr
     images = validation.images.astype(np.float32)
     views = [images, images[:, :, ::-1]] if params.model.tta_flip else [images]
     network = logits_model(model)
-    logits = [np.asarray(network.predict(v, batch_size=1000, verbose=0), np.float64) for v in views]
+    logits = [predict(network, v, batch_size=1000).astype(np.float64) for v in views]
     labels = validation.labels
     uncalibrated = calibration.scaled_probabilities(logits, 1.0)
     temperature = calibration.fit_temperature(logits, labels) if params.calibrate else 1.0

@@ -1,4 +1,6 @@
-"""What a command that loads TensorFlow prints: its own lines, not TensorFlow's C++ start-up notices."""
+"""What a command that loads TensorFlow prints: its own lines, not TensorFlow's C++ start-up notices,
+nor the error line TensorFlow logs when op determinism rewrites Keras's input pipeline for NumPy
+arrays (`edge.model.predict`)."""
 
 from __future__ import annotations
 

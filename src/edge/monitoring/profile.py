@@ -110,13 +110,11 @@ def build_profile(
 
 def compute_profile(model: keras.Model, images: np.ndarray, class_names: list[str]) -> ReferenceProfile:
     """Run `model` over the validation images and build their profile."""
-    from edge.model import embedding_model
+    from edge.model import embedding_model, predict
 
     batch = np.asarray(images, dtype=np.float32)
-    probabilities = np.asarray(model.predict(batch, batch_size=512, verbose=0), dtype=np.float64)
-    embeddings = np.asarray(
-        embedding_model(model).predict(batch, batch_size=512, verbose=0), dtype=np.float32
-    )
+    probabilities = predict(model, batch, batch_size=512).astype(np.float64)
+    embeddings = predict(embedding_model(model), batch, batch_size=512).astype(np.float32)
     return build_profile(batch, probabilities, embeddings, class_names)
 
 
