@@ -10,7 +10,6 @@ import gzip
 import hashlib
 import shutil
 import struct
-import tempfile
 import time
 import urllib.error
 import urllib.request
@@ -248,10 +247,11 @@ def seed(
     """Put the four canonical files into `raw_dir` (a local path or a `gs://` URI), each checked by content.
 
     Copies from a local folder when one is given or found, otherwise downloads from the mirrors.
-    Files are staged in a temporary folder (locally: beside `raw_dir`, named so that a later seed
-    sweeps it away if this one is killed) and moved in only once all of them passed their checksum,
-    each file whole (a rename, or one object upload), so a failure leaves `raw_dir` as it was and a
-    kill at worst leaves some complete files, which the next seed keeps.
+    Files are staged (locally: in a folder beside `raw_dir`, named so that a later seed sweeps it
+    away if this one is killed; for a bucket: in memory, so a kill leaves nothing behind) and moved
+    in only once all of them passed their checksum, each file whole (a rename, or one object upload),
+    so a failure leaves `raw_dir` as it was and a kill at worst leaves some complete files, which
+    the next seed keeps.
     """
     from edge import storage
 
@@ -274,23 +274,24 @@ def seed(
     if mirrors is None:
         mirrors = envsettings.environment().data_mirrors or DEFAULT_MIRRORS
 
+    def fetch(file: RawFile) -> bytes:
+        if folder:
+            return _verified_content(_read_from_folder(Path(folder), file), file, folder)
+        return _fetch_from_mirrors(file, mirrors, attempts, backoff, progress)
+
     if remote:
-        staging = Path(tempfile.mkdtemp(prefix="edge-seed-"))
-    else:
-        staging = storage.temporary_sibling(Path(location))
+        # The four files are 55 MB: held in memory, nothing is left on disk if the seed is killed.
+        fetched = {file.name: fetch(file) for file in missing}
+        for name, content in fetched.items():
+            storage.write_bytes(storage.join(location, name), content)
+        return SeedResult(raw_dir, tuple(fetched), origin)
+    staging = storage.temporary_sibling(Path(location))
     try:
         for file in missing:
-            if folder:
-                content = _verified_content(_read_from_folder(Path(folder), file), file, folder)
-            else:
-                content = _fetch_from_mirrors(file, mirrors, attempts, backoff, progress)
-            (staging / file.name).write_bytes(content)
+            (staging / file.name).write_bytes(fetch(file))
+        Path(location).mkdir(parents=True, exist_ok=True)
         for file in missing:
-            if remote:
-                storage.write_bytes(storage.join(location, file.name), (staging / file.name).read_bytes())
-            else:
-                Path(location).mkdir(parents=True, exist_ok=True)
-                (staging / file.name).replace(Path(location, file.name))
+            (staging / file.name).replace(Path(location, file.name))
     finally:
         shutil.rmtree(staging, ignore_errors=True)
     return SeedResult(raw_dir, tuple(f.name for f in missing), origin)

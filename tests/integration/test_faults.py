@@ -221,7 +221,10 @@ def _complete_files(raw_dir: str) -> set[str]:
 def test_seed_killed_while_downloading(
     where: str, slow_mirror: SlowMirror, tmp_path: Path, request: pytest.FixtureRequest
 ) -> None:
-    env = {"EDGE_DATA_MIRRORS": slow_mirror.url}
+    # The system's temporary folder, watched: a killed seed must leave nothing there either.
+    scratch = tmp_path / "tmp"
+    scratch.mkdir()
+    env = {"EDGE_DATA_MIRRORS": slow_mirror.url, "TMPDIR": str(scratch)}
     if where == "local":
         raw_dir = str(tmp_path / "data" / "raw" / "fashion-mnist")
     else:
@@ -239,6 +242,7 @@ def test_seed_killed_while_downloading(
     assert rerun.wait(300) == 0
     assert _complete_files(raw_dir) == {f.name for f in data.RAW_FILES}
     assert not (tmp_path / "gs:").exists()
+    assert sorted(p.name for p in scratch.iterdir()) == [], "killed seeds left files in the temporary folder"
     if where == "local":
         leftovers = [p.name for p in (tmp_path / "data" / "raw").iterdir() if p.name != "fashion-mnist"]
         assert leftovers == [], "staging folders of killed seeds were not swept"
