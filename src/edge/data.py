@@ -247,9 +247,9 @@ def seed(
     """Put the four canonical files into `raw_dir` (a local path or a `gs://` URI), each checked by content.
 
     Copies from a local folder when one is given or found, otherwise downloads from the mirrors.
-    Files are staged (locally: in a folder beside `raw_dir`, named so that a later seed sweeps it
-    away if this one is killed; for a bucket: in memory, so a kill leaves nothing behind) and moved
-    in only once all of them passed their checksum, each file whole (a rename, or one object upload),
+    Files are staged in a temporary folder (locally: beside `raw_dir`; for a bucket: in the system's
+    temporary folder), named so that a later seed sweeps it away if this one is killed, and moved in
+    only once all of them passed their checksum, each file whole (a rename, or one object upload),
     so a failure leaves `raw_dir` as it was and a kill at worst leaves some complete files, which
     the next seed keeps.
     """
@@ -280,11 +280,12 @@ def seed(
         return _fetch_from_mirrors(file, mirrors, attempts, backoff, progress)
 
     if remote:
-        # The four files are 55 MB: held in memory, nothing is left on disk if the seed is killed.
-        fetched = {file.name: fetch(file) for file in missing}
-        for name, content in fetched.items():
-            storage.write_bytes(storage.join(location, name), content)
-        return SeedResult(raw_dir, tuple(fetched), origin)
+        with storage.local_scratch("seed") as staging:
+            for file in missing:
+                (staging / file.name).write_bytes(fetch(file))
+            for file in missing:
+                storage.write_bytes(storage.join(location, file.name), (staging / file.name).read_bytes())
+        return SeedResult(raw_dir, tuple(f.name for f in missing), origin)
     staging = storage.temporary_sibling(Path(location))
     try:
         for file in missing:

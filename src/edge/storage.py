@@ -17,8 +17,9 @@ Atomicity, the promise every writer here keeps:
   (`resolve_dir`, `local_dir_for_reading`), so they see the previous version or the new one, never
   a half-uploaded one. The pointer names the version relative to `<dir>`, so a copy of the whole
   prefix (as Vertex AI makes of a model's artifact URI) still resolves.
-- **Leftovers** of interrupted writes (temporary siblings named `.<name>.edge-*-<pid>-*`, unpublished
-  GCS versions) are never inside the published directory; later writes remove those whose process is
+- **Leftovers** of interrupted writes (temporary siblings named `.<name>.edge-*-<pid>-*`, among them
+  the local scratch folders of GCS transfers in the system's temporary folder, and unpublished GCS
+  versions) are never inside the published directory; later writes remove those whose process is
   gone (GCS: unpublished versions older than `STALE_VERSION_AGE`).
 
 What a publish deletes on GCS: only version folders `<dir>/_versions/<id>/` it named itself (the
@@ -241,7 +242,7 @@ def local_copy_for_writing(uri: str) -> Iterator[str]:
     """Yield a temporary local path; on success it becomes `uri` atomically, on error it is discarded."""
     if is_remote(uri):
         remote = _check_remote(uri)  # before the work, not after it
-        with tempfile.TemporaryDirectory(prefix="edge-upload-") as tmp:
+        with local_scratch("upload") as tmp:
             local = str(Path(tmp, PurePosixPath(remote).name))
             yield local
             _fs(remote).put_file(local, remote)
@@ -272,9 +273,9 @@ def publish_dir(uri: str) -> Iterator[str]:
     """
     if is_remote(uri):
         remote = check_publish_target(uri)  # before the work, not after it
-        with tempfile.TemporaryDirectory(prefix="edge-upload-") as tmp:
-            yield tmp
-            _publish_remote(Path(tmp), remote)
+        with local_scratch("upload") as tmp:
+            yield str(tmp)
+            _publish_remote(tmp, remote)
         return
     target = Path(uri)
     check_publish_target(uri)  # before the work, not after it
@@ -298,6 +299,20 @@ def temporary_sibling(target: Path) -> Path:
     staging = target.with_name(_temp_name(target.name, "stage"))
     staging.mkdir()
     return staging
+
+
+@contextmanager
+def local_scratch(purpose: str) -> Iterator[Path]:
+    """Yield an empty folder in the system's temporary folder for files on their way to or from GCS.
+
+    It is removed on the way out. A kill -9 skips that, so the folder is named as a temporary sibling
+    of `edge-<purpose>` there, and the next scratch folder for the same purpose sweeps it away.
+    """
+    staging = temporary_sibling(Path(tempfile.gettempdir(), f"edge-{purpose}"))
+    try:
+        yield staging
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
 
 
 # The historical name: every directory written through it is published atomically.
@@ -329,9 +344,9 @@ def local_dir_for_reading(uri: str) -> Iterator[str]:
             raise FileNotFoundError(f"{uri} does not exist or is not a directory")
         yield uri
         return
-    with tempfile.TemporaryDirectory(prefix="edge-download-") as tmp:
-        download_tree(resolve_dir(uri), Path(tmp))
-        yield tmp
+    with local_scratch("download") as tmp:
+        download_tree(resolve_dir(uri), tmp)
+        yield str(tmp)
 
 
 def upload_tree(local: str | Path, uri: str) -> None:
@@ -373,7 +388,7 @@ def download_tree(uri: str, local: str | Path) -> list[str]:
 def copy_tree(source: str, destination: str) -> None:
     """Copy a directory's files from `source` to `destination`, each local or `gs://`."""
     if is_remote(source):
-        with tempfile.TemporaryDirectory(prefix="edge-copy-") as tmp:
+        with local_scratch("copy") as tmp:
             download_tree(source, tmp)
             upload_tree(tmp, destination)
         return

@@ -7,6 +7,7 @@ import os
 import signal
 import subprocess
 import sys
+import tempfile
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -133,6 +134,25 @@ def test_leftovers_of_killed_writers_are_swept(tmp_path: Path) -> None:
         f".other.edge-stage-{pid}-00000000",
         "models",
     ]
+
+
+def test_scratch_of_a_killed_transfer_is_swept_by_the_next(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("TMPDIR", str(tmp_path))
+    monkeypatch.setattr(tempfile, "tempdir", None)  # read TMPDIR again
+    killed = tmp_path / f".edge-upload.edge-stage-{_dead_pid()}-0badc0de"
+    killed.mkdir()
+    (killed / "model.keras").write_text("half")
+    running = tmp_path / f".edge-upload.edge-stage-{os.getpid()}-12345678"  # a live transfer's: kept
+    running.mkdir()
+    other = tmp_path / "edge-upload-abc"  # not named by Edge: never touched
+    other.mkdir()
+    with storage.local_scratch("upload") as scratch:
+        assert scratch.parent == tmp_path and scratch.is_dir() and not list(scratch.iterdir())
+        (scratch / "model.keras").write_text("whole")
+        assert sorted(_names(tmp_path)) == sorted([scratch.name, running.name, other.name])
+    assert sorted(_names(tmp_path)) == sorted([running.name, other.name])
 
 
 def test_a_previous_version_set_aside_is_put_back(tmp_path: Path) -> None:
@@ -287,21 +307,24 @@ with storage.publish_dir(sys.argv[1]) as staging:
 PUBLISH_FILES = 30
 
 
-def _publisher(model: str) -> subprocess.Popen[bytes]:
+def _publisher(model: str, scratch: Path) -> subprocess.Popen[bytes]:
     return subprocess.Popen(
         [sys.executable, "-c", PUBLISHER, model, str(PUBLISH_FILES)],
-        env={**os.environ, "DVC_NO_ANALYTICS": "1", "DO_NOT_TRACK": "1"},
+        env={**os.environ, "DVC_NO_ANALYTICS": "1", "DO_NOT_TRACK": "1", "TMPDIR": str(scratch)},
         stdout=subprocess.DEVNULL,
         stderr=subprocess.PIPE,
     )
 
 
 def test_a_publish_killed_anywhere_leaves_every_foreign_object(
-    gcs_bucket: str, gcs_emulator: GcsEmulator
+    gcs_bucket: str, gcs_emulator: GcsEmulator, tmp_path: Path
 ) -> None:
     """kill -9 while uploading, and right after the pointer switched (while old versions are collected)."""
     model = f"{gcs_bucket}/models"
-    first = _publisher(model)
+    # The publishers' temporary folder, watched: the staging of a killed one is swept by the next.
+    scratch = tmp_path / "tmp"
+    scratch.mkdir()
+    first = _publisher(model, scratch)
     assert first.wait(120) == 0, first.stderr.read() if first.stderr else ""
     inside = ["models/README.txt", "models/_versions/handmade/model.keras"]
     foreign = NEIGHBOURS + inside
@@ -324,7 +347,7 @@ def test_a_publish_killed_anywhere_leaves_every_foreign_object(
     killed = []
     for label, moment in moments:
         seen, was = versions(), pointer()
-        process = _publisher(model)
+        process = _publisher(model, scratch)
         deadline = time.monotonic() + 120
         while not moment(seen, was) and process.poll() is None and time.monotonic() < deadline:
             time.sleep(0.005)
@@ -339,9 +362,10 @@ def test_a_publish_killed_anywhere_leaves_every_foreign_object(
         assert sorted(_published(model)) == [f"part-{i:03d}.bin" for i in range(PUBLISH_FILES)]
     print(f"\npublish killed at: {', '.join(killed) or 'none (each had finished)'}")
     assert killed, "no publish was caught before it finished"
-    final = _publisher(model)
+    final = _publisher(model, scratch)
     assert final.wait(120) == 0
     _intact(gcs_emulator, gcs_bucket, foreign)
+    assert _names(scratch) == [], "the staging of killed publishes was not swept"
 
 
 def test_tree_copies_round_trip(gcs_bucket: str, tmp_path: Path) -> None:
