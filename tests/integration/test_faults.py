@@ -103,7 +103,11 @@ def _check_model(model_dir: str) -> tuple[str, str | None]:
 @pytest.mark.parametrize("where", ["local", "gcs"])
 def test_train_killed_while_saving(where: str, trained_project: Path, request: pytest.FixtureRequest) -> None:
     root = trained_project
-    env: dict[str, str] = {}
+    # The trainings' temporary folder, watched: a killed upload's staging must be swept (and what
+    # killed Keras and TensorFlow leave there stays out of the system's).
+    scratch = root / f"tmp-{where}"
+    scratch.mkdir()
+    env = {"TMPDIR": str(scratch)}
     if where == "local":
         model_dir = str(root / "models")
 
@@ -114,10 +118,7 @@ def test_train_killed_while_saving(where: str, trained_project: Path, request: p
     else:
         bucket: str = request.getfixturevalue("gcs_bucket")
         emulator: GcsEmulator = request.getfixturevalue("gcs_emulator")
-        # The trainings' temporary folder, watched: a killed upload's staging must be swept.
-        scratch = root / "tmp-gcs"
-        scratch.mkdir()
-        env = {**emulator.env(), "TMPDIR": str(scratch)}
+        env.update(emulator.env())
         model_dir = f"{bucket}/models"
 
         def saving(process: subprocess.Popen[bytes]) -> bool:
@@ -148,7 +149,7 @@ def test_train_killed_while_saving(where: str, trained_project: Path, request: p
         pointed = storage.resolve_dir(model_dir).rsplit("/", 1)[-1]
         kept = {o.split("/")[2] for o in emulator.objects(bucket) if "/_versions/" in o}
         assert pointed in kept and len(kept) <= 2 + len(SAVE_KILL_DELAYS)
-        # Only Edge's: a killed TensorFlow leaves its autograph files there too, and they are not ours.
+        # Only Edge's: killed Keras and TensorFlow leave files there too, and they are not ours to sweep.
         ours = [p.name for p in scratch.iterdir() if "edge" in p.name]
         assert ours == [], "a killed upload's staging was not swept"
 
