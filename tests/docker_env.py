@@ -13,11 +13,15 @@ Helpers to import in your own container tests, and the session fixtures tests/co
 Without an engine (or docker-registry) the tests that use them are skipped, and fail under CI=true.
 A test that uses any of them is marked `containers` (tests/conftest.py): `make test` and `make
 test-e2e` leave it out, `make test-containers` (`pytest -m containers`) runs it.
-Everything is named uniquely and removed afterwards, by name: the engine is shared, never pruned.
+Everything is named uniquely and removed afterwards, by name: an engine that answers is shared and
+never pruned. A dockerd started here keeps its images and build cache in a folder of its own
+(`ENGINE_HOME`), where BuildKit's garbage collection holds the build cache under
+`BUILD_CACHE_LIMIT`: every build of a new checkout adds layers, and unbounded they fill the disk.
 """
 
 from __future__ import annotations
 
+import json
 import os
 import secrets
 import shutil
@@ -50,6 +54,11 @@ DOCKERD_FLAGS = (
     "--storage-driver=overlay2",
 )
 START_TIMEOUT = 60.0
+# Edge's own: a cache folder, so the garbage collection bounded below touches no other engine's data.
+ENGINE_HOME = Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "edge" / "dockerd"
+# A run of the container tests leaves about 6.4 GB of build cache (the two images' layers, uv's
+# cache of TensorFlow's wheels); each new checkout adds layers, the least recently used go first.
+BUILD_CACHE_LIMIT = "10GB"
 DOCKER_FIXTURES = frozenset(
     {"docker_engine", "base_image", "local_registry", "trainer_image", "webapp_image", "pushed_trainer_image"}
 )
@@ -92,8 +101,13 @@ def running_engine(log_dir: Path) -> Iterator[docker.DockerClient]:
         raise UnavailableError("no Docker engine answers, and dockerd cannot be started here (needs root)")
     log_dir.mkdir(parents=True, exist_ok=True)
     log = log_dir / "dockerd.log"
+    # https://docs.docker.com/build/cache/garbage-collection/ (the `docker` driver's daemon.json)
+    config = log_dir / "daemon.json"
+    gc = {"enabled": True, "defaultKeepStorage": BUILD_CACHE_LIMIT}
+    config.write_text(json.dumps({"builder": {"gc": gc}}))
+    command = [dockerd, *DOCKERD_FLAGS, "--data-root", str(ENGINE_HOME), "--config-file", str(config)]
     with log.open("wb") as sink:
-        process = subprocess.Popen([dockerd, *DOCKERD_FLAGS], stdout=sink, stderr=subprocess.STDOUT)
+        process = subprocess.Popen(command, stdout=sink, stderr=subprocess.STDOUT)
     try:
         deadline = time.monotonic() + START_TIMEOUT
         while (client := _answering_client()) is None:
