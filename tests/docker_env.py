@@ -59,6 +59,7 @@ ENGINE_HOME = Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") /
 # A run of the container tests leaves about 6.4 GB of build cache (the two images' layers, uv's
 # cache of TensorFlow's wheels); each new checkout adds layers, the least recently used go first.
 BUILD_CACHE_LIMIT = "10GB"
+SYSTEM_DAEMON_CONFIG = Path("/etc/docker/daemon.json")
 DOCKER_FIXTURES = frozenset(
     {"docker_engine", "base_image", "local_registry", "trainer_image", "webapp_image", "pushed_trainer_image"}
 )
@@ -101,11 +102,17 @@ def running_engine(log_dir: Path) -> Iterator[docker.DockerClient]:
         raise UnavailableError("no Docker engine answers, and dockerd cannot be started here (needs root)")
     log_dir.mkdir(parents=True, exist_ok=True)
     log = log_dir / "dockerd.log"
+    # The machine's daemon.json (mirrors, proxies) still applies: `--config-file` replaces it, so it is
+    # copied in, less what the flags set (dockerd refuses a setting given both ways).
+    settings = json.loads(SYSTEM_DAEMON_CONFIG.read_text()) if SYSTEM_DAEMON_CONFIG.is_file() else {}
+    flagged = {flag.removeprefix("--").split("=")[0] for flag in DOCKERD_FLAGS}
+    settings = {key: value for key, value in settings.items() if key not in flagged}
+    settings["data-root"] = str(ENGINE_HOME)
     # https://docs.docker.com/build/cache/garbage-collection/ (the `docker` driver's daemon.json)
+    settings.setdefault("builder", {})["gc"] = {"enabled": True, "defaultKeepStorage": BUILD_CACHE_LIMIT}
     config = log_dir / "daemon.json"
-    gc = {"enabled": True, "defaultKeepStorage": BUILD_CACHE_LIMIT}
-    config.write_text(json.dumps({"builder": {"gc": gc}}))
-    command = [dockerd, *DOCKERD_FLAGS, "--data-root", str(ENGINE_HOME), "--config-file", str(config)]
+    config.write_text(json.dumps(settings))
+    command = [dockerd, *DOCKERD_FLAGS, "--config-file", str(config)]
     with log.open("wb") as sink:
         process = subprocess.Popen(command, stdout=sink, stderr=subprocess.STDOUT)
     try:
