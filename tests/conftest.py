@@ -69,6 +69,20 @@ def _quiet_environment() -> Iterator[None]:
             os.environ[key] = value
 
 
+@pytest.fixture(autouse=True, scope="session")
+def _dvc_site_cache(tmp_path_factory: pytest.TempPathFactory) -> Iterator[None]:
+    """DVC keeps an index for every repository it opens in a machine-wide folder (/var/tmp/dvc),
+    never removed: the tests' repositories are temporary, so theirs go in the session's temporary
+    folder instead of piling up there."""
+    saved = os.environ.get("DVC_SITE_CACHE_DIR")
+    os.environ["DVC_SITE_CACHE_DIR"] = str(tmp_path_factory.mktemp("dvc-site-cache"))
+    yield
+    if saved is None:
+        os.environ.pop("DVC_SITE_CACHE_DIR", None)
+    else:
+        os.environ["DVC_SITE_CACHE_DIR"] = saved
+
+
 @pytest.fixture
 def tiny_raw(tmp_path: Path) -> Path:
     """A folder with tiny synthetic IDX files, uncompressed, as the prepare stage reads them."""
