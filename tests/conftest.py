@@ -58,29 +58,15 @@ def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
 
 
 @pytest.fixture(autouse=True, scope="session")
-def _quiet_environment() -> Iterator[None]:
-    saved = {k: os.environ.get(k) for k in QUIET_ENV}
-    os.environ.update(QUIET_ENV)
-    yield
-    for key, value in saved.items():
-        if value is None:
-            os.environ.pop(key, None)
-        else:
-            os.environ[key] = value
-
-
-@pytest.fixture(autouse=True, scope="session")
-def _dvc_site_cache(tmp_path_factory: pytest.TempPathFactory) -> Iterator[None]:
-    """DVC keeps an index for every repository it opens in a machine-wide folder (/var/tmp/dvc),
-    never removed: the tests' repositories are temporary, so theirs go in the session's temporary
-    folder instead of piling up there."""
-    saved = os.environ.get("DVC_SITE_CACHE_DIR")
-    os.environ["DVC_SITE_CACHE_DIR"] = str(tmp_path_factory.mktemp("dvc-site-cache"))
-    yield
-    if saved is None:
-        os.environ.pop("DVC_SITE_CACHE_DIR", None)
-    else:
-        os.environ["DVC_SITE_CACHE_DIR"] = saved
+def _quiet_environment(tmp_path_factory: pytest.TempPathFactory) -> Iterator[None]:
+    """QUIET_ENV, and DVC's per-repository index in the session's temporary folder: DVC keeps one for
+    every repository it opens in a machine-wide folder (/var/tmp/dvc), never removed, and the tests'
+    repositories are temporary."""
+    with pytest.MonkeyPatch.context() as patch:
+        for key, value in QUIET_ENV.items():
+            patch.setenv(key, value)
+        patch.setenv("DVC_SITE_CACHE_DIR", str(tmp_path_factory.mktemp("dvc-site-cache")))
+        yield
 
 
 @pytest.fixture
