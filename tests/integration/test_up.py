@@ -260,6 +260,61 @@ def test_a_failed_model_is_refused_with_the_ways_on_and_served_only_when_asked(p
         clean_up(running)
 
 
+def test_the_way_back_to_the_committed_model_is_offered_only_where_it_works(project: Path) -> None:
+    """A failed model in a git + DVC repository whose commit holds another model: `dvc checkout`
+    where DVC's cache has the committed model, a word on why not where nothing has it (a fresh
+    clone with no remote, where `dvc checkout` fails and removes models/), `dvc pull` with a remote."""
+
+    def run(*argv: str) -> None:
+        subprocess.run([sys.executable, "-m", *argv] if argv[0] == "dvc" else argv, cwd=project, check=True)
+
+    def ways_on() -> str:
+        ports = ["--model-port", str(free_port()), "--webapp-port", str(free_port())]
+        done = run_up(project, "--no-train", *ports)
+        assert done.returncode == 1 and "Traceback" not in done.stderr, done.stderr
+        return " ".join(done.stderr.split())
+
+    models = project / "models"
+    metadata = json.loads((models / "metadata.json").read_text())
+    (models / "metadata.json").write_text(json.dumps({**metadata, "version": "0.0.0-committed"}))
+    run("git", "init", "-q")
+    run("dvc", "init", "-q")
+    run("dvc", "add", "-q", "models")
+    run("git", "add", "-A")
+    run("git", "-c", "user.name=t", "-c", "user.email=t@example.com", "commit", "-qm", "a model that passed")
+    (models / "metadata.json").write_text(json.dumps(metadata))  # trained again: another model
+    judge(models, passed=False)
+    back = "git checkout HEAD -- dvc.lock reports && dvc"
+
+    said = ways_on()
+    assert f"the committed model 0.0.0-committed: `{back} checkout models` (from DVC's cache)" in said
+
+    shutil.rmtree(project / ".dvc" / "cache")
+    said = ways_on()
+    assert "the committed model is not at hand: neither this clone's DVC cache nor a DVC remote" in said
+    assert "dvc checkout" not in said and "dvc exp run -S train.seed=1" in said
+    assert json.loads((models / "metadata.json").read_text()) == metadata
+
+    run("dvc", "remote", "add", "-d", "shared", str(project.parent / "store"))
+    said = ways_on()
+    assert f"go back to the committed model: `{back} pull models` (from the DVC remote shared)" in said
+
+
+def test_a_failed_quick_model_gets_the_quick_models_ways_on(project: Path) -> None:
+    """The quick demo model lives outside DVC: its ways on name its own params file and folder."""
+    (project / "quick").mkdir()
+    (project / "models").rename(project / "quick" / "models")
+    judge(project / "quick" / "models", passed=False)
+    ports = ["--model-port", str(free_port()), "--webapp-port", str(free_port())]
+    done = run_up(project, "--quick", "--no-train", *ports)
+    said = " ".join(done.stderr.split())
+    assert done.returncode == 1, done.stdout + done.stderr
+    assert "change train.seed in params-quick.yaml, then `edge up --quick` again" in said
+    assert "`edge up --quick --no-train --allow-failed-model`" in said
+    assert "quick/reports/evaluate/model-card.md" in said
+    assert "dvc" not in said and "Traceback" not in said
+
+
 def test_quick_trains_its_own_model_with_its_own_floors_and_serves_it(tmp_path: Path) -> None:
     """`edge up --quick`: params-quick.yaml, trained into quick/, never the default model's folder."""
     write_fashion_files(tmp_path / "data" / "raw" / "fashion-mnist", compress=False)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import socket
@@ -174,27 +175,84 @@ def _fail_pipeline(model_dir: str) -> None:
     except (ModelIntegrityError, OSError):
         judged = None
     if judged is not None and not judged.passed:
-        fail(_what_to_do(judged))
+        fail(_what_to_do(judged, model_dir))
     fail("the pipeline failed (see above); fix it, then run `make up` again")
 
 
-def _what_to_do(judged: verdict.Verdict) -> str:
-    """Which checks failed, why each matters, and the ways on."""
+def _what_to_do(judged: verdict.Verdict, model_dir: str) -> str:
+    """Which checks failed, why each matters, and the ways on that work in this folder."""
     checks = "\n".join(
         f"  - {failed.describe()}" + (f": {failed.why}" if failed.why else "") for failed in judged.failed
     )
+    if model_dir == MODEL_DIR:
+        ways = [
+            "train with another seed: `dvc exp run -S train.seed=1`, then `make up` again (the pipeline "
+            "is then up to date)",
+            *_way_back(judged.model_version),
+            "serve this one knowingly: `edge up --no-train --allow-failed-model` (/health, every answer "
+            "and the webapp then say it failed)",
+        ]
+        report = "reports/evaluate/model-card.md"
+    else:  # the quick demo model: no DVC, its own params file
+        ways = [
+            f"train with another seed: change train.seed in {QUICK_PARAMS}, then `edge up --quick` again",
+            "serve this one knowingly: `edge up --quick --no-train --allow-failed-model`",
+        ]
+        report = f"{QUICK_DIR}/reports/evaluate/model-card.md"
+    listed = "".join(f"  - {way};\n" for way in ways[:-1]) + f"  - {ways[-1]}.\n"
     return (
         f"the model was trained but failed its test suite, so it is not served.\n"
         f"Model {judged.model_version} failed {len(judged.failed)} check(s):\n{checks}\n"
-        "Ways on:\n"
-        "  - train with another seed: `dvc exp run -S train.seed=1`, then `make up` again (the "
-        "pipeline is then up to date);\n"
-        "  - go back to the last model that passed: `git checkout HEAD -- dvc.lock reports && dvc "
-        "checkout models` (from DVC's cache; `dvc pull` first when a remote holds it);\n"
-        "  - serve this one knowingly: `edge up --no-train --allow-failed-model` (/health, every answer "
-        "and the webapp then say it failed).\n"
-        "Its full report: reports/evaluate/model-card.md"
+        f"Ways on:\n{listed}Its full report: {report}"
     )
+
+
+def _way_back(failed_version: str) -> list[str]:
+    """The way back to the committed model where this clone has it, or why it has not.
+
+    `dvc checkout` of a model that is not in DVC's cache fails, and on its way removes the model in
+    models/ (which stays in the cache, but the restored dvc.lock no longer names it): so the way is
+    offered only where it works. A fresh clone with no remote holds only the models it trained.
+    """
+    if not Path(".dvc").is_dir():
+        return []
+    back = "git checkout HEAD -- dvc.lock reports && dvc"
+    remote = subprocess.run(
+        [sys.executable, "-m", "dvc", "remote", "default"], capture_output=True, text=True
+    )
+    if remote.returncode == 0 and remote.stdout.strip():
+        return [
+            f"go back to the committed model: `{back} pull {MODEL_DIR}` (from the DVC remote "
+            f"{remote.stdout.strip()})"
+        ]
+    committed = _committed_model_version()
+    if committed is None:
+        return [
+            "the committed model is not at hand: neither this clone's DVC cache nor a DVC remote holds "
+            f"it; once a remote that has it is set (docs/data.md), `{back} pull {MODEL_DIR}` brings it back"
+        ]
+    if committed == failed_version:
+        return []
+    return [f"go back to the committed model {committed}: `{back} checkout {MODEL_DIR}` (from DVC's cache)"]
+
+
+def _committed_model_version() -> str | None:
+    """The version of the model HEAD's dvc.lock names, if every file of it is in DVC's cache."""
+    # Imported here: DVC takes a second to import, and only a failed model needs it.
+    from dvc.api import DVCFileSystem
+    from dvc.exceptions import DvcException
+    from dvc_data.index import DataIndexError
+
+    try:
+        committed = DVCFileSystem(".", rev="HEAD")
+        for path in committed.find(MODEL_DIR):
+            with committed.open(path, "rb") as file:
+                file.read(1)
+        metadata = json.loads(committed.read_text(f"{MODEL_DIR}/metadata.json"))
+    except (DvcException, DataIndexError, OSError, ValueError):
+        return None
+    version = metadata.get("version") if isinstance(metadata, dict) else None
+    return str(version) if version else None
 
 
 def _check_model(model_dir: str, allow_failed: bool, judge: bool) -> None:
@@ -224,7 +282,7 @@ def _check_model(model_dir: str, allow_failed: bool, judge: bool) -> None:
             "`make up` (without --no-train) or `edge pipeline evaluate`, or serve it knowingly with "
             "`edge up --no-train --allow-failed-model`"
         )
-    fail(_what_to_do(judged))
+    fail(_what_to_do(judged, model_dir))
 
 
 def up(
