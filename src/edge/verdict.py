@@ -126,6 +126,7 @@ def refuse_unless_passed(model_dir: str, metadata: dict[str, Any], verdict: Verd
     if not verdict.passed:
         raise UnservableModelError(
             f"{verdict.describe()}. It is not served: train another (e.g. `dvc exp run -S "
-            f"train.seed=1`), restore the last passing one (`git checkout HEAD -- dvc.lock && dvc "
-            f"checkout models`, or `dvc pull`), or serve it knowingly with `edge serve {SERVE_ANYWAY}`"
+            f"train.seed=1`), restore the last passing one where DVC's cache or a remote holds it "
+            f"(`git checkout HEAD -- dvc.lock && dvc checkout models`, or `dvc pull`), or serve it "
+            f"knowingly with `edge serve {SERVE_ANYWAY}`"
         )
