@@ -151,7 +151,7 @@ def resolve_precision(
             setting,
             "float32",
             f"auto: the CPU reports {', '.join(usable)} but not {AUTO_BF16_CPU_FLAG}, where the default "
-            "model passes its test suite in float32 (train.model.bfloat16: true for bfloat16)",
+            "model passes its test suite in float32; train.model.bfloat16: true trains in bfloat16",
         )
     return Precision(
         setting,
