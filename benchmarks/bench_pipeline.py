@@ -5,7 +5,9 @@ from a local folder and run `dvc repro` with the default params.yaml once per se
 as many as --seeds asks), timing each stage; time a second `dvc repro` (it must do nothing); run the
 original example's baseline, a k=3 nearest-neighbour classifier on raw pixels. Prints a table per
 seed against the targets (median test accuracy, pipeline time, the share of seeds whose model
-passes its whole test suite) and writes bench-results/pipeline.json. --repeat 2 trains every seed
+passes its whole test suite), how near each model came to failing the clear-example check (its
+weakest curated examples, its errors on every test image the curation rule picks), and writes
+bench-results/pipeline.json. --repeat 2 trains every seed
 twice from a clean cache: the same seed must give the same weights (the model version, a hash of
 them); the table also says whether DVC's md5 of `models` matched.
 
@@ -17,6 +19,7 @@ them); the table also says whether DVC's md5 of `models` matched.
 from __future__ import annotations
 
 import argparse
+import functools
 import json
 import os
 import re
@@ -40,6 +43,8 @@ TARGET_PIPELINE_SECONDS = {"mixed_bfloat16": 360.0, "float32": 720.0}
 TARGET_NOOP_SECONDS = 3.0
 KNN_K = 3
 STAGES = ("prepare", "train", "evaluate")
+# The curated examples nearest to failing, shown per seed.
+WEAKEST_SHOWN = 3
 # Nothing we run phones home.
 QUIET_ENV = {"DVC_NO_ANALYTICS": "1", "DO_NOT_TRACK": "1", "TF_CPP_MIN_LOG_LEVEL": "2"}
 
@@ -144,10 +149,62 @@ def run_seed(work: Path, seed: int, precision: str | None, force: bool) -> dict[
         "failed_checks": failed,
         "model_md5": model_md5(work) if code == 0 else None,
         "model_version": metadata["version"],
+        "clear_examples": clear_example_margins(work),
     }
     status = "passed" if row["passed"] else f"FAILED {'; '.join(failed) or output[-500:]}"
     print(f"  seed {seed}: {total:.1f} s, test {row['test_accuracy']:.4f}, {status}", flush=True)
     return row
+
+
+@functools.cache
+def _clear_test_ids(raw_dir: Path) -> np.ndarray:
+    """Every test image the curation rule calls clear, not only the first 10 per class it keeps."""
+    sys.path.insert(0, str(REPO / "src"))
+    from edge.data import Split, load_split
+    from edge.model_tests import select_clear_examples
+
+    train, test = Split(*load_split(raw_dir, "train")), Split(*load_split(raw_dir, "t10k"))
+    return np.array([e["id"] for e in select_clear_examples(train, test, per_class=len(test.labels))])
+
+
+def clear_example_margins(work: Path) -> dict[str, Any]:
+    """How near the model came to failing the suite's clear-example check, which only passes or fails.
+
+    A curated example's margin is the probability of its class minus that of the likeliest other
+    class, from the serving function the suite runs: the weakest few say whether a passing model got
+    there narrowly. Its errors on every test image the same rule picks say whether a failure was one
+    hard image or a weakness.
+    """
+    sys.path.insert(0, str(REPO / "src"))
+    from edge.data import CLASS_NAMES, load_split
+    from edge.evaluate import predict_probabilities
+    from edge.model_tests import read_clear_examples
+
+    raw_dir = work / "data/raw/fashion-mnist"
+    images, labels = load_split(raw_dir, "t10k")
+    probabilities = predict_probabilities(str(work / "models/serving"), images)
+    rows = np.arange(len(labels))
+    others = probabilities.copy()
+    others[rows, labels] = -np.inf
+    margins = probabilities[rows, labels] - others.max(axis=1)
+    wrong = probabilities.argmax(axis=1) != labels
+    # Ids into the raw test set, as the curated file records them.
+    curated = [int(e["id"]) for e in read_clear_examples(work / "data/curated/clear-examples.json")]
+    weakest = sorted(curated, key=lambda i: margins[i])[:WEAKEST_SHOWN]
+    clear = _clear_test_ids(raw_dir)
+    return {
+        "weakest": [
+            {
+                "id": i,
+                "label": CLASS_NAMES[labels[i]],
+                "margin": round(float(margins[i]), 3),
+                "against": CLASS_NAMES[int(others[i].argmax())],
+            }
+            for i in weakest
+        ],
+        "rule_images": len(clear),
+        "rule_images_wrong": [int(i) for i in clear if wrong[i]],
+    }
 
 
 def knn_baseline(raw_dir: Path, k: int = KNN_K, chunk: int = 500) -> dict[str, float]:
@@ -202,6 +259,22 @@ def report(results: dict[str, Any]) -> str:
             f"{run['seed']:>5}  {run['precision']:>14}  {run['test_accuracy']:>7.2%}  "
             f"{run['val_accuracy']:>7.2%}  {run['seconds']:>7.1f} s  {run['train_seconds']:>6.1f} s  "
             f"{run['model_version']:>12}  {(run['model_md5'] or '-')[:10]:>10}  {verdict}"
+        )
+    lines += [
+        "",
+        "clear examples: the curated ones nearest to failing (margin: the probability of its class minus",
+        "the likeliest other's), and the errors on every test image the curation rule picks",
+    ]
+    for run in runs:
+        clear = run["clear_examples"]
+        weakest = ", ".join(
+            f"{w['id']} {w['label']} {w['margin']:+.3f} (vs {w['against']})" for w in clear["weakest"]
+        )
+        wrong = clear["rule_images_wrong"]
+        listed = ", ".join(map(str, wrong[:10])) + (", ..." if len(wrong) > 10 else "")
+        listed = f" ({listed})" if wrong else ""
+        lines.append(
+            f"{run['seed']:>5}  weakest {weakest}; wrong {len(wrong)} of {clear['rule_images']}{listed}"
         )
     summary = results["summary"]
     limit = summary["pipeline_target_seconds"]
