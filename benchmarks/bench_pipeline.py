@@ -7,9 +7,9 @@ original example's baseline, a k=3 nearest-neighbour classifier on raw pixels. P
 seed against the targets (median test accuracy, pipeline time, the share of seeds whose model
 passes its whole test suite), how near each model came to failing the clear-example check (its
 weakest curated examples, its errors on every test image the curation rule picks), and writes
-bench-results/pipeline.json. --repeat 2 trains every seed
-twice from a clean cache: the same seed must give the same weights (the model version, a hash of
-them); the table also says whether DVC's md5 of `models` matched.
+bench-results/pipeline.json. --repeat 2 trains every seed twice from a clean cache: the same seed
+must give the same weights (the model version, a hash of them); the table also says whether DVC's
+md5 of `models` matched.
 
     EDGE_DATA_SOURCE=/path/to/fashion-mnist python benchmarks/bench_pipeline.py --seeds 3
     python benchmarks/bench_pipeline.py --source DIR --seeds 5 --precision float32 --skip-knn
@@ -168,19 +168,24 @@ def _clear_test_ids(raw_dir: Path) -> np.ndarray:
     return np.array([e["id"] for e in select_clear_examples(train, test, per_class=len(test.labels))])
 
 
-def clear_example_margins(work: Path) -> dict[str, Any]:
+def clear_example_margins(work: Path) -> dict[str, Any] | None:
     """How near the model came to failing the suite's clear-example check, which only passes or fails.
 
     A curated example's margin is the probability of its class minus that of the likeliest other
     class, from the serving function the suite runs: the weakest few say whether a passing model got
     there narrowly. Its errors on every test image the same rule picks say whether a failure was one
-    hard image or a weakness.
+    hard image or a weakness. None where params.yaml skips the check.
     """
+    import yaml
+
     sys.path.insert(0, str(REPO / "src"))
     from edge.data import CLASS_NAMES, load_split
     from edge.evaluate import predict_probabilities
     from edge.model_tests import read_clear_examples
 
+    curated_file = yaml.safe_load((work / "params.yaml").read_text())["evaluate"]["clear_examples"]
+    if not curated_file:
+        return None
     raw_dir = work / "data/raw/fashion-mnist"
     images, labels = load_split(raw_dir, "t10k")
     probabilities = predict_probabilities(str(work / "models/serving"), images)
@@ -190,7 +195,7 @@ def clear_example_margins(work: Path) -> dict[str, Any]:
     margins = probabilities[rows, labels] - others.max(axis=1)
     wrong = probabilities.argmax(axis=1) != labels
     # Ids into the raw test set, as the curated file records them.
-    curated = [int(e["id"]) for e in read_clear_examples(work / "data/curated/clear-examples.json")]
+    curated = [int(e["id"]) for e in read_clear_examples(work / curated_file)]
     weakest = sorted(curated, key=lambda i: margins[i])[:WEAKEST_SHOWN]
     clear = _clear_test_ids(raw_dir)
     return {
@@ -268,6 +273,9 @@ def report(results: dict[str, Any]) -> str:
     ]
     for run in runs:
         clear = run["clear_examples"]
+        if clear is None:
+            lines.append(f"{run['seed']:>5}  not checked: evaluate.clear_examples is null")
+            continue
         weakest = ", ".join(
             f"{w['id']} {w['label']} {w['margin']:+.3f} (vs {w['against']})" for w in clear["weakest"]
         )
