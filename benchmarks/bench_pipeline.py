@@ -176,14 +176,13 @@ def clear_example_margins(work: Path) -> dict[str, Any] | None:
     there narrowly. Its errors on every test image the same rule picks say whether a failure was one
     hard image or a weakness. None where params.yaml skips the check.
     """
-    import yaml
-
     sys.path.insert(0, str(REPO / "src"))
     from edge.data import CLASS_NAMES, load_split
     from edge.evaluate import predict_probabilities
     from edge.model_tests import read_clear_examples
+    from edge.pipeline import load_params
 
-    curated_file = yaml.safe_load((work / "params.yaml").read_text())["evaluate"]["clear_examples"]
+    curated_file = load_params(work / "params.yaml").evaluate.clear_examples
     if not curated_file:
         return None
     raw_dir = work / "data/raw/fashion-mnist"
