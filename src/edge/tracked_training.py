@@ -29,6 +29,7 @@ from edge import (
     tracking,
     train,
 )
+from edge.verdict import Verdict
 
 # The epoch metrics a run records, and the artifacts it keeps beside them.
 EPOCH_METRICS = ("loss", "accuracy", "val_loss", "val_accuracy", "learning_rate")
@@ -60,10 +61,11 @@ def tracked_train_stage(
     lineage: dict[str, Any],
     *,
     on_epoch_end: train.EpochCallback | None = None,
-) -> tuple[train.TrainResult, dict[str, Any]]:
-    """Run `pipeline.train_stage` as a tracked run; return its result and the model's metadata."""
+) -> tuple[train.TrainResult, dict[str, Any], Verdict | None]:
+    """Run `pipeline.train_stage` as a tracked run; return its result, the model's metadata and the
+    test suite's verdict on it (None when `settings` has no suite)."""
 
-    def body(recorder: tracking.Recorder) -> tuple[train.TrainResult, dict[str, Any]]:
+    def body(recorder: tracking.Recorder) -> tuple[train.TrainResult, dict[str, Any], Verdict | None]:
         def epoch_end(epoch: int, row: dict[str, float]) -> None:
             recorder.log_metrics(epoch, {k: row[k] for k in EPOCH_METRICS if k in row})
             if on_epoch_end:
@@ -99,6 +101,7 @@ def tracked_train_stage(
         recorder.add_artifact(CONFUSION_PNG, evaluate.confusion_png(scores), "image/png")
         final = {"summary": summary, **scores.metrics()}
         recorder.add_artifact(METRICS_JSON, (json.dumps(final, indent=2) + "\n").encode(), "application/json")
+        judged = None
         if measured is not None:
             judged = model_tests.verdict_of(measured, metadata)
             recorder.info["verdict"] = {
@@ -109,7 +112,7 @@ def tracked_train_stage(
                 # Recorded as FAILED, with the checks as its reason; the stage itself goes on, so
                 # that the evaluate stage judges the exported model and leaves its evidence.
                 recorder.fail_after_recording(judged.describe())
-        return result, metadata
+        return result, metadata, judged
 
     tracked = tracking.tracked_run(
         body,

@@ -330,6 +330,10 @@ def test_a_run_whose_model_failed_its_suite_is_failed_with_its_checks(
     finally:
         params.write_text(original)
     assert done.returncode == 0, done.stderr
+    # Said once, in a line; no traceback (Sacred's own logging once printed one after a failed run).
+    assert "Traceback" not in done.stderr and "Logging error" not in done.stderr, done.stderr
+    said = " ".join(done.stderr.split())
+    assert "failed 1 check(s) of its test suite: accuracy" in said and "recorded as FAILED" in said, said
     (run_dir,) = run_dirs(runs)
     run = read(run_dir, "run.json")
     assert run["status"] == "FAILED"

@@ -9,6 +9,8 @@ mongomock (no server can be installed here): `mongomock.patch` serves mongo.test
 from __future__ import annotations
 
 import json
+import subprocess
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -157,6 +159,42 @@ def test_a_failing_or_interrupted_body_is_recorded(tmp_path: Path) -> None:
     assert json.loads((runs / "2" / "run.json").read_text())["status"] == "INTERRUPTED"
     shown = edge("experiments", "show", "2", "--runs-dir", str(runs)).stdout
     assert "INTERRUPTED" in shown
+
+
+# A fresh interpreter: pytest gives the root logger handlers of its own, and the fault needs none.
+FAILED_RUN_THAT_LOGS = """
+import logging, sys
+from pathlib import Path
+from edge.tracking.experiment import tracked_run
+
+def body(recorder):
+    logging.warning("first message inside the run")  # like absl's first message: basicConfig()
+    recorder.fail_after_recording("2 checks failed")
+    return "model"
+
+tracked = tracked_run(body, config={}, info={}, runs_dir=Path(sys.argv[1]), url="")
+logging.getLogger("library").warning("after the run")
+print(tracked.value)
+"""
+
+
+def test_a_failed_run_logs_to_stderr_after_sacred_has_closed_its_capture(tmp_path: Path) -> None:
+    done = subprocess.run(
+        [sys.executable, "-c", FAILED_RUN_THAT_LOGS, str(tmp_path / "runs")],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.strip() == "model"
+    assert "Logging error" not in done.stderr and "closed file" not in done.stderr, done.stderr
+    lines = done.stderr.splitlines()
+    assert "WARNING:root:first message inside the run" in lines
+    # The caller says why the run failed; Sacred's "ERROR: Failed after" line would read as a crash.
+    assert not any("Failed after" in line for line in lines), lines
+    assert "WARNING:library:after the run" in lines
+    assert json.loads((tmp_path / "runs" / "1" / "run.json").read_text())["status"] == "FAILED"
 
 
 def test_a_run_keeps_a_copy_of_the_sources_it_is_given(tmp_path: Path) -> None:

@@ -121,7 +121,7 @@ def train(
         before = _run_folders(journal)
         try:
             # A tracked run: recorded with its lineage, metrics, test scores and artifacts (edge.tracking).
-            result, metadata = tracked_train_stage(
+            result, metadata, judged = tracked_train_stage(
                 prepared_dir,
                 model_dir.rstrip("/") or model_dir,
                 reports_dir,
@@ -135,6 +135,13 @@ def train(
         f"Trained {len(result.history)} epoch(s) in {result.seconds:.0f} s: validation accuracy "
         f"{result.final['val_accuracy']:.4f}; model {metadata['version']} saved to {model_dir}."
     )
+    if judged is not None and not judged.passed:
+        console.print(
+            f"[yellow]warning:[/] {escape(judged.describe())}. Its run is recorded as FAILED; the "
+            "evaluate stage (`dvc repro` runs it next) judges the exported model and says what to do.",
+            highlight=False,
+            soft_wrap=True,
+        )
 
 
 def _default_train_on() -> str:

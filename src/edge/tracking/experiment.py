@@ -12,6 +12,7 @@ from __future__ import annotations
 import getpass
 import json
 import logging
+import sys
 import tempfile
 import uuid
 import warnings
@@ -120,6 +121,7 @@ def tracked_run(
         return _run.info.get("result")
 
     ex.main(main)
+    _log_to_the_current_stderr()
     ex.observers.append(observers.file_observer(journal))
     mongo = _mongo_observer(url, warn, lambda: str(journal / str(holder["run"]._id))) if url else None
     if mongo:
@@ -137,8 +139,41 @@ def tracked_run(
     return TrackedRun(holder["value"], run_uuid, journal / str(run_id), mongo.run_id if mongo else None)
 
 
+class _CurrentStderrHandler(logging.StreamHandler):  # type: ignore[type-arg]
+    """Writes each record to `sys.stderr` as it is when the record is written (as Python's last-resort
+    handler does), not as it was when the handler was made."""
+
+    def __init__(self) -> None:
+        logging.Handler.__init__(self)  # StreamHandler's would store a stream; `stream` below finds it
+
+    @property  # type: ignore[override]
+    def stream(self) -> Any:
+        return sys.stderr
+
+
+def _log_to_the_current_stderr() -> None:
+    """Give the root logger a handler that writes to the current `sys.stderr`, unless it has one.
+
+    Sacred's capture replaces `sys.stderr` for the length of a run. A library that logs for the first
+    time inside the run (absl does when TensorFlow saves a model) calls `logging.basicConfig()`, whose
+    handler would keep the capture's stream after the run has closed it: every record logged after the
+    run (Sacred's own "Failed after" line first) would then print a "--- Logging error ---"
+    traceback. With a handler in place, `basicConfig()` adds none. Records print as it would print them.
+    """
+    root = logging.getLogger()
+    if not root.handlers:
+        handler = _CurrentStderrHandler()
+        handler.setFormatter(logging.Formatter(logging.BASIC_FORMAT))
+        root.addHandler(handler)
+
+
 class RunFailedError(Exception):
     """The body finished, and its run is to be recorded as FAILED for the reason given."""
+
+
+def _unless_the_body_finished(record: logging.LogRecord) -> bool:
+    """Keep a record of Sacred's run logger unless it is logged for a RunFailedError."""
+    return not isinstance(sys.exc_info()[1], RunFailedError)
 
 
 def _mongo_observer(url: str, warn: observers.Warn, journal_hint: Callable[[], str]) -> Any:
@@ -185,6 +220,9 @@ def _experiment(name: str, git: dict[str, Any] | None) -> Any:
     ex.captured_out_filter = apply_backspaces_and_linefeeds
     logger = logging.getLogger("edge.tracking.sacred")
     logger.setLevel(logging.WARNING)
+    # Sacred logs "Failed after ..." at ERROR for every failed run, where a RunFailedError means the
+    # body finished and its caller says why the run failed: there the line would only read as a crash.
+    logger.getChild(name).addFilter(_unless_the_body_finished)
     ex.logger = logger
     return ex
 
